@@ -1,0 +1,183 @@
+"""The ``hasyncd`` command: run, keygen, lab, status, failover, check-config, policy."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from hasyncd import __version__
+from hasyncd.errors import ConfigError, HasyncdError
+
+EXIT_CONFIG = 2
+EXIT_RUNTIME = 1
+
+
+def _setup_logging(level: str) -> None:
+    # Under systemd the journal adds its own timestamps.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if "JOURNAL_STREAM" not in os.environ:
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from hasyncd import config as config_mod
+    from hasyncd.daemon.shell import Daemon
+
+    try:
+        cfg = config_mod.load(args.config)
+    except ConfigError as exc:
+        print(f"hasyncd: configuration error: {exc.message}", file=sys.stderr)
+        return EXIT_CONFIG
+    _setup_logging(cfg.log.level)
+
+    async def main() -> None:
+        daemon = Daemon(cfg)
+        await daemon.run()
+
+    try:
+        asyncio.run(main())
+    except HasyncdError as exc:
+        print(f"hasyncd: {exc.message}", file=sys.stderr)
+        return EXIT_RUNTIME
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from hasyncd import config as config_mod
+
+    try:
+        cfg = config_mod.load(args.config)
+    except ConfigError as exc:
+        print(f"hasyncd: configuration error: {exc.message}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(
+        f"{args.config}: ok (node {cfg.node.name}, id {cfg.node.id}, "
+        f"{len(cfg.link.peers)} peer(s), sync mode {cfg.sync.mode})"
+    )
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from hasyncd.config import write_key
+
+    try:
+        write_key(Path(args.path), force=args.force)
+    except ConfigError as exc:
+        print(f"hasyncd: {exc.message}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"wrote a new 32-byte key to {args.path} (mode 0600); copy it to every member")
+    return 0
+
+
+def _client(args: argparse.Namespace) -> object:
+    from hasyncd.client import Client
+
+    if args.api:
+        if args.api.startswith("/") or args.api.startswith("."):
+            return Client(socket=args.api)
+        return Client(address=args.api)
+    if args.config:
+        from hasyncd import config as config_mod
+
+        cfg = config_mod.parse(
+            __import__("tomllib").loads(Path(args.config).read_text()),
+            Path(args.config),
+            load_key=False,
+        )
+        if cfg.api.socket is not None:
+            return Client(socket=str(cfg.api.socket))
+        return Client(address=str(cfg.api.listen))
+    return Client(socket="/run/hasyncd/api.sock")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    client = _client(args)
+    try:
+        code, body = client.get("/v1/status")  # type: ignore[attr-defined]
+    except OSError as exc:
+        print(f"hasyncd: cannot reach the API: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    print(json.dumps(body, indent=2))
+    return 0 if code == 200 else EXIT_RUNTIME
+
+
+def cmd_failover(args: argparse.Namespace) -> int:
+    client = _client(args)
+    try:
+        code, body = client.post("/v1/failover")  # type: ignore[attr-defined]
+    except OSError as exc:
+        print(f"hasyncd: cannot reach the API: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    if code == 200:
+        print(f"primary role handed to {body['new_primary']} (epoch {body['epoch']})")
+        return 0
+    print(f"hasyncd: failover refused: {body.get('error')}: {body.get('message')}", file=sys.stderr)
+    return EXIT_RUNTIME
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    from hasyncd.policy import POLICY
+
+    for p in POLICY:
+        print(f"{p.kind:24} {'replicated' if p.replicated else 'NOT replicated':15} {p.reason}")
+    return 0
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from hasyncd.lab import run_lab
+
+    return run_lab(records=args.records, keep=args.keep, workdir=args.dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hasyncd", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"hasyncd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the daemon in the foreground")
+    p.add_argument("--config", "-c", required=True, type=Path)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check-config", help="validate a configuration file and its key file")
+    p.add_argument("--config", "-c", required=True, type=Path)
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("keygen", help="write a new random 32-byte link key (mode 0600)")
+    p.add_argument("path")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.set_defaults(func=cmd_keygen)
+
+    for name, func, text in (
+        ("status", cmd_status, "show a running node's status"),
+        ("failover", cmd_failover, "hand the primary role to the best in-sync secondary"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", "-c", help="read the API address from this config")
+        p.add_argument("--api", help="API socket path or host:port")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("policy", help="print the replication policy table")
+    p.set_defaults(func=cmd_policy)
+
+    p = sub.add_parser("lab", help="two-node lab on loopback: replication and a failover")
+    p.add_argument("--records", type=int, default=200, help="child SAs to create (default 200)")
+    p.add_argument("--keep", action="store_true", help="keep the lab directory")
+    p.add_argument("--dir", type=Path, help="use this directory instead of a temporary one")
+    p.set_defaults(func=cmd_lab)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

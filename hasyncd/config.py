@@ -1,0 +1,390 @@
+"""The TOML configuration: parsed, fully validated and frozen before anything starts.
+
+Every key is declared once below with its type, range and default; an
+unknown section or key, a value out of range or a key file that others can
+read stops the daemon with a one-line reason naming the key.  README.md
+documents the same keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hasyncd.errors import ConfigError
+from hasyncd.secret import Secret
+
+NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,32}\Z")
+IFNAME_RE = re.compile(r"[A-Za-z0-9._@:-]{1,15}\Z")  # Linux IFNAMSIZ - 1
+MAX_PEERS = 7  # clusters of up to eight nodes
+PSK_BYTES = 32
+MAX_PSK_FILE = 1024
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_address(value: object, where: str) -> Address:
+    """host:port or [v6]:port, with an IP literal host (no DNS at failover time)."""
+    if not isinstance(value, str):
+        raise ConfigError(f'{where}: expected "host:port", got {type(value).__name__}')
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([0-9.]+):(\d{1,5})", value)
+    if not m:
+        raise ConfigError(f"{where}: {value!r} is not host:port or [v6]:port with an IP address")
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"{where}: {host!r} is not an IP address") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{where}: port {port} is out of range 1..65535")
+    return Address(str(ip), port)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    name: str
+    priority: int
+    id: int
+    override: bool
+    preempt_delay_s: float
+    uptime_margin_s: float
+    max_flaps: int
+    monitor: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    listen: Address
+    peers: tuple[Address, ...]
+    psk_file: Path
+    group_id: int
+    heartbeat_interval_ms: int
+    heartbeat_lost_threshold: int
+    hello_holddown_ms: int
+    handshake_timeout_ms: int
+    window_kib: int
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    socket: Path | None
+    listen: Address | None
+    max_body_mib: int
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    mode: str
+    sync_timeout_ms: int
+
+
+@dataclass(frozen=True)
+class PromotionConfig:
+    esp_seq_margin: int
+    handover_timeout_ms: int
+
+
+@dataclass(frozen=True)
+class HooksConfig:
+    on_primary: Path | None
+    on_secondary: Path | None
+    on_fault: Path | None
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    tombstone_ttl_s: int
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    node: NodeConfig
+    link: LinkConfig
+    api: ApiConfig
+    sync: SyncConfig
+    promotion: PromotionConfig
+    hooks: HooksConfig
+    store: StoreConfig
+    log: LogConfig
+    psk: Secret
+
+
+# --- value checkers -----------------------------------------------------------------
+
+Check = Callable[[Any, str], Any]
+REQUIRED = object()
+
+
+def _int(lo: int, hi: int) -> Check:
+    def check(v: Any, where: str) -> int:
+        if type(v) is not int or not lo <= v <= hi:
+            raise ConfigError(f"{where}: expected an integer in {lo}..{hi}, got {v!r}")
+        return v
+
+    return check
+
+
+def _num(lo: float, hi: float) -> Check:
+    def check(v: Any, where: str) -> float:
+        if type(v) not in (int, float) or not lo <= v <= hi:
+            raise ConfigError(f"{where}: expected a number in {lo:g}..{hi:g}, got {v!r}")
+        return float(v)
+
+    return check
+
+
+def _bool(v: Any, where: str) -> bool:
+    if type(v) is not bool:
+        raise ConfigError(f"{where}: expected true or false, got {v!r}")
+    return v
+
+
+def _name(v: Any, where: str) -> str:
+    if not isinstance(v, str) or not NAME_RE.match(v):
+        raise ConfigError(f"{where}: expected 1..32 characters of [A-Za-z0-9._-], got {v!r}")
+    return v
+
+
+def _choice(*choices: str) -> Check:
+    def check(v: Any, where: str) -> str:
+        if v not in choices:
+            raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {v!r}")
+        return str(v)
+
+    return check
+
+
+def _path(v: Any, where: str) -> Path:
+    if not isinstance(v, str) or not v or "\x00" in v:
+        raise ConfigError(f"{where}: expected a file path")
+    return Path(v)
+
+
+def _address(v: Any, where: str) -> Address:
+    return parse_address(v, where)
+
+
+def _peers(v: Any, where: str) -> tuple[Address, ...]:
+    if not isinstance(v, list) or not 1 <= len(v) <= MAX_PEERS:
+        raise ConfigError(f'{where}: expected a list of 1..{MAX_PEERS} "host:port" addresses')
+    out = tuple(parse_address(x, f"{where}[{i}]") for i, x in enumerate(v))
+    if len(set(out)) != len(out):
+        raise ConfigError(f"{where}: lists an address twice")
+    return out
+
+
+def _monitors(v: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(v, list) or len(v) > 32:
+        raise ConfigError(f"{where}: expected a list of at most 32 interface names")
+    for i, x in enumerate(v):
+        if not isinstance(x, str) or not IFNAME_RE.match(x) or x in (".", ".."):
+            raise ConfigError(f"{where}[{i}]: {x!r} is not a Linux interface name")
+    return tuple(v)
+
+
+SCHEMA: dict[str, dict[str, tuple[Check, Any]]] = {
+    "node": {
+        "name": (_name, REQUIRED),
+        "priority": (_int(0, 255), 100),
+        "id": (_int(1, 65535), None),
+        "override": (_bool, False),
+        "preempt_delay_s": (_num(0, 86400), 60.0),
+        "uptime_margin_s": (_num(0, 86400), 300.0),
+        "max_flaps": (_int(1, 1000), 3),
+        "monitor": (_monitors, ()),
+    },
+    "link": {
+        "listen": (_address, REQUIRED),
+        "peers": (_peers, REQUIRED),
+        "psk_file": (_path, REQUIRED),
+        "group_id": (_int(0, 255), 0),
+        "heartbeat_interval_ms": (_int(10, 10000), 100),
+        "heartbeat_lost_threshold": (_int(2, 100), 5),
+        "hello_holddown_ms": (_int(0, 600000), 2000),
+        "handshake_timeout_ms": (_int(100, 60000), 3000),
+        "window_kib": (_int(64, 65536), 1024),
+    },
+    "api": {
+        "socket": (_path, None),
+        "listen": (_address, None),
+        "max_body_mib": (_int(1, 1024), 64),
+    },
+    "sync": {
+        "mode": (_choice("async", "sync"), "async"),
+        "sync_timeout_ms": (_int(1, 60000), 200),
+    },
+    "promotion": {
+        "esp_seq_margin": (_int(1, 2**32 - 1), 1 << 16),
+        "handover_timeout_ms": (_int(100, 60000), 3000),
+    },
+    "hooks": {
+        "on_primary": (_path, None),
+        "on_secondary": (_path, None),
+        "on_fault": (_path, None),
+        "timeout_s": (_num(0.1, 3600), 10.0),
+    },
+    "store": {
+        "tombstone_ttl_s": (_int(1, 7 * 86400), 3600),
+    },
+    "log": {
+        "level": (_choice("debug", "info", "warning", "error"), "info"),
+    },
+}
+
+
+def default_node_id(name: str) -> int:
+    """A stable 16-bit id from the name; set node.id explicitly if two names collide."""
+    return 1 + int.from_bytes(hashlib.sha256(name.encode()).digest()[:2], "big") % 65535
+
+
+def load_psk(path: Path) -> Secret:
+    """Read the shared key; refuse files that others can read or write."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise ConfigError(f"[link].psk_file: cannot open {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"[link].psk_file: {path} is not a regular file")
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o077:
+            raise ConfigError(
+                f"[link].psk_file: {path} has mode {mode:04o}; group and others must have no "
+                f"access (chmod 600 {path})"
+            )
+        if st.st_size > MAX_PSK_FILE:
+            raise ConfigError(f"[link].psk_file: {path} is too large to be a key file")
+        raw = os.read(fd, MAX_PSK_FILE + 1)
+    finally:
+        os.close(fd)
+    return Secret(parse_psk(raw, str(path)))
+
+
+def parse_psk(raw: bytes, where: str) -> bytes:
+    text = raw.strip()
+    if len(text) == 2 * PSK_BYTES and re.fullmatch(rb"[0-9a-fA-F]+", text):
+        return bytes.fromhex(text.decode())
+    if len(raw) == PSK_BYTES:
+        return raw
+    raise ConfigError(
+        f"[link].psk_file: {where} must hold a 32-byte key as 64 hex characters "
+        "(hasyncd keygen writes one)"
+    )
+
+
+def _check_hook(path: Path | None, where: str) -> None:
+    if path is None:
+        return
+    if not path.is_absolute():
+        raise ConfigError(f"{where}: hook paths must be absolute, got {path}")
+    if not path.is_file() or not os.access(path, os.X_OK):
+        raise ConfigError(f"{where}: {path} is not an executable file")
+
+
+def parse(data: dict[str, Any], path: Path, *, load_key: bool = True) -> Config:
+    for section in data:
+        if section not in SCHEMA:
+            raise ConfigError(f"unknown section [{section}]")
+    values: dict[str, dict[str, Any]] = {}
+    for section, keys in SCHEMA.items():
+        raw = data.get(section, {})
+        if not isinstance(raw, dict):
+            raise ConfigError(f"[{section}] must be a table")
+        for key in raw:
+            if key not in keys:
+                raise ConfigError(f"[{section}]: unknown key {key!r}")
+        out: dict[str, Any] = {}
+        for key, (check, default) in keys.items():
+            where = f"[{section}].{key}"
+            if key in raw:
+                out[key] = check(raw[key], where)
+            elif default is REQUIRED:
+                raise ConfigError(f"{where} is required")
+            else:
+                out[key] = default
+        values[section] = out
+
+    node = values["node"]
+    if node["id"] is None:
+        node["id"] = default_node_id(node["name"])
+    link = values["link"]
+    if link["listen"] in link["peers"]:
+        raise ConfigError("[link].peers lists this node's own listen address")
+    if not link["psk_file"].is_absolute():
+        link["psk_file"] = (path.parent / link["psk_file"]).absolute()
+    api = values["api"]
+    if api["socket"] is None and api["listen"] is None:
+        raise ConfigError("[api]: set socket, listen or both")
+    if api["socket"] is not None and not api["socket"].is_absolute():
+        api["socket"] = (path.parent / api["socket"]).absolute()
+    if api["listen"] is not None and not ipaddress.ip_address(api["listen"].host).is_loopback:
+        raise ConfigError("[api].listen must be a loopback address: the API is local only")
+    hooks = values["hooks"]
+    for name in ("on_primary", "on_secondary", "on_fault"):
+        _check_hook(hooks[name], f"[hooks].{name}")
+    psk = load_psk(link["psk_file"]) if load_key else Secret(bytes(PSK_BYTES))
+    return Config(
+        path=path,
+        node=NodeConfig(**node),
+        link=LinkConfig(**link),
+        api=ApiConfig(**api),
+        sync=SyncConfig(**values["sync"]),
+        promotion=PromotionConfig(**values["promotion"]),
+        hooks=HooksConfig(**hooks),
+        store=StoreConfig(**values["store"]),
+        log=LogConfig(**values["log"]),
+        psk=psk,
+    )
+
+
+def load(path: Path | str) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return parse(data, path)
+
+
+def write_key(path: Path, *, force: bool = False) -> None:
+    """``hasyncd keygen``: 32 random bytes as hex, created with mode 0600."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise ConfigError(f"{path} exists; use --force to replace it") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create {path}: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, os.urandom(PSK_BYTES).hex().encode() + b"\n")
+    finally:
+        os.close(fd)

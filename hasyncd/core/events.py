@@ -1,0 +1,131 @@
+"""What the node core tells its shell: connections to open or close, and things that happened.
+
+Events are plain frozen dataclasses.  The shell acts on the first two kinds
+(``Dial``, ``Close``) and forwards the rest to logs, hooks, metrics and the
+``/v1/events`` stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Dial:
+    """Open a link connection to ``address`` ("host:port")."""
+
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close connection ``conn_id`` after sending what is queued for it."""
+
+    conn_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoleChanged:
+    old: str
+    new: str
+    epoch: int
+    primary: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PromotionDone:
+    """Promotion step 2 finished: the data plane may now be told (``on_primary``)."""
+
+    epoch: int
+    reason: str
+    esp_advanced: int
+    esp_rekey_required: int
+    ike_flagged: int
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reannounce:
+    """The survivor of a dual-primary period must re-run its primary hook."""
+
+    epoch: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FaultChanged:
+    active: bool
+    monitors_down: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerChanged:
+    node: str
+    address: str
+    up: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SyncChanged:
+    in_sync: bool
+    primary: str | None
+    records: int
+
+
+@dataclass(frozen=True, slots=True)
+class SplitBrain:
+    peer: str
+    my_epoch: int
+    peer_epoch: int
+    survivor: str
+
+
+@dataclass(frozen=True, slots=True)
+class MergeApplied:
+    peer: str
+    offered: int
+    merged: int
+    conflicts: int
+
+
+@dataclass(frozen=True, slots=True)
+class HandoverFinished:
+    target: str
+    ok: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordChanged:
+    kind: str
+    id: str
+    op: str  # "put" | "delete"
+    epoch: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    """Every in-sync secondary holds every write up to ``version`` (None: no secondary in sync)."""
+
+    version: int | None
+
+
+Event = (
+    Dial
+    | Close
+    | RoleChanged
+    | PromotionDone
+    | Reannounce
+    | FaultChanged
+    | PeerChanged
+    | SyncChanged
+    | SplitBrain
+    | MergeApplied
+    | HandoverFinished
+    | RecordChanged
+    | Watermark
+)

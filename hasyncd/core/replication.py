@@ -1,0 +1,342 @@
+"""Replication streams: what the primary sends each secondary, and how changes are applied.
+
+Primary side, one ``OutboundSession`` per secondary:
+
+    BULK_START, RECORDS(bulk)..., BULK_END, then RECORDS(stream)... forever
+
+The bulk walks the store in id order with a resumable cursor while writes go
+on; every write made meanwhile is queued in ``pending`` and streamed after
+BULK_END, so the secondary ends up exact.  ``pending`` maps each queued
+record to the *first* version written while it waited: a record written many
+times while queued is sent once, with its newest content (coalescing), and
+the queue stays in version order.  That gives each stream message a simple,
+correct watermark: every write up to ``first pending version - 1`` (or up to
+the primary's current version when nothing is queued) has been sent with
+that content or newer.  Once acknowledged, that watermark is what sync-mode
+writes wait for.
+
+``Flow`` accounts the replication bytes in flight against the receiver's
+window.  Heartbeats and acks bypass it, so they never wait behind more than
+one window of bulk data: that is how heartbeats stay prompt during a
+million-record snapshot.
+
+Secondary side: ``apply_changes`` validates every record before it is stored.
+A former primary offering its writes to the survivor after a split brain
+uses ``MergeSender``; the survivor resolves them with ``merge_one``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from hasyncd.errors import RecordError
+from hasyncd.records import KINDS_BY_CODE
+from hasyncd.store import Entry, Store, pack_version, unpack_version
+from hasyncd.wire.framing import MAX_TRANSPORT_FRAME
+from hasyncd.wire.messages import (
+    HEADER_LEN,
+    BulkEnd,
+    BulkStart,
+    Change,
+    MergeEnd,
+    Message,
+    Phase,
+    Records,
+)
+
+# Plaintext budget of one RECORDS message: the Noise frame limit minus the
+# AEAD tag, the message header and a margin for msgpack array headers.
+BATCH_BYTES = MAX_TRANSPORT_FRAME - 16 - HEADER_LEN - 1024
+# Per-change msgpack overhead estimate: kind, two 64-bit ints, headers.
+CHANGE_OVERHEAD = 32
+# Ids looked at per walker step: bounds the time one step can take even when
+# few entries match (a merge walk over a large store).
+SCAN_STEP = 512
+
+REPLICATED_KIND_CODES: tuple[int, ...] = tuple(sorted(KINDS_BY_CODE))
+
+
+class MarkKind(Enum):
+    WATERMARK = "watermark"  # stream message: version the peer will hold once acked
+    BULK_END = "bulk_end"
+    MERGE_END = "merge_end"
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    kind: MarkKind
+    version: int = 0
+
+
+class Flow:
+    """Bytes of ack-eliciting frames in flight to one peer, against its window."""
+
+    __slots__ = ("frames", "in_flight", "window")
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.in_flight = 0
+        self.frames: deque[tuple[int, int, Mark | None]] = deque()
+
+    @property
+    def open(self) -> bool:
+        return self.in_flight < self.window
+
+    def sent(self, frame_no: int, size: int, mark: Mark | None) -> None:
+        self.frames.append((frame_no, size, mark))
+        self.in_flight += size
+
+    def acked(self, frame_no: int) -> list[Mark]:
+        marks: list[Mark] = []
+        while self.frames and self.frames[0][0] <= frame_no:
+            _, size, mark = self.frames.popleft()
+            self.in_flight -= size
+            if mark is not None:
+                marks.append(mark)
+        return marks
+
+
+class _Walker:
+    """A resumable walk over every stored id, kind by kind, in id order.
+
+    The cursor is the last id looked at, so writes and deletes made between
+    two steps neither break the walk nor make it repeat or skip a survivor.
+    """
+
+    __slots__ = ("cursor", "kind_idx")
+
+    def __init__(self) -> None:
+        self.kind_idx = 0
+        self.cursor: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.kind_idx >= len(REPLICATED_KIND_CODES)
+
+    def collect(self, store: Store, want: Callable[[Entry], bool], max_scan: int) -> list[Change]:
+        """Changes for wanted entries, up to one batch or ``max_scan`` ids looked at."""
+        changes: list[Change] = []
+        size = scanned = 0
+        while not self.done and size < BATCH_BYTES and scanned < max_scan:
+            kind = REPLICATED_KIND_CODES[self.kind_idx]
+            ids = store.ids_after(kind, self.cursor, SCAN_STEP)
+            for rid in ids:
+                self.cursor = rid
+                scanned += 1
+                entry = store.get_raw(kind, rid)
+                if entry is not None and want(entry):
+                    changes.append(_change(kind, rid, entry))
+                    size += _cost(rid, entry)
+                    if size >= BATCH_BYTES:
+                        break
+            else:
+                if len(ids) < SCAN_STEP:  # this kind is exhausted
+                    self.kind_idx += 1
+                    self.cursor = None
+        return changes
+
+
+def _change(kind: int, rid: str, entry: Entry) -> Change:
+    epoch, seq = unpack_version(entry.version)
+    return Change(kind, rid, epoch, seq, entry.blob)
+
+
+def _cost(rid: str, entry: Entry) -> int:
+    return CHANGE_OVERHEAD + len(rid) + (len(entry.blob) if entry.blob is not None else 0)
+
+
+def _is_record(entry: Entry) -> bool:
+    return entry.blob is not None
+
+
+class SessionState(Enum):
+    BULK_START = "bulk_start"
+    BULK = "bulk"
+    STREAM = "stream"
+
+
+class OutboundSession:
+    """Primary -> one secondary: a snapshot, then the change stream."""
+
+    def __init__(self, snap_id: int) -> None:
+        self.snap_id = snap_id
+        self.state = SessionState.BULK_START
+        self.pending: OrderedDict[tuple[int, str], int] = OrderedDict()
+        self._walker = _Walker()
+        self.bulk_sent = 0
+        self.in_sync = False  # the peer acknowledged BULK_END
+        self.acked = 0  # watermark the peer acknowledged
+
+    def __repr__(self) -> str:
+        return (
+            f"OutboundSession(snap={self.snap_id}, {self.state.value}, pending={len(self.pending)})"
+        )
+
+    def enqueue(self, kind: int, rid: str, version: int) -> None:
+        key = (kind, rid)
+        if key not in self.pending:
+            self.pending[key] = version
+
+    def watermark(self, current: int) -> int:
+        if self.pending:
+            return next(iter(self.pending.values())) - 1
+        return current
+
+    @property
+    def idle(self) -> bool:
+        return self.state is SessionState.STREAM and not self.pending
+
+    def next_message(self, store: Store, current: int) -> tuple[Message, Mark | None] | None:
+        """The next message to send, or None when there is nothing (yet)."""
+        if self.state is SessionState.BULK_START:
+            self.state = SessionState.BULK
+            return BulkStart(self.snap_id, sum(store.counts().values())), None
+        if self.state is SessionState.BULK:
+            return self._next_bulk(store, current)
+        return self._next_stream(store, current)
+
+    def _next_bulk(self, store: Store, current: int) -> tuple[Message, Mark | None] | None:
+        changes = self._walker.collect(store, _is_record, max_scan=1 << 30)
+        if changes:
+            self.bulk_sent += len(changes)
+            return Records(Phase.BULK, tuple(changes)), None
+        self.state = SessionState.STREAM
+        wm = self.watermark(current)
+        epoch, seq = unpack_version(wm)
+        return BulkEnd(self.snap_id, self.bulk_sent, epoch, seq), Mark(MarkKind.BULK_END, wm)
+
+    def _next_stream(self, store: Store, current: int) -> tuple[Message, Mark | None] | None:
+        if not self.pending:
+            return None
+        changes: list[Change] = []
+        size = 0
+        pending = self.pending
+        while pending and size < BATCH_BYTES:
+            (kind, rid), _first = pending.popitem(last=False)
+            entry = store.get_raw(kind, rid)
+            if entry is None:  # expired and swept locally: the peer expires it too
+                continue
+            changes.append(_change(kind, rid, entry))
+            size += _cost(rid, entry)
+        return Records(Phase.STREAM, tuple(changes)), Mark(
+            MarkKind.WATERMARK, self.watermark(current)
+        )
+
+
+class MergeSender:
+    """A former primary offers the survivor every write it made that the survivor may lack.
+
+    Those are the entries (tombstones included) whose version was minted by
+    this node (its tag is in the epoch) and is newer than the last version the
+    survivor is known to have acknowledged from it.
+    """
+
+    def __init__(self, tag: int, floor: int, epoch: int) -> None:
+        self.tag = tag
+        self.floor = floor
+        self.epoch = epoch  # the epoch the sender was primary in
+        self._walker = _Walker()
+        self.sent = 0
+        self.finished = False
+
+    def _wanted(self, entry: Entry) -> bool:
+        return entry.version > self.floor and (entry.version >> 64) & 0xFFFF == self.tag
+
+    def next_message(self, store: Store) -> tuple[Message, Mark | None] | None:
+        if self.finished:
+            return None
+        changes = self._walker.collect(store, self._wanted, max_scan=8 * SCAN_STEP)
+        if changes:
+            self.sent += len(changes)
+            return Records(Phase.MERGE, tuple(changes)), None
+        if self._walker.done:
+            self.finished = True
+            return MergeEnd(self.sent, self.epoch), Mark(MarkKind.MERGE_END)
+        return None  # scanned a stretch without matches: continue on the next pump
+
+
+@dataclass(slots=True)
+class ApplyResult:
+    applied: int = 0
+    invalid: int = 0
+    max_version: int = 0
+    first_error: str | None = None
+
+
+def decode_change(change: Change) -> tuple[list[object] | None, float | None]:
+    """Validate a change's record; returns (wire value or None for a tombstone, expiry)."""
+    kind = KINDS_BY_CODE[change.kind]
+    if change.blob is None:
+        return None, None
+    wire = kind.decode(change.blob)
+    kind.check_id(wire, change.id)
+    return wire, kind.expiry(wire)
+
+
+def apply_changes(
+    store: Store, changes: tuple[Change, ...], wall: float, tombstone_ttl: float
+) -> ApplyResult:
+    """Apply changes from the primary (bulk or stream) after validating each record.
+
+    A record that fails validation is skipped and counted, never stored: it can
+    only come from a peer running a different schema, and storing it would
+    corrupt what this node would serve after a failover.
+    """
+    result = ApplyResult()
+    for change in changes:
+        try:
+            _wire, expires = decode_change(change)
+        except RecordError as exc:
+            result.invalid += 1
+            if result.first_error is None:
+                result.first_error = f"{change.id}: {exc.message}"
+            continue
+        version = pack_version(change.epoch, change.seq)
+        if change.blob is None:
+            store.put(change.kind, change.id, Entry(version, wall + tombstone_ttl, None))
+        else:
+            store.put(change.kind, change.id, Entry(version, expires, change.blob))
+        result.applied += 1
+        result.max_version = max(result.max_version, version)
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class MergeDecision:
+    """What the survivor does with one offered change."""
+
+    blob: bytes | None  # the content to write (None: delete)
+    write: bool  # False: keep ours untouched
+    conflict: bool  # both sides changed the record during the split
+
+
+def merge_one(mine: Entry | None, theirs: Change) -> MergeDecision:
+    """Resolve one offered change against the survivor's entry.
+
+    The newer version wins per record.  A survivor entry newer than the offer
+    was changed during the split (the survivor's epoch began after the
+    loser's), which makes it a conflict: the survivor's content wins, but
+    counters (ESP sequence, IKE message IDs, last_seen) take the larger value
+    so they never go backwards.
+    """
+    kind = KINDS_BY_CODE[theirs.kind]
+    v_theirs = pack_version(theirs.epoch, theirs.seq)
+    if mine is None:
+        return MergeDecision(theirs.blob, theirs.blob is not None, False)
+    if mine.version == v_theirs:
+        return MergeDecision(None, False, False)
+    theirs_newer = v_theirs > mine.version
+    if theirs_newer:
+        if theirs.blob is None or mine.blob is None:
+            return MergeDecision(theirs.blob, True, False)
+        merged = kind.merge(kind.decode(theirs.blob), kind.decode(mine.blob))
+        return MergeDecision(kind.encode(merged), True, False)
+    # Ours is newer: a conflict.  Keep ours, with counters that never go back.
+    if theirs.blob is None or mine.blob is None:
+        return MergeDecision(None, False, True)
+    merged = kind.merge(kind.decode(mine.blob), kind.decode(theirs.blob))
+    blob = kind.encode(merged)
+    return MergeDecision(blob, blob != mine.blob, True)

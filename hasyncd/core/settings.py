@@ -1,0 +1,40 @@
+"""Everything the node core needs to know about its configuration, in core units (seconds)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hasyncd.secret import Secret
+
+
+@dataclass(frozen=True)
+class CoreSettings:
+    name: str
+    tag: int  # 1..65535, unique in the cluster: the low 16 bits of every epoch this node mints
+    priority: int
+    group_id: int
+    psk: Secret
+    peers: tuple[str, ...] = ()  # link addresses to dial, "host:port"
+    listen: str = ""
+    heartbeat_interval: float = 0.1
+    lost_threshold: int = 5
+    holddown: float = 2.0
+    # Replication bytes a peer may have in flight to us: bounds how far a
+    # heartbeat can queue behind bulk data and how much a peer buffers.
+    window: int = 1 << 20
+    override: bool = False
+    preempt_delay: float = 60.0
+    uptime_margin: float = 300.0
+    max_flaps: int = 3
+    flap_window: float = 900.0
+    esp_seq_margin: int = 1 << 16
+    tombstone_ttl: float = 3600.0
+    handshake_timeout: float = 3.0
+    handover_timeout: float = 3.0
+    reconnect_min: float = 0.1
+    reconnect_max: float = 1.0
+    monitors: tuple[str, ...] = ()
+
+    @property
+    def lost_timeout(self) -> float:
+        return self.heartbeat_interval * self.lost_threshold

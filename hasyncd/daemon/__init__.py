@@ -1,0 +1,1 @@
+"""The asyncio shell around the sans-IO core: sockets, the timer, the local API, hooks, metrics."""

@@ -1,0 +1,456 @@
+"""The local HTTP API (aiohttp), on a Unix socket (mode 0660) and optionally on TCP loopback.
+
+Every refusal is a JSON body ``{"error": code, "message": ..., ...}`` with a
+precise code, counted in ``hasyncd_api_errors_total{error=...}``; request
+bodies are never logged (they carry keys).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+from aiohttp import web
+
+from hasyncd.core.node import version_json
+from hasyncd.daemon.eventhub import event_type_name
+from hasyncd.daemon.metrics import CONTENT_TYPE
+from hasyncd.errors import HasyncdError, NotReplicated, RecordError, UnknownKind, WriteRefused
+from hasyncd.policy import policy_table
+from hasyncd.records import Kind, kind_for_api
+from hasyncd.wire.messages import MAX_ID_LEN
+
+if TYPE_CHECKING:
+    from hasyncd.daemon.shell import Daemon
+
+log = logging.getLogger("hasyncd.api")
+
+MAX_RECORD_BODY = 64 * 1024  # one record's JSON: far above the largest legal record
+MAX_PAGE = 1000  # records per list page: bounds the time one request holds the loop
+DEFAULT_PAGE = 100
+MAX_BATCH_OPS = 200_000  # ops per batch request
+BATCH_SLICE = 2000  # ops applied between yields to the event loop (heartbeats keep flowing)
+SSE_KEEPALIVE = 15.0  # seconds between comment lines on an idle event stream
+
+_STATUS_BY_ERROR = {
+    "unknown_kind": 404,
+    "not_found": 404,
+    "not_replicated": 422,
+    "not_primary": 409,
+    "no_in_sync_secondary": 409,
+    "fenced": 503,
+    "handover_in_progress": 503,
+}
+
+
+class ApiError(HasyncdError):
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.extra = extra
+
+
+def _error_from(exc: HasyncdError) -> ApiError:
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, NotReplicated):
+        return ApiError(422, "not_replicated", exc.message, kind=exc.kind, reason=exc.reason)
+    if isinstance(exc, UnknownKind):
+        return ApiError(404, "unknown_kind", exc.message)
+    if isinstance(exc, RecordError):
+        return ApiError(400, exc.code, exc.message, field=exc.field)
+    if isinstance(exc, WriteRefused):
+        return ApiError(
+            _STATUS_BY_ERROR.get(exc.code, 503), exc.code, exc.message, primary=exc.primary
+        )
+    return ApiError(500, exc.code, exc.message)
+
+
+def _check_id(rid: str) -> None:
+    if not 0 < len(rid) <= MAX_ID_LEN or not rid.isprintable():
+        raise ApiError(
+            400, "invalid_record", "record id must be 1..96 printable characters", field="id"
+        )
+
+
+class Api:
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+        cfg = daemon.config.api
+        self.app = web.Application(
+            client_max_size=cfg.max_body_mib * 1024 * 1024, middlewares=[self._errors]
+        )
+        r = self.app.router
+        r.add_get("/v1/status", self.status)
+        r.add_get("/v1/policy", self.policy)
+        r.add_post("/v1/records:batch", self.batch)
+        r.add_get("/v1/records/{kind}", self.list)
+        r.add_put("/v1/records/{kind}/{id}", self.put)
+        r.add_get("/v1/records/{kind}/{id}", self.get)
+        r.add_delete("/v1/records/{kind}/{id}", self.delete)
+        r.add_get("/v1/events", self.events)
+        r.add_post("/v1/failover", self.failover)
+        r.add_get("/metrics", self.metrics)
+        self._runner: web.AppRunner | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.d.config.api
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        if cfg.socket is not None:
+            _prepare_socket_path(cfg.socket)
+            site = web.UnixSite(self._runner, str(cfg.socket))
+            await site.start()
+            os.chmod(cfg.socket, 0o660)
+        if cfg.listen is not None:
+            try:
+                await web.TCPSite(
+                    self._runner, cfg.listen.host, cfg.listen.port, reuse_address=True
+                ).start()
+            except OSError as exc:
+                raise HasyncdError(
+                    f"cannot listen on {cfg.listen} for the API: {exc.strerror}"
+                ) from None
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        sock = self.d.config.api.socket
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.unlink()
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "unmatched"
+        try:
+            resp: web.StreamResponse = await handler(request)
+        except HasyncdError as exc:
+            err = _error_from(exc)
+            self.d.metrics.api_errors.labels(err.code).inc()
+            body = {"error": err.code, "message": err.message}
+            body.update({k: v for k, v in err.extra.items() if v is not None or k == "primary"})
+            resp = web.json_response(body, status=err.status)
+        except web.HTTPException as exc:
+            self.d.metrics.api_errors.labels(f"http_{exc.status}").inc()
+            resp = web.json_response(
+                {"error": f"http_{exc.status}", "message": exc.reason}, status=exc.status
+            )
+        self.d.metrics.api_requests.labels(name, str(resp.status)).inc()
+        return resp
+
+    async def _json_body(self, request: web.Request, limit: int) -> Any:
+        if request.content_length is not None and request.content_length > limit:
+            raise ApiError(413, "body_too_large", f"body exceeds {limit} bytes")
+        raw = await request.content.read(limit + 1)
+        if len(raw) > limit:
+            raise ApiError(413, "body_too_large", f"body exceeds {limit} bytes")
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+
+    def _kind(self, name: str) -> Kind:
+        try:
+            return kind_for_api(name)
+        except NotReplicated as exc:
+            self.d.metrics.not_replicated.labels(exc.kind).inc()
+            raise
+        except UnknownKind:
+            raise ApiError(
+                404, "unknown_kind", f"unknown record kind {name[:64]!r}", kind=name[:64]
+            ) from None
+
+    def _now(self) -> float:
+        return self.d.loop.time()
+
+    async def _replicated(self, version: int) -> bool | None:
+        """In sync mode, wait for the secondaries; None in async mode."""
+        cfg = self.d.config.sync
+        if cfg.mode != "sync":
+            return None
+        ok = await self.d.waiters.wait(version, cfg.sync_timeout_ms / 1000.0)
+        self.d.metrics.sync_writes.labels("true" if ok else "false").inc()
+        return ok
+
+    # -- records --------------------------------------------------------------------------
+
+    def _write_one(self, kind: Kind, rid: str, body: Any) -> tuple[int, int]:
+        """Validate and write one record; returns (HTTP status, version)."""
+        _check_id(rid)
+        wire = kind.from_json(body, rid)
+        expires = kind.expiry(wire)
+        if expires is not None and expires <= time.time():
+            raise ApiError(400, "expired", "the record has already expired", field="expires")
+        result = self.d.core.write(kind.code, rid, kind.encode(wire), expires, self._now())
+        assert result is not None
+        return (201 if result.created else 200), result.version
+
+    async def put(self, request: web.Request) -> web.Response:
+        kind = self._kind(request.match_info["kind"])
+        body = await self._json_body(request, MAX_RECORD_BODY)
+        status, version = self._write_one(kind, request.match_info["id"], body)
+        self.d.flush()
+        out: dict[str, Any] = {"id": request.match_info["id"], "version": version_json(version)}
+        replicated = await self._replicated(version)
+        if replicated is not None:
+            out["replicated"] = replicated
+            if not replicated:
+                status = 202
+        return web.json_response(out, status=status)
+
+    async def get(self, request: web.Request) -> web.Response:
+        kind = self._kind(request.match_info["kind"])
+        rid = request.match_info["id"]
+        _check_id(rid)
+        entry = self.d.store.get(kind.code, rid, time.time())
+        if entry is None or entry.blob is None:
+            raise ApiError(404, "not_found", f"no {kind.name} {rid}")
+        return web.json_response(
+            {
+                "kind": kind.name,
+                "id": rid,
+                "version": version_json(entry.version),
+                "record": kind.to_json(kind.decode(entry.blob)),
+            }
+        )
+
+    async def delete(self, request: web.Request) -> web.Response:
+        kind = self._kind(request.match_info["kind"])
+        rid = request.match_info["id"]
+        _check_id(rid)
+        result = self.d.core.write(kind.code, rid, None, None, self._now())
+        self.d.flush()
+        if result is None:
+            raise ApiError(404, "not_found", f"no {kind.name} {rid}")
+        out: dict[str, Any] = {"id": rid, "version": version_json(result.version)}
+        status = 200
+        replicated = await self._replicated(result.version)
+        if replicated is not None:
+            out["replicated"] = replicated
+            status = 200 if replicated else 202
+        return web.json_response(out, status=status)
+
+    async def list(self, request: web.Request) -> web.Response:
+        kind = self._kind(request.match_info["kind"])
+        after = request.query.get("after") or None
+        try:
+            limit = int(request.query.get("limit", DEFAULT_PAGE))
+        except ValueError:
+            raise ApiError(400, "invalid_query", "limit must be an integer") from None
+        if not 1 <= limit <= MAX_PAGE:
+            raise ApiError(400, "invalid_query", f"limit must be in 1..{MAX_PAGE}")
+        page = self.d.store.page(kind.code, after, limit, time.time())
+        items = [
+            {"id": rid, "version": version_json(e.version), "record": kind.to_json(kind.decode(b))}
+            for rid, e in page
+            if (b := e.blob) is not None
+        ]
+        nxt = page[-1][0] if len(page) == limit else None
+        return web.json_response({"kind": kind.name, "items": items, "next": nxt})
+
+    async def batch(self, request: web.Request) -> web.StreamResponse:
+        ctype = request.content_type
+        raw = await request.read()
+        use_msgpack = ctype in ("application/msgpack", "application/x-msgpack")
+        ops = _parse_batch(raw, use_msgpack)
+        results: list[dict[str, Any]] = []
+        newest = 0
+        for i, op in enumerate(ops):
+            if i and i % BATCH_SLICE == 0:
+                self.d.flush()
+                await asyncio.sleep(0)  # let heartbeats and replication run
+            res = self._batch_op(op)
+            results.append(res)
+            newest = max(newest, res.pop("_version", 0))
+        self.d.flush()
+        out: dict[str, Any] = {"results": results}
+        if newest:
+            replicated = await self._replicated(newest)
+            if replicated is not None:
+                out["replicated"] = replicated
+        if use_msgpack:
+            return web.Response(
+                body=msgpack.packb(out, use_bin_type=True), content_type="application/msgpack"
+            )
+        return web.json_response(out)
+
+    def _batch_op(self, op: Any) -> dict[str, Any]:
+        if not isinstance(op, dict):
+            return {"status": 400, "error": "invalid_op", "message": "an op is an object"}
+        unknown = set(op) - {"op", "kind", "id", "record"}
+        rid = op.get("id")
+        try:
+            if unknown:
+                name = sorted(str(k) for k in unknown)[0][:64]
+                raise ApiError(400, "unknown_field", f"unknown op field {name}", field=name)
+            if (
+                op.get("op") not in ("put", "delete")
+                or not isinstance(op.get("kind"), str)
+                or (not isinstance(rid, str))
+            ):
+                raise ApiError(
+                    400, "invalid_op", 'an op needs "op" ("put"|"delete"), "kind" and "id"'
+                )
+            kind = self._kind(op["kind"])
+            if op["op"] == "put":
+                if "record" not in op:
+                    raise ApiError(400, "invalid_op", 'a put needs "record"')
+                status, version = self._write_one(kind, rid, op["record"])
+            else:
+                _check_id(rid)
+                result = self.d.core.write(kind.code, rid, None, None, self._now())
+                if result is None:
+                    raise ApiError(404, "not_found", f"no {kind.name} {rid}")
+                status, version = 200, result.version
+        except HasyncdError as exc:
+            err = _error_from(exc)
+            self.d.metrics.api_errors.labels(err.code).inc()
+            res: dict[str, Any] = {"status": err.status, "error": err.code, "message": err.message}
+            if isinstance(rid, str):
+                res["id"] = rid[:MAX_ID_LEN]
+            res.update({k: v for k, v in err.extra.items() if v is not None})
+            return res
+        return {"status": status, "id": rid, "version": version_json(version), "_version": version}
+
+    # -- cluster --------------------------------------------------------------------------
+
+    async def status(self, request: web.Request) -> web.Response:
+        st = self.d.core.status(self._now())
+        st["hooks"] = {
+            "queued": self.d.hooks.queued,
+            "running": self.d.hooks.running,
+            "recent": list(self.d.hooks.history),
+        }
+        st["sync_mode"] = self.d.config.sync.mode
+        return web.json_response(st)
+
+    async def policy(self, request: web.Request) -> web.Response:
+        return web.json_response({"policy": policy_table()})
+
+    async def failover(self, request: web.Request) -> web.Response:
+        core = self.d.core
+        target = core.request_failover(self._now())
+        self.d.flush()
+        timeout = self.d.config.promotion.handover_timeout_ms / 1000.0 + 1.0
+        done = await self.d.wait_role(lambda: not core.roles.is_primary, timeout)
+        if not done:
+            raise ApiError(
+                504, "handover_timeout", f"{target} did not take over in time", target=target
+            )
+        return web.json_response({"new_primary": target, "epoch": core.roles.epoch})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.d.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        types_q = request.query.get("types")
+        types = frozenset(t.strip() for t in types_q.split(",") if t.strip()) if types_q else None
+        last = request.headers.get("Last-Event-ID")
+        last_id = int(last) if last and last.isdigit() else None
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await resp.prepare(request)
+        sub, reset = self.d.hub.subscribe(types, last_id)
+        try:
+            if reset:
+                await resp.write(b"event: reset\ndata: {}\n\n")
+            hello = json.dumps(
+                {
+                    "node": self.d.config.node.name,
+                    "role": self.d.core.roles.role.name.lower(),
+                    "epoch": self.d.core.roles.epoch,
+                }
+            )
+            await resp.write(f"event: hello\ndata: {hello}\n\n".encode())
+            while True:
+                try:
+                    item = await asyncio.wait_for(sub.queue.get(), SSE_KEEPALIVE)
+                except TimeoutError:
+                    await resp.write(b": keepalive\n\n")
+                    continue
+                if item is None:
+                    await resp.write(b"event: overflow\ndata: {}\n\n")
+                    break
+                seq, etype, data = item
+                await resp.write(f"id: {seq}\nevent: {etype}\ndata: {data}\n\n".encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.d.hub.unsubscribe(sub)
+        return resp
+
+
+def _parse_batch(raw: bytes, use_msgpack: bool) -> list[Any]:
+    if use_msgpack:
+        try:
+            ops = msgpack.unpackb(
+                raw, raw=False, strict_map_key=True, max_array_len=MAX_BATCH_OPS, max_ext_len=0
+            )
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            raise ApiError(
+                400, "invalid_msgpack", f"body is not valid msgpack: {type(exc).__name__}"
+            ) from None
+        if not isinstance(ops, list):
+            raise ApiError(400, "invalid_batch", "a msgpack batch body is an array of ops")
+        return _jsonable(ops)
+    ops = []
+    for n, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        if len(ops) >= MAX_BATCH_OPS:
+            raise ApiError(413, "batch_too_large", f"more than {MAX_BATCH_OPS} ops")
+        try:
+            ops.append(json.loads(line))
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "invalid_json", f"line {n} is not valid JSON") from None
+    return ops
+
+
+def _jsonable(ops: list[Any]) -> list[Any]:
+    """msgpack batches may carry keys and SPIs as bin: present them as the hex JSON uses."""
+
+    def conv(v: Any) -> Any:
+        if isinstance(v, bytes):
+            return v.hex()
+        if isinstance(v, list):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+
+    return [conv(op) for op in ops]
+
+
+def _prepare_socket_path(path: Path) -> None:
+    """Create the socket's directory; remove a stale socket, refuse a live one."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+    if not path.exists():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()
+        return
+    finally:
+        probe.close()
+    raise HasyncdError(f"API socket {path} is in use: is another hasyncd running?")
+
+
+__all__ = ["Api", "event_type_name"]

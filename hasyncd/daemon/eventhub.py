@@ -1,0 +1,92 @@
+"""The event stream behind ``GET /v1/events``: numbered events, a replay buffer, subscribers.
+
+Each event gets a sequence number.  A client that reconnects with
+``Last-Event-ID`` gets what it missed from the replay buffer; if that is no
+longer there it gets a ``reset`` event first and should re-read state.
+Record events are only produced by the core while a subscriber wants them,
+so an idle daemon pays nothing for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import json
+from collections import deque
+from collections.abc import Callable
+
+from hasyncd.core.events import Event, RecordChanged
+
+REPLAY = 10_000  # events kept for reconnecting clients
+QUEUE = 100_000  # per-subscriber backlog before it is dropped as too slow
+
+
+class Subscriber:
+    def __init__(self, types: frozenset[str] | None) -> None:
+        self.types = types
+        self.queue: asyncio.Queue[tuple[int, str, str] | None] = asyncio.Queue(QUEUE)
+
+    def wants(self, etype: str) -> bool:
+        return self.types is None or etype in self.types
+
+
+def event_type_name(cls: type) -> str:
+    """RoleChanged -> role_changed: the SSE ``event:`` field and the ``types`` filter."""
+    return "".join("_" + c.lower() if c.isupper() else c for c in cls.__name__).lstrip("_")
+
+
+def event_type(ev: Event) -> str:
+    return event_type_name(type(ev))
+
+
+RECORD_EVENTS = event_type_name(RecordChanged)
+
+
+class EventHub:
+    def __init__(self, on_subscribers: Callable[[bool], None]) -> None:
+        self._seq = itertools.count(1)
+        self._replay: deque[tuple[int, str, str]] = deque(maxlen=REPLAY)
+        self._subs: set[Subscriber] = set()
+        self._on_subscribers = on_subscribers
+
+    def publish(self, ev: Event) -> None:
+        etype = event_type(ev)
+        item = (next(self._seq), etype, json.dumps(dataclasses.asdict(ev)))
+        self._replay.append(item)
+        for sub in list(self._subs):
+            if sub.wants(etype):
+                try:
+                    sub.queue.put_nowait(item)
+                except asyncio.QueueFull:
+                    self._drop(sub)
+
+    def subscribe(
+        self, types: frozenset[str] | None, last_id: int | None
+    ) -> tuple[Subscriber, bool]:
+        """Returns the subscriber and whether its Last-Event-ID could not be honoured."""
+        sub = Subscriber(types)
+        reset = False
+        if last_id is not None:
+            if self._replay and self._replay[0][0] > last_id + 1:
+                reset = True
+            for item in self._replay:
+                if item[0] > last_id and sub.wants(item[1]):
+                    sub.queue.put_nowait(item)
+        self._subs.add(sub)
+        self._update()
+        return sub, reset
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self._subs.discard(sub)
+        self._update()
+
+    def _drop(self, sub: Subscriber) -> None:
+        self._subs.discard(sub)
+        while not sub.queue.empty():
+            sub.queue.get_nowait()
+        sub.queue.put_nowait(None)
+        self._update()
+
+    def _update(self) -> None:
+        self._on_subscribers(any(s.wants(RECORD_EVENTS) for s in self._subs))

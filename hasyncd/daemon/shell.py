@@ -1,0 +1,316 @@
+"""The asyncio shell: moves bytes between sockets and the node core, arms its one timer.
+
+Everything with a protocol rule in it lives in ``hasyncd.core``.  This module
+only: listens and dials TCP for the HA link, feeds received bytes and
+connection events into the core, writes what the core wants sent, arms a
+single ``call_at`` timer for ``core.next_timer()``, and hands the core's
+events to the API (event stream, sync-mode waiters), the hook runner, the
+metrics and systemd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from hasyncd.config import Config
+from hasyncd.core.events import (
+    Close,
+    Dial,
+    Event,
+    FaultChanged,
+    PromotionDone,
+    Reannounce,
+    RoleChanged,
+    Watermark,
+)
+from hasyncd.core.node import NodeCore
+from hasyncd.core.settings import CoreSettings
+from hasyncd.daemon.api import Api
+from hasyncd.daemon.eventhub import EventHub
+from hasyncd.daemon.hooks import HookRunner
+from hasyncd.daemon.metrics import Metrics
+from hasyncd.daemon.system import InterfaceMonitor, LoopLagMonitor, SystemdNotifier
+from hasyncd.daemon.waiters import SyncWaiters
+from hasyncd.errors import HasyncdError
+from hasyncd.store import Store
+
+log = logging.getLogger("hasyncd.daemon")
+
+
+def core_settings(config: Config) -> CoreSettings:
+    node, link = config.node, config.link
+    return CoreSettings(
+        name=node.name,
+        tag=node.id,
+        priority=node.priority,
+        group_id=link.group_id,
+        psk=config.psk,
+        peers=tuple(str(a) for a in link.peers),
+        listen=str(link.listen),
+        heartbeat_interval=link.heartbeat_interval_ms / 1000.0,
+        lost_threshold=link.heartbeat_lost_threshold,
+        holddown=link.hello_holddown_ms / 1000.0,
+        window=link.window_kib * 1024,
+        override=node.override,
+        preempt_delay=node.preempt_delay_s,
+        uptime_margin=node.uptime_margin_s,
+        max_flaps=node.max_flaps,
+        esp_seq_margin=config.promotion.esp_seq_margin,
+        tombstone_ttl=float(config.store.tombstone_ttl_s),
+        handshake_timeout=link.handshake_timeout_ms / 1000.0,
+        handover_timeout=config.promotion.handover_timeout_ms / 1000.0,
+        monitors=node.monitor,
+    )
+
+
+class LinkProtocol(asyncio.Protocol):
+    """One HA link connection; every callback goes straight into the core."""
+
+    def __init__(self, daemon: Daemon, initiator: bool, address: str | None = None) -> None:
+        self.daemon = daemon
+        self.initiator = initiator
+        self.address = address
+        self.conn_id = daemon.new_conn_id()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        d = self.daemon
+        d.transports[self.conn_id] = transport
+        if self.address is None:
+            peer = transport.get_extra_info("peername")
+            self.address = f"{peer[0]}:{peer[1]}" if peer else "?"
+        d.core.connection_made(
+            self.conn_id, initiator=self.initiator, address=self.address, now=d.loop.time()
+        )
+        d.flush()
+
+    def data_received(self, data: bytes) -> None:
+        d = self.daemon
+        d.core.receive_data(self.conn_id, data, d.loop.time())
+        d.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        d = self.daemon
+        d.transports.pop(self.conn_id, None)
+        d.core.connection_lost(self.conn_id, d.loop.time())
+        d.flush()
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.loop = asyncio.get_running_loop()
+        self.store = Store()
+        self.core = NodeCore(
+            core_settings(config),
+            self.store,
+            now=self.loop.time(),
+            wall=time.time,
+            boot_id=os.urandom(16),
+        )
+        self.transports: dict[int, asyncio.Transport] = {}
+        self._conn_ids = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.metrics = Metrics(self)
+        self.hub = EventHub(on_subscribers=self._record_events_wanted)
+        self.waiters = SyncWaiters()
+        self.hooks = HookRunner(config.hooks, config.node.name, self.metrics)
+        self.notifier = SystemdNotifier()
+        self.api = Api(self)
+        self._server: asyncio.Server | None = None
+        self.role_changed = asyncio.Condition()
+
+    def new_conn_id(self) -> int:
+        self._conn_ids += 1
+        return self._conn_ids
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- the core's outputs ----------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write what the core queued, act on its events, re-arm its timer."""
+        core = self.core
+        for conn_id, data in core.data_to_send():
+            transport = self.transports.get(conn_id)
+            if transport is not None and not transport.is_closing():
+                transport.write(data)
+        for ev in core.events():
+            self._on_event(ev)
+        when = core.next_timer()
+        if when != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = when
+            self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        self.core.handle_timer(self.loop.time())
+        self.flush()
+
+    def _on_event(self, ev: Event) -> None:
+        if isinstance(ev, Dial):
+            self.spawn(self._dial(ev.address))
+            return
+        if isinstance(ev, Close):
+            transport = self.transports.get(ev.conn_id)
+            if transport is not None:
+                transport.close()
+            return
+        if isinstance(ev, Watermark):
+            self.waiters.update(ev.version)
+            return
+        self.metrics.on_event(ev)
+        self.hub.publish(ev)
+        core = self.core
+        if isinstance(ev, RoleChanged):
+            self.notifier.status(f"{ev.new} in epoch {ev.epoch}: {ev.reason}")
+            if ev.new == "secondary":
+                self.hooks.submit("on_secondary", self._hook_doc(ev.old, ev.new, ev.reason))
+            self.spawn(self._notify_role_waiters())
+        elif isinstance(ev, PromotionDone):
+            self.hooks.submit("on_primary", self._hook_doc("secondary", "primary", ev.reason))
+        elif isinstance(ev, Reannounce):
+            self.hooks.submit("on_primary", self._hook_doc("primary", "primary", ev.reason))
+        elif isinstance(ev, FaultChanged) and ev.active:
+            role = core.roles.role.name.lower()
+            reason = "monitored interfaces down: " + ", ".join(ev.monitors_down)
+            self.hooks.submit("on_fault", self._hook_doc(role, role, reason))
+
+    async def _notify_role_waiters(self) -> None:
+        async with self.role_changed:
+            self.role_changed.notify_all()
+
+    def _hook_doc(self, old: str, new: str, reason: str) -> dict[str, object]:
+        counts = self.core.status(self.loop.time())["records"]
+        return {
+            "node": self.config.node.name,
+            "old_role": old,
+            "new_role": new,
+            "epoch": self.core.roles.epoch,
+            "reason": reason,
+            "records": counts,
+            "time": time.time(),
+        }
+
+    def _record_events_wanted(self, wanted: bool) -> None:
+        self.core.record_events = wanted
+
+    async def _dial(self, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]")
+        timeout = self.config.link.handshake_timeout_ms / 1000.0
+        try:
+            async with asyncio.timeout(timeout):
+                await self.loop.create_connection(
+                    lambda: LinkProtocol(self, True, address), host, int(port)
+                )
+        except (OSError, TimeoutError) as exc:
+            reason = (
+                "connect timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+            )
+            self.core.connect_failed(address, self.loop.time(), reason)
+            self.flush()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        listen = self.config.link.listen
+        try:
+            self._server = await self.loop.create_server(
+                lambda: LinkProtocol(self, False), listen.host, listen.port, reuse_address=True
+            )
+        except OSError as exc:
+            raise HasyncdError(
+                f"cannot listen on {listen} for the HA link: {exc.strerror}"
+            ) from None
+        await self.api.start()
+        self.spawn(self.hooks.run())
+        self.spawn(LoopLagMonitor(self.metrics).run())
+        if self.config.node.monitor:
+            self.spawn(InterfaceMonitor(self.config.node.monitor, self._monitors_changed).run())
+        self.flush()
+        self.notifier.ready(f"starting: link {listen}")
+        log.info(
+            "hasyncd %s started: link %s, peers %s, api %s",
+            self.config.node.name,
+            listen,
+            ", ".join(str(p) for p in self.config.link.peers),
+            ", ".join(str(x) for x in (self.config.api.socket, self.config.api.listen) if x),
+        )
+
+    def _monitors_changed(self, down: tuple[str, ...]) -> None:
+        self.core.set_monitors(down, self.loop.time())
+        self.flush()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def wait_role(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``predicate()`` holds after a role change (or already holds)."""
+        async with self.role_changed:
+            try:
+                await asyncio.wait_for(self.role_changed.wait_for(predicate), timeout)
+            except TimeoutError:
+                return False
+        return True
+
+    async def run(self) -> None:
+        await self.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.request_stop)
+        self.spawn(self.notifier.watchdog())
+        await self._stopping.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        log.info("stopping")
+        self.notifier.stopping()
+        core = self.core
+        target = core.begin_shutdown(self.loop.time())
+        self.flush()
+        if target is not None:
+            handed = await self.wait_role(
+                lambda: not core.roles.is_primary,
+                self.config.promotion.handover_timeout_ms / 1000.0,
+            )
+            log.info(
+                "handover to %s before stopping: %s", target, "done" if handed else "timed out"
+            )
+        core.finish_shutdown(self.loop.time())
+        self.flush()
+        await asyncio.sleep(0.05)  # let the GOODBYE frames leave
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._server is not None:
+            self._server.close()
+        for transport in list(self.transports.values()):
+            transport.abort()
+        await self.api.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.waiters.update(None)
+
+
+def api_socket_path(config: Config) -> Path | None:
+    return config.api.socket

@@ -1,0 +1,101 @@
+"""What the daemon learns from and tells the operating system.
+
+* ``SystemdNotifier``: sd_notify READY/STATUS/STOPPING/WATCHDOG (no library:
+  one datagram to $NOTIFY_SOCKET);
+* ``InterfaceMonitor``: Linux operstate of the monitored interfaces;
+* ``LoopLagMonitor``: how late this node's own event loop runs, the number
+  that tells "the peer is silent" apart from "we were not listening".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hasyncd.daemon.metrics import Metrics
+
+log = logging.getLogger("hasyncd.system")
+
+SYS_NET = Path("/sys/class/net")
+MONITOR_INTERVAL = 0.1  # seconds between operstate reads: one heartbeat interval
+LAG_PROBE = 0.05  # seconds between loop-lag probes
+
+
+class SystemdNotifier:
+    def __init__(self) -> None:
+        self._addr = os.environ.get("NOTIFY_SOCKET")
+        usec = os.environ.get("WATCHDOG_USEC")
+        self._watchdog = int(usec) / 1e6 if usec and usec.isdigit() else None
+
+    def _send(self, msg: str) -> None:
+        if not self._addr:
+            return
+        addr = "\0" + self._addr[1:] if self._addr.startswith("@") else self._addr
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(msg.encode(), addr)
+
+    def ready(self, status: str) -> None:
+        self._send(f"READY=1\nSTATUS={status}")
+
+    def status(self, status: str) -> None:
+        self._send(f"STATUS={status[:200]}")
+
+    def stopping(self) -> None:
+        self._send("STOPPING=1")
+
+    async def watchdog(self) -> None:
+        # Pinged from the event loop itself: a stalled loop stops the pings.
+        if not self._watchdog:
+            return
+        while True:
+            self._send("WATCHDOG=1")
+            await asyncio.sleep(self._watchdog / 2)
+
+
+def operstate(ifname: str) -> str:
+    try:
+        return (SYS_NET / ifname / "operstate").read_text().strip()
+    except OSError:
+        return "absent"
+
+
+def is_up(state: str) -> bool:
+    # Loopback and some virtual devices report "unknown" while passing traffic.
+    return state in ("up", "unknown")
+
+
+class InterfaceMonitor:
+    def __init__(self, names: tuple[str, ...], changed: Callable[[tuple[str, ...]], None]) -> None:
+        self.names = names
+        self.changed = changed
+        self.down: tuple[str, ...] | None = None
+
+    def poll(self) -> tuple[str, ...]:
+        return tuple(n for n in self.names if not is_up(operstate(n)))
+
+    async def run(self) -> None:
+        while True:
+            down = self.poll()
+            if down != self.down:
+                self.down = down
+                self.changed(down)
+            await asyncio.sleep(MONITOR_INTERVAL)
+
+
+class LoopLagMonitor:
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(LAG_PROBE)
+            self.metrics.loop_lag(max(0.0, loop.time() - start - LAG_PROBE))

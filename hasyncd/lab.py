@@ -1,0 +1,361 @@
+"""``hasyncd lab``: a two-node cluster of real daemons on loopback, and the launcher behind it.
+
+``LabCluster`` writes a key and one TOML file per node into a directory,
+starts real ``hasyncd run`` processes and talks to them over their API
+sockets.  The integration tests use the same launcher.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hasyncd import samples
+from hasyncd.client import Client
+from hasyncd.config import write_key
+
+HOOK_SCRIPT = """#!/bin/sh
+# lab hook: record what hasyncd told the data plane
+cat > "{dir}/hook-$HASYNCD_NODE-$HASYNCD_HOOK-$HASYNCD_EPOCH-$$.json"
+"""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LabNode:
+    name: str
+    dir: Path
+    link: str  # host:port
+    priority: int = 100
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+    prefix: Sequence[str] = ()  # e.g. ("ip", "netns", "exec", "ns-a")
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config(self) -> Path:
+        return self.dir / f"{self.name}.toml"
+
+    @property
+    def socket(self) -> Path:
+        return self.dir / f"{self.name}.sock"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / f"{self.name}.log"
+
+    @property
+    def client(self) -> Client:
+        return Client(socket=str(self.socket), timeout=30.0)
+
+    def write_config(self, peers: list[str], psk: Path, base: dict[str, dict[str, Any]]) -> None:
+        sections: dict[str, dict[str, Any]] = {
+            "node": {"name": self.name, "priority": self.priority},
+            "link": {"listen": self.link, "peers": peers, "psk_file": str(psk)},
+            "api": {"socket": str(self.socket)},
+        }
+        for layer in (base, self.extra):
+            for section, values in layer.items():
+                sections.setdefault(section, {}).update(values)
+        self.config.write_text(_toml(sections))
+
+    def start(self) -> None:
+        cmd = [*self.prefix, sys.executable, "-m", "hasyncd", "run", "--config", str(self.config)]
+        log = self.log.open("ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def status(self) -> dict[str, Any] | None:
+        try:
+            return self.client.status()
+        except (OSError, RuntimeError, ValueError):
+            return None
+
+    def role(self) -> str | None:
+        st = self.status()
+        return None if st is None else str(st["role"])
+
+
+def _toml(sections: dict[str, dict[str, Any]]) -> str:
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+    out = []
+    for section, values in sections.items():
+        out.append(f"[{section}]")
+        out.extend(f"{k} = {value(v)}" for k, v in values.items())
+        out.append("")
+    return "\n".join(out)
+
+
+class LabCluster:
+    """Real daemons in one directory; ``base`` config applies to every node."""
+
+    def __init__(self, workdir: Path, nodes: list[LabNode], base: dict[str, dict[str, Any]]):
+        self.dir = workdir
+        self.nodes = {n.name: n for n in nodes}
+        self.psk = workdir / "psk"
+        self.base = base
+
+    @classmethod
+    def loopback(
+        cls,
+        workdir: Path,
+        names: Sequence[str] = ("fw-a", "fw-b"),
+        priorities: Sequence[int] = (200, 100),
+        base: dict[str, dict[str, Any]] | None = None,
+    ) -> LabCluster:
+        nodes = [
+            LabNode(name, workdir, f"127.0.0.1:{free_port()}", prio)
+            for name, prio in zip(names, priorities, strict=True)
+        ]
+        defaults: dict[str, dict[str, Any]] = {
+            "link": {"hello_holddown_ms": 1000},
+            "log": {"level": "info"},
+        }
+        for section, values in (base or {}).items():
+            defaults.setdefault(section, {}).update(values)
+        return cls(workdir, nodes, defaults)
+
+    def write(self) -> None:
+        if not self.psk.exists():
+            write_key(self.psk)
+        for node in self.nodes.values():
+            peers = [n.link for n in self.nodes.values() if n is not node]
+            node.write_config(peers, self.psk, self.base)
+
+    def start(self) -> None:
+        self.write()
+        for node in self.nodes.values():
+            node.start()
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+
+    def __getitem__(self, name: str) -> LabNode:
+        return self.nodes[name]
+
+    def wait(self, cond: Callable[[], bool], timeout: float = 20.0, what: str = "") -> float:
+        start = time.monotonic()
+        while not cond():
+            if time.monotonic() - start > timeout:
+                raise TimeoutError(f"timed out after {timeout} s waiting for {what or cond}")
+            for node in self.nodes.values():
+                if node.proc is not None and node.proc.poll() not in (None, 0, -9, -15):
+                    tail = node.log.read_text()[-2000:] if node.log.exists() else ""
+                    raise RuntimeError(f"{node.name} exited with {node.proc.returncode}:\n{tail}")
+            time.sleep(0.02)
+        return time.monotonic() - start
+
+    def primary(self) -> LabNode | None:
+        for node in self.nodes.values():
+            if node.running and node.role() == "primary":
+                return node
+        return None
+
+    def wait_pair(self, timeout: float = 20.0) -> tuple[LabNode, LabNode]:
+        """Wait for one primary and every other node in sync; returns (primary, a secondary)."""
+
+        def ready() -> bool:
+            sts = [n.status() for n in self.nodes.values() if n.running]
+            if any(s is None for s in sts):
+                return False
+            roles = [str(s["role"]) for s in sts if s is not None]
+            return roles.count("primary") == 1 and all(s is not None and s["in_sync"] for s in sts)
+
+        self.wait(ready, timeout, "a primary and in-sync secondaries")
+        primary = self.primary()
+        assert primary is not None
+        secondary = next(n for n in self.nodes.values() if n is not primary and n.running)
+        return primary, secondary
+
+
+# --- the lab command -------------------------------------------------------------------
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run_lab(records: int = 200, keep: bool = False, workdir: Path | None = None) -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="hasyncd-lab-")) if workdir is None else workdir
+    tmp.mkdir(parents=True, exist_ok=True)
+    hook = tmp / "hook.sh"
+    hook.write_text(HOOK_SCRIPT.format(dir=tmp))
+    hook.chmod(0o755)
+    base: dict[str, dict[str, Any]] = {
+        "sync": {"mode": "sync", "sync_timeout_ms": 500},
+        "hooks": {"on_primary": str(hook), "on_secondary": str(hook)},
+    }
+    lab = LabCluster.loopback(tmp, base=base)
+    ok = False
+    try:
+        ok = _lab_steps(lab, records)
+    except (TimeoutError, RuntimeError, AssertionError) as exc:
+        _say(f"LAB FAILED: {exc}")
+    finally:
+        lab.stop()
+        if keep or not ok:
+            _say(f"lab directory kept: {tmp} (configs, key, logs)")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0 if ok else 1
+
+
+def _lab_steps(lab: LabCluster, records: int) -> bool:
+    _say(f"== starting two hasyncd nodes on loopback in {lab.dir}")
+    lab.start()
+    primary, secondary = lab.wait_pair()
+    st = primary.status() or {}
+    _say(f"   {primary.name} is primary (epoch {st.get('epoch')}): {st.get('role_reason')}")
+    _say(f"   {secondary.name} is secondary and in sync")
+
+    _say(
+        f"== writing {records} child SAs (both directions), {records // 10} IKE SAs and "
+        f"{records} web-mode sessions to {primary.name} (sync mode)"
+    )
+    now = time.time()
+    written: dict[tuple[str, str], dict[str, Any]] = {}
+    ops = []
+    for i in range(records):
+        for direction in ("out", "in"):
+            rid, rec = samples.ipsec_sa(i, direction, now)
+            written[("ipsec_sa", rid)] = rec
+            ops.append({"op": "put", "kind": "ipsec_sa", "id": rid, "record": rec})
+    for i in range(max(1, records // 10)):
+        rid, rec = samples.ike_sa(i, now)
+        written[("ike_sa", rid)] = rec
+        code, body = primary.client.put(f"/v1/records/ike_sa/{rid}", rec)
+        assert code == 201, (code, body)
+    for i in range(records):
+        rid, rec = samples.web_session(i, now)
+        written[("sslvpn_web_session", rid)] = rec
+        ops.append({"op": "put", "kind": "sslvpn_web_session", "id": rid, "record": rec})
+    t0 = time.monotonic()
+    code, body = primary.client.batch(ops)
+    assert code == 200 and all(r["status"] == 201 for r in body["results"]), body
+    _say(
+        f"   batch of {len(ops)} writes acknowledged in {time.monotonic() - t0:.3f} s, "
+        f"replicated: {body.get('replicated')}"
+    )
+    code, body = primary.client.put("/v1/records/sslvpn_tunnel_session/x", {"user": "u"})
+    _say(
+        f"   a tunnel-mode session is refused by policy: HTTP {code} {body['error']}: "
+        f"{body['reason']}"
+    )
+
+    _say(f"== reading everything back from {secondary.name}")
+    mismatches = _compare(secondary, written)
+    _say(f"   {len(written) - mismatches}/{len(written)} records identical on the secondary")
+    if mismatches:
+        return False
+
+    out_sas = [
+        (rid, rec)
+        for (k, rid), rec in written.items()
+        if k == "ipsec_sa" and rec["direction"] == "out"
+    ]
+    _say(f"== failover: kill -9 {primary.name}")
+    primary.kill()
+    t_kill = time.monotonic()
+    lab.wait(lambda: secondary.role() == "primary", 10, "promotion")
+    promoted = time.monotonic() - t_kill
+    st = secondary.status() or {}
+    _say(
+        f"   {secondary.name} promoted {promoted * 1000:.0f} ms after the kill "
+        f"(epoch {st.get('epoch')}): {st.get('role_reason')}"
+    )
+    lab.wait(
+        lambda: ((secondary.status() or {}).get("promotion") or {}).get("complete") is True,
+        10,
+        "promotion steps",
+    )
+    promo = (secondary.status() or {}).get("promotion") or {}
+    _say(
+        f"   promotion: {promo.get('esp_advanced')} outbound SAs advanced, "
+        f"{promo.get('ike_flagged')} IKE SAs flagged for RFC 6311 sync, "
+        f"in {promo.get('duration_ms')} ms"
+    )
+    rid, rec = out_sas[1]
+    code, body = secondary.client.get(f"/v1/records/ipsec_sa/{rid}")
+    _say(f"   {rid}: seq {rec['seq']} -> {body['record']['seq']}")
+    missing = sum(
+        1
+        for (kind, rid), _ in written.items()
+        if secondary.client.get(f"/v1/records/{kind}/{rid}")[0] != 200
+    )
+    _say(f"   {len(written) - missing}/{len(written)} records present on the new primary")
+    lab.wait(
+        lambda: any(lab.dir.glob(f"hook-{secondary.name}-on_primary-*.json")), 10, "on_primary hook"
+    )
+    _say(f"   on_primary hook ran on {secondary.name}")
+
+    _say(f"== restarting {primary.name}: it must come back as secondary and resync")
+    primary.start()
+    lab.wait(
+        lambda: (primary.status() or {}).get("in_sync") is True and primary.role() == "secondary",
+        20,
+        "the old primary to rejoin",
+    )
+    st = primary.status() or {}
+    _say(f"   {primary.name} is {st['role']}, in sync, records {st['records']}")
+    _say("== lab passed")
+    return missing == 0
+
+
+def _compare(node: LabNode, written: dict[tuple[str, str], dict[str, Any]]) -> int:
+    mismatches = 0
+    for (kind, rid), rec in written.items():
+        code, body = node.client.get(f"/v1/records/{kind}/{rid}")
+        if code != 200 or body["record"] != rec:
+            mismatches += 1
+            if mismatches <= 3:
+                _say(f"   MISMATCH {kind} {rid}: HTTP {code}")
+    return mismatches

@@ -1,0 +1,394 @@
+"""A deterministic simulator: many node cores, one simulated clock, a faulty network.
+
+The simulator plays the asyncio shell for every node: it delivers bytes with
+a latency, opens and refuses connections, arms each node's timer and lets a
+test (or a seeded fault campaign) kill, freeze, restart and partition nodes.
+Everything runs in one thread on a simulated clock, so a run with the same
+seed and the same schedule always produces the same result.
+
+Model:
+
+* a connection is a pair of byte pipes with per-direction FIFO delivery
+  (TCP); while its two nodes are partitioned the bytes are held, like TCP
+  retransmitting, and arrive in order after the heal;
+* a dial to a dead node's address is refused after one latency; a dial
+  across a partition times out after ``connect_timeout``;
+* a killed node's connections are reset; a frozen node (SIGSTOP) handles
+  nothing, and on thaw handles buffered input before its late timer, as an
+  asyncio loop does.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hasyncd.core.events import Close, Dial, Event, RoleChanged
+from hasyncd.core.node import NodeCore
+from hasyncd.core.settings import CoreSettings
+from hasyncd.errors import WriteRefused
+from hasyncd.secret import Secret
+from hasyncd.store import Store
+from hasyncd.wire.messages import Role
+
+WALL_BASE = 1_700_000_000.0
+
+
+@dataclass
+class _Pipe:
+    """One direction of a connection."""
+
+    src: str
+    dst: str
+    dst_conn: int
+    held: list[bytes] = field(default_factory=list)
+    next_free: float = 0.0  # FIFO: nothing is delivered before the previous chunk
+
+
+@dataclass
+class SimNode:
+    name: str
+    settings: CoreSettings
+    core: NodeCore
+    alive: bool = True
+    frozen: bool = False
+    timer_gen: int = 0
+    frozen_inbox: list[Callable[[], None]] = field(default_factory=list)
+    events: list[tuple[float, Event]] = field(default_factory=list)
+
+    @property
+    def role(self) -> Role:
+        return self.core.roles.role
+
+    @property
+    def address(self) -> str:
+        return f"sim:{self.name}"
+
+
+class Sim:
+    def __init__(self, seed: int = 0, latency: float = 0.0002, jitter: float = 0.0001) -> None:
+        self.rng = random.Random(seed)
+        self.seed = seed
+        self.now = 0.0
+        self.latency = latency
+        self.jitter = jitter
+        self.connect_timeout = 1.0
+        self.nodes: dict[str, SimNode] = {}
+        self.psk = Secret(bytes(range(32)))
+        self._queue: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._conn_ids = itertools.count(1)
+        self._pipes: dict[tuple[str, int], _Pipe] = {}  # (node, local conn) -> outgoing pipe
+        self._blocked: set[frozenset[str]] = set()
+        self._pending_rst: list[tuple[str, int]] = []
+        self.log: list[tuple[float, str, str]] = []
+
+    # -- building -----------------------------------------------------------------
+
+    def settings(self, name: str, peers: list[str], **kw: Any) -> CoreSettings:
+        base: dict[str, Any] = {
+            "name": name,
+            "tag": 1 + sum(name.encode()) % 60000,
+            "priority": 100,
+            "group_id": 1,
+            "psk": self.psk,
+            "peers": tuple(f"sim:{p}" for p in peers if p != name),
+            "listen": f"sim:{name}",
+            "holddown": 1.0,
+        }
+        base.update(kw)
+        return CoreSettings(**base)
+
+    def add(self, name: str, peers: list[str], **kw: Any) -> SimNode:
+        settings = self.settings(name, peers, **kw)
+        node = SimNode(name, settings, self._new_core(settings))
+        self.nodes[name] = node
+        self._after(node)
+        return node
+
+    def cluster(self, names: list[str], **kw: Any) -> list[SimNode]:
+        return [self.add(n, names, **kw) for n in names]
+
+    def _new_core(self, settings: CoreSettings) -> NodeCore:
+        return NodeCore(
+            settings,
+            Store(),
+            now=self.now,
+            wall=lambda: WALL_BASE + self.now,
+            boot_id=self.rng.randbytes(16),
+            rng=random.Random(self.rng.random()),
+        )
+
+    # -- the event queue ---------------------------------------------------------------
+
+    def at(self, t: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._queue, (t, next(self._seq), fn))
+
+    def run_until(self, t: float) -> None:
+        while self._queue and self._queue[0][0] <= t:
+            when, _, fn = heapq.heappop(self._queue)
+            self.now = max(self.now, when)
+            fn()
+        self.now = max(self.now, t)
+
+    def run_for(self, dt: float) -> None:
+        self.run_until(self.now + dt)
+
+    def run_until_true(
+        self, cond: Callable[[], bool], limit: float = 30.0, step: float = 0.01
+    ) -> float:
+        """Run until ``cond()`` holds; returns the time it took.  Raises on timeout."""
+        start = self.now
+        while not cond():
+            if self.now - start > limit:
+                raise TimeoutError(f"condition not met within {limit} s (seed {self.seed})")
+            self.run_for(step)
+        return self.now - start
+
+    def _delay(self) -> float:
+        return self.latency + self.rng.random() * self.jitter
+
+    # -- driving a node ---------------------------------------------------------------
+
+    def _input(self, node: SimNode, fn: Callable[[], None]) -> None:
+        """Deliver an input to a node (buffered while frozen, dropped when dead)."""
+        if not node.alive:
+            return
+        if node.frozen:
+            node.frozen_inbox.append(fn)
+            return
+        fn()
+        self._after(node)
+
+    def _after(self, node: SimNode) -> None:
+        core = node.core
+        for conn_id, data in core.data_to_send():
+            self._send(node, conn_id, data)
+        for ev in core.events():
+            node.events.append((self.now, ev))
+            if isinstance(ev, Dial):
+                self._dial(node, ev.address)
+            elif isinstance(ev, Close):
+                self._close(node, ev.conn_id)
+            elif isinstance(ev, RoleChanged):
+                self.log.append(
+                    (self.now, node.name, f"{ev.old}->{ev.new} e{ev.epoch}: {ev.reason}")
+                )
+        node.timer_gen += 1
+        gen = node.timer_gen
+        when = max(core.next_timer(), self.now)
+        self.at(when, lambda: self._timer(node, gen))
+
+    def _timer(self, node: SimNode, gen: int) -> None:
+        if gen != node.timer_gen or not node.alive:
+            return
+        if node.frozen:
+            node.frozen_inbox.append(lambda: node.core.handle_timer(self.now))
+            return
+        node.core.handle_timer(self.now)
+        self._after(node)
+
+    # -- connections -------------------------------------------------------------------
+
+    def _blocked_between(self, a: str, b: str) -> bool:
+        return frozenset((a, b)) in self._blocked
+
+    def _dial(self, node: SimNode, address: str) -> None:
+        target = self.nodes.get(address.removeprefix("sim:"))
+        if target is None or self._blocked_between(node.name, target.name):
+            self.at(
+                self.now + self.connect_timeout,
+                lambda: self._input(
+                    node, lambda: node.core.connect_failed(address, self.now, "connect timed out")
+                ),
+            )
+            return
+        if not target.alive:
+            self.at(
+                self.now + self._delay(),
+                lambda: self._input(
+                    node, lambda: node.core.connect_failed(address, self.now, "connection refused")
+                ),
+            )
+            return
+        a_id, b_id = next(self._conn_ids), next(self._conn_ids)
+        self._pipes[(node.name, a_id)] = _Pipe(node.name, target.name, b_id)
+        self._pipes[(target.name, b_id)] = _Pipe(target.name, node.name, a_id)
+        t = self.now + self._delay()
+        self.at(
+            t,
+            lambda: self._input(
+                target,
+                lambda: target.core.connection_made(
+                    b_id, initiator=False, address=f"sim:{node.name}:peer", now=self.now
+                ),
+            ),
+        )
+        self.at(
+            t + self._delay(),
+            lambda: self._input(
+                node,
+                lambda: node.core.connection_made(
+                    a_id, initiator=True, address=address, now=self.now
+                ),
+            ),
+        )
+
+    def _send(self, node: SimNode, conn_id: int, data: bytes) -> None:
+        pipe = self._pipes.get((node.name, conn_id))
+        if pipe is None:
+            return
+        if self._blocked_between(pipe.src, pipe.dst):
+            pipe.held.append(data)
+            return
+        self._deliver(pipe, data)
+
+    def _deliver(self, pipe: _Pipe, data: bytes) -> None:
+        t = max(self.now + self._delay(), pipe.next_free)
+        pipe.next_free = t
+        dst = self.nodes[pipe.dst]
+
+        def arrive() -> None:
+            if (pipe.dst, pipe.dst_conn) in self._pipes:
+                dst.core.receive_data(pipe.dst_conn, data, self.now)
+
+        self.at(t, lambda: self._input(dst, arrive))
+
+    def _close(self, node: SimNode, conn_id: int) -> None:
+        pipe = self._pipes.pop((node.name, conn_id), None)
+        if pipe is None:
+            return
+        # Flush what is held if the path is open; the peer then sees the FIN.
+        dst = self.nodes[pipe.dst]
+        if not self._blocked_between(pipe.src, pipe.dst):
+            for data in pipe.held:
+                self._deliver(pipe, data)
+            pipe.held.clear()
+            t = max(self.now + self._delay(), pipe.next_free)
+            self.at(t, lambda: self._peer_closed(dst, pipe.dst_conn))
+        else:
+            # The FIN is lost in the partition; the peer notices at the heal (RST).
+            pipe.held = []
+            self._pending_rst.append((dst.name, pipe.dst_conn))
+
+    def _schedule_closed(self, node: SimNode, conn_id: int) -> None:
+        self.at(self.now + self._delay(), lambda: self._peer_closed(node, conn_id))
+
+    def _peer_closed(self, node: SimNode, conn_id: int) -> None:
+        if self._pipes.pop((node.name, conn_id), None) is None:
+            return
+        self._input(node, lambda: node.core.connection_lost(conn_id, self.now))
+
+    # -- faults ---------------------------------------------------------------------
+
+    def partition(self, a: str, b: str) -> None:
+        self._blocked.add(frozenset((a, b)))
+
+    def heal(self, a: str, b: str) -> None:
+        self._blocked.discard(frozenset((a, b)))
+        for pipe in list(self._pipes.values()):
+            if {pipe.src, pipe.dst} == {a, b} and pipe.held:
+                held, pipe.held = pipe.held, []
+                for data in held:
+                    self._deliver(pipe, data)
+        rst, self._pending_rst = self._pending_rst, []
+        for name, cid in rst:
+            back = self._pipes.get((name, cid))
+            if back is not None and {back.src, back.dst} == {a, b}:
+                self._schedule_closed(self.nodes[name], cid)
+            else:
+                self._pending_rst.append((name, cid))
+
+    def isolate(self, name: str) -> None:
+        for other in self.nodes:
+            if other != name:
+                self.partition(name, other)
+
+    def rejoin(self, name: str) -> None:
+        for other in self.nodes:
+            if other != name:
+                self.heal(name, other)
+
+    def kill(self, name: str) -> None:
+        node = self.nodes[name]
+        node.alive = False
+        node.timer_gen += 1
+        for (owner, cid), pipe in list(self._pipes.items()):
+            if owner != name:
+                continue
+            del self._pipes[(owner, cid)]
+            dst = self.nodes[pipe.dst]
+            if self._blocked_between(pipe.src, pipe.dst):
+                self._pending_rst.append((dst.name, pipe.dst_conn))
+            else:
+                self._schedule_closed(dst, pipe.dst_conn)
+
+    def restart(self, name: str, **kw: Any) -> SimNode:
+        old = self.nodes[name]
+        if old.alive:
+            self.kill(name)
+        settings = (
+            old.settings
+            if not kw
+            else self.settings(name, [p.removeprefix("sim:") for p in old.settings.peers], **kw)
+        )
+        node = SimNode(name, settings, self._new_core(settings))
+        self.nodes[name] = node
+        self._after(node)
+        return node
+
+    def freeze(self, name: str) -> None:
+        self.nodes[name].frozen = True
+
+    def thaw(self, name: str) -> None:
+        node = self.nodes[name]
+        node.frozen = False
+        inbox, node.frozen_inbox = node.frozen_inbox, []
+        # asyncio runs ready I/O callbacks before expired timers: deliver input first.
+        for fn in inbox:
+            fn()
+        node.core.handle_timer(self.now)
+        self._after(node)
+
+    # -- operations ----------------------------------------------------------------------
+
+    def write(
+        self, name: str, kind: int, rid: str, blob: bytes | None, expires: float | None = None
+    ) -> int | None:
+        """A local API write on ``name``; returns the version, None for a missing delete."""
+        node = self.nodes[name]
+        assert node.alive and not node.frozen
+        result = node.core.write(kind, rid, blob, expires, self.now)
+        self._after(node)
+        return None if result is None else result.version
+
+    def try_write(self, name: str, kind: int, rid: str, blob: bytes | None) -> int | str:
+        try:
+            v = self.write(name, kind, rid, blob)
+        except WriteRefused as exc:
+            return exc.code
+        return v if v is not None else "absent"
+
+    def primaries(self) -> list[str]:
+        return [n.name for n in self.nodes.values() if n.alive and n.role is Role.PRIMARY]
+
+    def writable_primaries(self) -> list[str]:
+        return [
+            n.name
+            for n in self.nodes.values()
+            if n.alive
+            and not n.frozen
+            and n.role is Role.PRIMARY
+            and n.core.roles.fence is None
+            and n.core.roles.handover is None
+        ]
+
+    def call(self, name: str, fn: Callable[[NodeCore], Any]) -> Any:
+        node = self.nodes[name]
+        result = fn(node.core)
+        self._after(node)
+        return result

@@ -1,0 +1,188 @@
+"""The versioned record store: one table per replicated kind, ids kept sorted.
+
+An entry is ``(version, expires, blob)``:
+
+* ``version`` packs the primary-assigned ``(epoch, seq)`` into one integer
+  (``epoch << 64 | seq``) so comparisons are single integer comparisons and
+  an entry stays small;
+* ``expires`` is the wall-clock time after which the record reads as absent
+  (each node expires on its own clock, no replication traffic), or, for a
+  tombstone, when the tombstone itself may be purged;
+* ``blob`` is the record's msgpack encoding, exactly what the link sends; a
+  tombstone has ``None``.
+
+Tombstones are kept for a while after a delete so that a split-brain merge
+can tell "deleted on the other side" from "never existed".  Ids are also kept
+in a sorted list, which makes API paging and the bulk snapshot walk ordered
+and resumable (a cursor is just the last id) while writes continue.
+
+The store is passive and single-threaded: it never looks at a clock; callers
+pass the wall-clock time where expiry matters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from itertools import islice
+from typing import NamedTuple
+
+from sortedcontainers import SortedList
+
+from hasyncd.policy import KIND_BY_CODE
+
+SEQ_BITS = 64
+SEQ_MASK = (1 << SEQ_BITS) - 1
+
+
+def pack_version(epoch: int, seq: int) -> int:
+    return (epoch << SEQ_BITS) | seq
+
+
+def unpack_version(version: int) -> tuple[int, int]:
+    return version >> SEQ_BITS, version & SEQ_MASK
+
+
+class Entry(NamedTuple):
+    version: int
+    expires: float | None
+    blob: bytes | None
+
+    def __repr__(self) -> str:  # blobs hold key material
+        e, s = unpack_version(self.version)
+        what = "tombstone" if self.blob is None else f"{len(self.blob)} bytes"
+        return f"Entry(v={e}.{s}, expires={self.expires}, {what})"
+
+    def live(self, wall: float) -> bool:
+        return self.blob is not None and (self.expires is None or self.expires > wall)
+
+
+class Table:
+    __slots__ = ("entries", "live", "order", "sweep_cursor")
+
+    def __init__(self) -> None:
+        self.entries: dict[str, Entry] = {}
+        self.order = SortedList()
+        self.live = 0  # entries that are not tombstones (expired ones included until swept)
+        self.sweep_cursor: str | None = None
+
+
+class Store:
+    def __init__(self) -> None:
+        self.tables: dict[int, Table] = {code: Table() for code in KIND_BY_CODE}
+        self._seen: dict[int, set[str]] | None = None
+
+    # -- reads -------------------------------------------------------------------
+
+    def get(self, kind: int, rid: str, wall: float) -> Entry | None:
+        """The live entry (not deleted, not expired) or None."""
+        entry = self.tables[kind].entries.get(rid)
+        if entry is None or not entry.live(wall):
+            return None
+        return entry
+
+    def get_raw(self, kind: int, rid: str) -> Entry | None:
+        """The entry as stored, tombstones and expired records included."""
+        return self.tables[kind].entries.get(rid)
+
+    def page(
+        self, kind: int, after: str | None, limit: int, wall: float
+    ) -> list[tuple[str, Entry]]:
+        """Up to ``limit`` live entries with ids greater than ``after``, sorted by id."""
+        table = self.tables[kind]
+        out: list[tuple[str, Entry]] = []
+        ids = table.order.irange(minimum=after, inclusive=(False, True)) if after else table.order
+        for rid in ids:
+            entry = table.entries[rid]
+            if entry.live(wall):
+                out.append((rid, entry))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def ids_after(self, kind: int, after: str | None, n: int) -> list[str]:
+        """The next ``n`` stored ids after ``after`` (a resumable walk that survives writes)."""
+        order = self.tables[kind].order
+        it: Iterator[str] = (
+            order.irange(minimum=after, inclusive=(False, True))
+            if after is not None
+            else iter(order)
+        )
+        return list(islice(it, n))
+
+    def counts(self) -> dict[int, int]:
+        return {kind: t.live for kind, t in self.tables.items()}
+
+    def __len__(self) -> int:
+        return sum(len(t.entries) for t in self.tables.values())
+
+    def items(self, kind: int) -> Iterator[tuple[str, Entry]]:
+        table = self.tables[kind]
+        for rid in table.order:
+            yield rid, table.entries[rid]
+
+    # -- writes ------------------------------------------------------------------
+
+    def put(self, kind: int, rid: str, entry: Entry) -> Entry | None:
+        """Store ``entry`` (a record or a tombstone); returns the previous entry."""
+        table = self.tables[kind]
+        old = table.entries.get(rid)
+        table.entries[rid] = entry
+        if old is None:
+            table.order.add(rid)
+        elif old.blob is not None:
+            table.live -= 1
+        if entry.blob is not None:
+            table.live += 1
+        if self._seen is not None:
+            self._seen[kind].add(rid)
+        return old
+
+    def discard(self, kind: int, rid: str) -> Entry | None:
+        """Remove an entry without leaving a tombstone (local expiry, resync purge)."""
+        table = self.tables[kind]
+        old = table.entries.pop(rid, None)
+        if old is not None:
+            table.order.remove(rid)
+            if old.blob is not None:
+                table.live -= 1
+        return old
+
+    def sweep(self, wall: float, budget: int) -> int:
+        """Look at up to ``budget`` entries per kind; drop expired records and old tombstones."""
+        removed = 0
+        for kind, table in self.tables.items():
+            ids = self.ids_after(kind, table.sweep_cursor, budget)
+            table.sweep_cursor = ids[-1] if len(ids) == budget else None
+            for rid in ids:
+                entry = table.entries[rid]
+                if entry.expires is not None and entry.expires <= wall:
+                    self.discard(kind, rid)
+                    removed += 1
+        return removed
+
+    # -- resynchronization -------------------------------------------------------------
+
+    @property
+    def resyncing(self) -> bool:
+        return self._seen is not None
+
+    def begin_resync(self) -> None:
+        """A snapshot starts: from now on remember which ids it delivers."""
+        self._seen = {kind: set() for kind in self.tables}
+
+    def end_resync(self) -> int:
+        """The snapshot ended: drop every entry it did not deliver; returns how many."""
+        seen, self._seen = self._seen, None
+        if seen is None:
+            return 0
+        purged = 0
+        for kind, table in self.tables.items():
+            stale = [rid for rid in table.entries if rid not in seen[kind]]
+            for rid in stale:
+                self.discard(kind, rid)
+            purged += len(stale)
+        return purged
+
+    def abort_resync(self) -> None:
+        """The snapshot was cut short: keep everything (the state is marked not in sync)."""
+        self._seen = None
