@@ -36,6 +36,9 @@ from hasyncd.store import Store
 from hasyncd.wire.messages import Role
 
 WALL_BASE = 1_700_000_000.0
+# Events at one instant beyond which the simulation is stuck (a timer that
+# keeps asking to run "now" without making progress is a bug in a core).
+LIVELOCK = 200_000
 
 
 @dataclass
@@ -129,11 +132,20 @@ class Sim:
         heapq.heappush(self._queue, (t, next(self._seq), fn))
 
     def run_until(self, t: float) -> None:
+        same = 0
         while self._queue and self._queue[0][0] <= t:
             when, _, fn = heapq.heappop(self._queue)
+            same = same + 1 if when <= self.now else 0
+            if same > LIVELOCK:
+                raise RuntimeError(f"livelock: {LIVELOCK} events at t={self.now} (seed {self.seed})")
             self.now = max(self.now, when)
             fn()
         self.now = max(self.now, t)
+
+    def _step(self) -> None:
+        when, _, fn = heapq.heappop(self._queue)
+        self.now = max(self.now, when)
+        fn()
 
     def run_for(self, dt: float) -> None:
         self.run_until(self.now + dt)
@@ -141,12 +153,20 @@ class Sim:
     def run_until_true(
         self, cond: Callable[[], bool], limit: float = 30.0, step: float = 0.01
     ) -> float:
-        """Run until ``cond()`` holds; returns the time it took.  Raises on timeout."""
+        """Run until ``cond()`` holds; returns the time it took.  Raises on timeout.
+
+        ``step=0`` checks the condition after every single event.
+        """
         start = self.now
         while not cond():
             if self.now - start > limit:
                 raise TimeoutError(f"condition not met within {limit} s (seed {self.seed})")
-            self.run_for(step)
+            if step > 0:
+                self.run_for(step)
+            elif self._queue:
+                self._step()
+            else:
+                self.now += limit
         return self.now - start
 
     def _delay(self) -> float:

@@ -213,6 +213,15 @@ class NodeCore:
         self.emit(Close(conn.id, reason))
 
     def _detach(self, conn: Conn, reason: str) -> None:
+        dial = self.dials.get(conn.address) if conn.initiator else None
+        if dial is not None:
+            if conn.peer is None:
+                # The handshake never completed (wrong key, group, version...):
+                # back off like a failed connect, so a misconfigured peer is
+                # not hammered in a tight loop.
+                self._backoff(dial)
+            else:
+                dial.next_at = self.now
         if conn.peer is None:
             return
         peer = self.peers.get(conn.peer)
@@ -245,7 +254,8 @@ class NodeCore:
         if initiator:
             dial = self.dials.get(address)
             if dial is not None:
-                dial.pending = False
+                # Once this connection ends, dial again at once (backoff only on failures).
+                dial.pending, dial.next_at = False, now
             channel.start()
             self._flush(conn)
 
@@ -255,10 +265,13 @@ class NodeCore:
         if dial is None:
             return
         dial.pending = False
-        dial.backoff = min(max(dial.backoff * 2, self.s.reconnect_min), self.s.reconnect_max)
-        dial.next_at = now + dial.backoff * (0.75 + 0.5 * self.rng.random())
+        self._backoff(dial)
         self.count("connect_failures")
         self.log_limited(("connect", address), logging.INFO, "link to %s: %s", address, reason)
+
+    def _backoff(self, dial: DialState) -> None:
+        dial.backoff = min(max(dial.backoff * 2, self.s.reconnect_min), self.s.reconnect_max)
+        dial.next_at = self.now + dial.backoff * (0.75 + 0.5 * self.rng.random())
 
     def connection_lost(self, conn_id: int, now: float) -> None:
         self.now = now
@@ -347,11 +360,14 @@ class NodeCore:
         peer.conn = conn
         peer.reset_link_state()
         conn.peer = peer.name
-        if conn.initiator:
-            peer.address = conn.address
-            dial = self.dials.get(conn.address)
-            if dial is not None:
-                dial.name, dial.backoff = peer.name, 0.0
+        # Which configured address is this peer?  The one we dialed, or the
+        # listen address it announces: either way, stop dialing it while linked
+        # (a second link would only be closed again as a duplicate).
+        address = conn.address if conn.initiator else hello.listen
+        dial = self.dials.get(address)
+        if dial is not None:
+            peer.address = address
+            dial.name, dial.backoff = peer.name, 0.0
         peer.last_rx, peer.stall, peer.suppressed = now, 0.0, False
         if not peer.up:
             peer.up = True
@@ -560,12 +576,12 @@ class NodeCore:
                 self.count("link_errors", "handshake_timeout")
                 self.close(conn, "handshake timeout")
         for peer in list(self.peers.values()):
-            if not peer.up:
+            # The same float expression as in next_timer(): the timer fires exactly here.
+            deadline = peer.last_rx + lost
+            if not peer.up or now < deadline:
                 continue
             silence = now - peer.last_rx
-            if silence < lost:
-                continue
-            if silence - peer.stall < lost:
+            if now < deadline + peer.stall:
                 if not peer.suppressed:
                     peer.suppressed = True
                     self.count("loss_suppressed_own_stall")
@@ -599,6 +615,8 @@ class NodeCore:
         return self._last_hb_sent
 
     def _dial_due(self, now: float) -> None:
+        if self.roles.shutting_down:
+            return
         for dial in self.dials.values():
             if dial.pending or now < dial.next_at:
                 continue

@@ -289,8 +289,9 @@ class RoleManager:
                 peer.stall += late
         if late >= self.s.heartbeat_interval:
             log.warning("this node's event loop stalled for %.0f ms", late * 1000)
-        if self.is_primary and late >= self.fence_threshold and self.fence is None:
-            self._enter_fence(now, f"own stall of {late * 1000:.0f} ms")
+        silent = now - core.last_heartbeat_sent
+        if self.is_primary and silent > self.fence_threshold and self.fence is None:
+            self._enter_fence(now, f"own stall: no heartbeat sent for {silent * 1000:.0f} ms")
 
     # -- replication as a follower ------------------------------------------------------
 

@@ -15,6 +15,7 @@ import os
 import socket
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -37,7 +38,9 @@ MAX_RECORD_BODY = 64 * 1024  # one record's JSON: far above the largest legal re
 MAX_PAGE = 1000  # records per list page: bounds the time one request holds the loop
 DEFAULT_PAGE = 100
 MAX_BATCH_OPS = 200_000  # ops per batch request
-BATCH_SLICE = 2000  # ops applied between yields to the event loop (heartbeats keep flowing)
+# Longest stretch a batch request holds the event loop before yielding: far
+# below the heartbeat interval, so heartbeats and replication keep flowing.
+BATCH_SLICE_S = 0.005
 SSE_KEEPALIVE = 15.0  # seconds between comment lines on an idle event stream
 
 _STATUS_BY_ERROR = {
@@ -164,11 +167,12 @@ class Api:
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
 
-    def _kind(self, name: str) -> Kind:
+    def _kind(self, name: str, *, write: bool = False) -> Kind:
         try:
             return kind_for_api(name)
         except NotReplicated as exc:
-            self.d.metrics.not_replicated.labels(exc.kind).inc()
+            if write:
+                self.d.metrics.not_replicated.labels(exc.kind).inc()
             raise
         except UnknownKind:
             raise ApiError(
@@ -201,7 +205,7 @@ class Api:
         return (201 if result.created else 200), result.version
 
     async def put(self, request: web.Request) -> web.Response:
-        kind = self._kind(request.match_info["kind"])
+        kind = self._kind(request.match_info["kind"], write=True)
         body = await self._json_body(request, MAX_RECORD_BODY)
         status, version = self._write_one(kind, request.match_info["id"], body)
         self.d.flush()
@@ -230,7 +234,7 @@ class Api:
         )
 
     async def delete(self, request: web.Request) -> web.Response:
-        kind = self._kind(request.match_info["kind"])
+        kind = self._kind(request.match_info["kind"], write=True)
         rid = request.match_info["id"]
         _check_id(rid)
         result = self.d.core.write(kind.code, rid, None, None, self._now())
@@ -264,19 +268,22 @@ class Api:
         return web.json_response({"kind": kind.name, "items": items, "next": nxt})
 
     async def batch(self, request: web.Request) -> web.StreamResponse:
-        ctype = request.content_type
+        use_msgpack = request.content_type in ("application/msgpack", "application/x-msgpack")
         raw = await request.read()
-        use_msgpack = ctype in ("application/msgpack", "application/x-msgpack")
-        ops = _parse_batch(raw, use_msgpack)
         results: list[dict[str, Any]] = []
         newest = 0
-        for i, op in enumerate(ops):
-            if i and i % BATCH_SLICE == 0:
-                self.d.flush()
-                await asyncio.sleep(0)  # let heartbeats and replication run
+        loop = self.d.loop
+        # Work in slices of a few milliseconds: parsing and validating a large
+        # batch in one go would stall heartbeats long enough for a false failover.
+        deadline = loop.time() + BATCH_SLICE_S
+        for op in _iter_batch(raw, use_msgpack):
             res = self._batch_op(op)
-            results.append(res)
             newest = max(newest, res.pop("_version", 0))
+            results.append(res)
+            if loop.time() >= deadline:
+                self.d.flush()
+                await asyncio.sleep(0)
+                deadline = loop.time() + BATCH_SLICE_S
         self.d.flush()
         out: dict[str, Any] = {"results": results}
         if newest:
@@ -290,6 +297,13 @@ class Api:
         return web.json_response(out)
 
     def _batch_op(self, op: Any) -> dict[str, Any]:
+        if isinstance(op, _BadLine):
+            self.d.metrics.api_errors.labels("invalid_json").inc()
+            return {
+                "status": 400,
+                "error": "invalid_json",
+                "message": f"line {op.line} is not JSON",
+            }
         if not isinstance(op, dict):
             return {"status": 400, "error": "invalid_op", "message": "an op is an object"}
         unknown = set(op) - {"op", "kind", "id", "record"}
@@ -306,7 +320,7 @@ class Api:
                 raise ApiError(
                     400, "invalid_op", 'an op needs "op" ("put"|"delete"), "kind" and "id"'
                 )
-            kind = self._kind(op["kind"])
+            kind = self._kind(op["kind"], write=True)
             if op["op"] == "put":
                 if "record" not in op:
                     raise ApiError(400, "invalid_op", 'a put needs "record"')
@@ -396,45 +410,58 @@ class Api:
         return resp
 
 
-def _parse_batch(raw: bytes, use_msgpack: bool) -> list[Any]:
+def _iter_batch(raw: bytes, use_msgpack: bool) -> Iterator[Any]:
+    """The ops of a batch body, decoded one at a time (a bad op does not spoil the rest)."""
     if use_msgpack:
+        unpacker = msgpack.Unpacker(
+            raw=False, strict_map_key=True, max_buffer_size=len(raw) + 1, max_ext_len=0
+        )
+        unpacker.feed(raw)
         try:
-            ops = msgpack.unpackb(
-                raw, raw=False, strict_map_key=True, max_array_len=MAX_BATCH_OPS, max_ext_len=0
-            )
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            count = unpacker.read_array_header()
+        except (ValueError, TypeError, msgpack.UnpackException):
             raise ApiError(
-                400, "invalid_msgpack", f"body is not valid msgpack: {type(exc).__name__}"
+                400, "invalid_batch", "a msgpack batch body is an array of ops"
             ) from None
-        if not isinstance(ops, list):
-            raise ApiError(400, "invalid_batch", "a msgpack batch body is an array of ops")
-        return _jsonable(ops)
-    ops = []
-    for n, line in enumerate(raw.splitlines(), 1):
+        if count > MAX_BATCH_OPS:
+            raise ApiError(413, "batch_too_large", f"more than {MAX_BATCH_OPS} ops")
+        for _ in range(count):
+            try:
+                yield _jsonable(unpacker.unpack())
+            except (ValueError, TypeError, msgpack.UnpackException) as exc:
+                raise ApiError(
+                    400, "invalid_msgpack", f"body is not valid msgpack: {type(exc).__name__}"
+                ) from None
+        return
+    n = 0
+    for line in raw.splitlines():
         if not line.strip():
             continue
-        if len(ops) >= MAX_BATCH_OPS:
+        n += 1
+        if n > MAX_BATCH_OPS:
             raise ApiError(413, "batch_too_large", f"more than {MAX_BATCH_OPS} ops")
         try:
-            ops.append(json.loads(line))
+            yield json.loads(line)
         except (ValueError, UnicodeDecodeError):
-            raise ApiError(400, "invalid_json", f"line {n} is not valid JSON") from None
-    return ops
+            yield _BadLine(n)
 
 
-def _jsonable(ops: list[Any]) -> list[Any]:
+class _BadLine:
+    """An NDJSON line that is not JSON: reported in its result slot, the rest still applies."""
+
+    def __init__(self, line: int) -> None:
+        self.line = line
+
+
+def _jsonable(v: Any) -> Any:
     """msgpack batches may carry keys and SPIs as bin: present them as the hex JSON uses."""
-
-    def conv(v: Any) -> Any:
-        if isinstance(v, bytes):
-            return v.hex()
-        if isinstance(v, list):
-            return [conv(x) for x in v]
-        if isinstance(v, dict):
-            return {k: conv(x) for k, x in v.items()}
-        return v
-
-    return [conv(op) for op in ops]
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, list):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    return v
 
 
 def _prepare_socket_path(path: Path) -> None:

@@ -154,7 +154,9 @@ class Daemon:
         for ev in core.events():
             self._on_event(ev)
         when = core.next_timer()
-        if when != self._timer_at:
+        # Keep an earlier timer: re-arming it later on every flush would let a
+        # busy API handler postpone heartbeats forever.  Firing early is harmless.
+        if self._timer_at is None or when < self._timer_at:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer_at = when
