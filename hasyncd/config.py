@@ -263,7 +263,8 @@ def default_node_id(name: str) -> int:
 def load_psk(path: Path) -> Secret:
     """Read the shared key; refuse files that others can read or write."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        # O_NONBLOCK: a FIFO planted at the key path must not hang the start-up.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
         raise ConfigError(f"[link].psk_file: cannot open {path}: {exc.strerror}") from None
     try:

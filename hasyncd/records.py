@@ -44,6 +44,11 @@ MAX_TIME = 2.0**40
 MAX_KEY_BYTES = 128  # longest IPsec/IKE key: 64-byte HMAC-SHA512 key plus salt, doubled
 MAX_SELECTORS = 64  # strongSwan's traffic selector lists are far shorter in practice
 MAX_GROUPS = 64
+MAX_GROUP_LEN = 128  # 64 groups of 128 characters stay far below MAX_RECORD_BYTES
+# A record's encoded size limit: the largest legal record (an inbound SA with
+# an 8 KiB replay bitmap and 64 selectors) encodes to about 12 KiB; 16 KiB
+# keeps any record far inside one 64 KiB transport frame.  Checked at encode.
+MAX_RECORD_BYTES = 16 * 1024
 MAX_REPLAY_WINDOW = 65536  # packets; Linux caps ESN replay bitmaps well below this
 ALG = r"[a-z0-9][a-z0-9()_.,+-]{0,63}"  # xfrm ("rfc4106(gcm(aes))") and IKE names
 
@@ -147,7 +152,7 @@ IKE_SA = Struct(
 
 WEB_SESSION = Struct(
     Field("user", Str(1, 255)),
-    Field("groups", ListOf(Str(1, 255), MAX_GROUPS), []),
+    Field("groups", ListOf(Str(1, MAX_GROUP_LEN), MAX_GROUPS), []),
     Field("realm", Str(0, 255), ""),
     Field("auth_method", Str(1, 64)),
     Field("portal", Str(1, 255)),
@@ -188,9 +193,14 @@ class Kind:
         out: dict[str, Any] = self.schema.to_json(wire)
         return out
 
-    @staticmethod
-    def encode(wire: list[Any]) -> bytes:
+    def encode(self, wire: list[Any]) -> bytes:
         blob: bytes = msgpack.packb(wire, use_bin_type=True)
+        if len(blob) > MAX_RECORD_BYTES:
+            raise RecordError(
+                f"{self.name} encodes to {len(blob)} bytes, more than the limit of "
+                f"{MAX_RECORD_BYTES}",
+                field="record",
+            )
         return blob
 
     def decode(self, blob: bytes) -> list[Any]:

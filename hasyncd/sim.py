@@ -137,7 +137,9 @@ class Sim:
             when, _, fn = heapq.heappop(self._queue)
             same = same + 1 if when <= self.now else 0
             if same > LIVELOCK:
-                raise RuntimeError(f"livelock: {LIVELOCK} events at t={self.now} (seed {self.seed})")
+                raise RuntimeError(
+                    f"livelock: {LIVELOCK} events at t={self.now} (seed {self.seed})"
+                )
             self.now = max(self.now, when)
             fn()
         self.now = max(self.now, t)

@@ -358,6 +358,7 @@ class NodeCore:
                 return
         peer.boot_id, peer.tag, peer.window = hello.boot_id, hello.tag, hello.window
         peer.conn = conn
+        peer.hb = None  # what it said on an earlier link is stale: wait for a fresh heartbeat
         peer.reset_link_state()
         conn.peer = peer.name
         # Which configured address is this peer?  The one we dialed, or the

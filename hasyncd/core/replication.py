@@ -38,6 +38,7 @@ from hasyncd.store import Entry, Store, pack_version, unpack_version
 from hasyncd.wire.framing import MAX_TRANSPORT_FRAME
 from hasyncd.wire.messages import (
     HEADER_LEN,
+    MAX_CHANGES,
     BulkEnd,
     BulkStart,
     Change,
@@ -48,7 +49,8 @@ from hasyncd.wire.messages import (
 )
 
 # Plaintext budget of one RECORDS message: the Noise frame limit minus the
-# AEAD tag, the message header and a margin for msgpack array headers.
+# AEAD tag, the message header and a margin for msgpack array headers.  A
+# batch never passes it, and one record of the largest legal size always fits.
 BATCH_BYTES = MAX_TRANSPORT_FRAME - 16 - HEADER_LEN - 1024
 # Per-change msgpack overhead estimate: kind, two 64-bit ints, headers.
 CHANGE_OVERHEAD = 32
@@ -120,22 +122,22 @@ class _Walker:
         """Changes for wanted entries, up to one batch or ``max_scan`` ids looked at."""
         changes: list[Change] = []
         size = scanned = 0
-        while not self.done and size < BATCH_BYTES and scanned < max_scan:
+        while not self.done and scanned < max_scan:
             kind = REPLICATED_KIND_CODES[self.kind_idx]
             ids = store.ids_after(kind, self.cursor, SCAN_STEP)
             for rid in ids:
-                self.cursor = rid
-                scanned += 1
                 entry = store.get_raw(kind, rid)
                 if entry is not None and want(entry):
+                    cost = _cost(rid, entry)
+                    if changes and not _fits(size, cost, len(changes)):
+                        return changes  # the batch is full: resume at this id
                     changes.append(_change(kind, rid, entry))
-                    size += _cost(rid, entry)
-                    if size >= BATCH_BYTES:
-                        break
-            else:
-                if len(ids) < SCAN_STEP:  # this kind is exhausted
-                    self.kind_idx += 1
-                    self.cursor = None
+                    size += cost
+                self.cursor = rid
+                scanned += 1
+            if len(ids) < SCAN_STEP:  # this kind is exhausted
+                self.kind_idx += 1
+                self.cursor = None
         return changes
 
 
@@ -146,6 +148,11 @@ def _change(kind: int, rid: str, entry: Entry) -> Change:
 
 def _cost(rid: str, entry: Entry) -> int:
     return CHANGE_OVERHEAD + len(rid) + (len(entry.blob) if entry.blob is not None else 0)
+
+
+def _fits(size: int, cost: int, count: int) -> bool:
+    """Whether one more change of ``cost`` bytes fits the batch (it must fit one frame)."""
+    return size + cost <= BATCH_BYTES and count < MAX_CHANGES
 
 
 def _is_record(entry: Entry) -> bool:
@@ -214,13 +221,17 @@ class OutboundSession:
         changes: list[Change] = []
         size = 0
         pending = self.pending
-        while pending and size < BATCH_BYTES:
-            (kind, rid), _first = pending.popitem(last=False)
+        while pending:
+            kind, rid = next(iter(pending))
             entry = store.get_raw(kind, rid)
-            if entry is None:  # expired and swept locally: the peer expires it too
-                continue
-            changes.append(_change(kind, rid, entry))
-            size += _cost(rid, entry)
+            if entry is not None:
+                cost = _cost(rid, entry)
+                if changes and not _fits(size, cost, len(changes)):
+                    break  # full: this record leads the next message
+                changes.append(_change(kind, rid, entry))
+                size += cost
+            # else: expired and swept locally; the peer expires it on its own.
+            pending.popitem(last=False)
         return Records(Phase.STREAM, tuple(changes)), Mark(
             MarkKind.WATERMARK, self.watermark(current)
         )
@@ -270,6 +281,8 @@ def decode_change(change: Change) -> tuple[list[object] | None, float | None]:
     """Validate a change's record; returns (wire value or None for a tombstone, expiry)."""
     kind = KINDS_BY_CODE[change.kind]
     if change.blob is None:
+        if not kind.id_pattern.match(change.id):
+            raise RecordError(f"invalid {kind.name} id in a tombstone", field="id")
         return None, None
     wire = kind.decode(change.blob)
     kind.check_id(wire, change.id)

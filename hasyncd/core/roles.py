@@ -429,6 +429,12 @@ class RoleManager:
             self._unfollow(f"{self.follower.primary} no longer announces itself primary")
         if self.shutting_down or (self.role is Role.STARTING and now < self.holddown_until):
             return
+        fresh = [p.name for p in self.core.peers.values() if p.up and p.hb is None]
+        if fresh:
+            # Elect only on fresh information: a link that just (re)opened has
+            # not told us its role yet, and it may be the primary of our epoch.
+            self.reason = f"waiting for the first heartbeat from {', '.join(fresh)}"
+            return
         seen = self._primary_seen_by_others()
         if seen is not None:
             self.reason = f"no link to primary {seen[0]}, which {seen[1]} still follows"

@@ -14,8 +14,8 @@ import logging
 import os
 import socket
 import time
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgpack

@@ -22,7 +22,13 @@ from enum import Enum
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from hasyncd.errors import DecryptFailed, HandshakeError, PeerRejected, ProtocolError
+from hasyncd.errors import (
+    DecryptFailed,
+    HandshakeError,
+    PeerRejected,
+    ProtocolError,
+    UnexpectedMessage,
+)
 from hasyncd.secret import Secret
 from hasyncd.wire import handshake as hs
 from hasyncd.wire import messages
@@ -160,6 +166,8 @@ class Channel:
         return events
 
     def receive_eof(self) -> None:
+        """The peer closed the stream; raises FrameTruncated if it did so inside a frame."""
+        self.state = State.CLOSED
         self._decoder.check_eof()
 
     def _fail_handshake(self, exc: HandshakeError) -> None:
@@ -174,6 +182,10 @@ class Channel:
             events.append(self._on_transport(body))
             return
         if self.state is State.AWAIT_CONFIRM:
+            if _is_reject(body):  # the initiator refused our RESP, and says why
+                self.state = State.CLOSED
+                code, text = hs.parse_reject(body)
+                raise PeerRejected(code, f"peer refused the link: {code}: {text}")
             received = self._on_transport(body)
             assert self._pending_open is not None
             # The confirming frame proves the initiator; it is a message too.
@@ -181,6 +193,7 @@ class Channel:
             events.append(received)
             self._pending_open = None
             self.state = State.OPEN
+            self._decoder.min_frame = MIN_TRANSPORT_FRAME
             return
         version, kind = hs.parse_kind(body)
         if kind is hs.HsType.REJECT:
@@ -256,7 +269,8 @@ class Channel:
     def _enter_transport(self, state: State) -> None:
         self._noise = None  # drop the ephemeral key: forward secrecy
         self._decoder.max_frame = MAX_TRANSPORT_FRAME
-        self._decoder.min_frame = MIN_TRANSPORT_FRAME
+        # Until the initiator confirms, a short REJECT may still arrive.
+        self._decoder.min_frame = MIN_TRANSPORT_FRAME if state is State.OPEN else 7
         self.state = state
 
     def _on_transport(self, body: bytes) -> Received:
@@ -265,8 +279,14 @@ class Channel:
         plaintext = self._recv.decrypt(b"", body)
         epoch, msg = messages.decode(plaintext)
         if isinstance(msg, Hello):
-            raise ProtocolError("HELLO is only valid inside the handshake")
+            raise UnexpectedMessage("HELLO is only valid inside the handshake")
         return Received(epoch, msg, frame_no)
+
+
+def _is_reject(body: bytes) -> bool:
+    # A ciphertext starts with these 6 bytes by chance with probability 2^-48;
+    # the cost of a false positive is one reconnect.
+    return body[:4] == hs.MAGIC and len(body) >= 7 and body[5] == hs.HsType.REJECT
 
 
 def _decode_hello(payload: bytes) -> tuple[int, Hello]:

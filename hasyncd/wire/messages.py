@@ -22,6 +22,7 @@ import msgpack
 
 from hasyncd.errors import MalformedMessage, UnknownMessageType, UnsupportedVersion
 from hasyncd.policy import KIND_BY_CODE
+from hasyncd.records import MAX_RECORD_BYTES
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct(">BBQ")
@@ -32,12 +33,11 @@ U64 = 2**64 - 1
 # Record ids are at most 64 hex characters (web sessions) or
 # "esp-xxxxxxxx@" plus an IPv6 address (52 characters); 96 leaves margin.
 MAX_ID_LEN = 96
-# A record encodes to well under 8 KiB (64 selectors, 64 groups of 64 chars);
-# 16 KiB keeps one record far inside one 64 KiB frame.
-MAX_RECORD_BYTES = 16 * 1024
-# The frame limit bounds the entry count anyway; this is the decoder's
-# preallocation bound for one array.
-MAX_ARRAY_LEN = 5 * 8192
+# Changes in one RECORDS message: a sender never puts more in one message
+# (a frame of tiny tombstones could otherwise hold ~10,000), and the decoder
+# bounds its array preallocation by it.
+MAX_CHANGES = 4096
+MAX_ARRAY_LEN = 1 + 5 * MAX_CHANGES
 NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,32}\Z")
 CODE_RE = re.compile(r"[a-z0-9_]{1,32}\Z")
 MAX_TEXT = 256
