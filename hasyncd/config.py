@@ -302,7 +302,11 @@ def _check_hook(path: Path | None, where: str) -> None:
         return
     if not path.is_absolute():
         raise ConfigError(f"{where}: hook paths must be absolute, got {path}")
-    if not path.is_file() or not os.access(path, os.X_OK):
+    try:
+        usable = path.is_file() and os.access(path, os.X_OK)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot check {str(path)[:100]}: {exc.strerror}") from None
+    if not usable:
         raise ConfigError(f"{where}: {path} is not an executable file")
 
 

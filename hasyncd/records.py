@@ -44,7 +44,9 @@ MAX_TIME = 2.0**40
 MAX_KEY_BYTES = 128  # longest IPsec/IKE key: 64-byte HMAC-SHA512 key plus salt, doubled
 MAX_SELECTORS = 64  # strongSwan's traffic selector lists are far shorter in practice
 MAX_GROUPS = 64
-MAX_GROUP_LEN = 128  # 64 groups of 128 characters stay far below MAX_RECORD_BYTES
+# 64 ASCII groups of 128 characters encode to ~8.5 KiB, below MAX_RECORD_BYTES;
+# multi-byte characters can pass it, which encode() refuses with a clear error.
+MAX_GROUP_LEN = 128
 # A record's encoded size limit: the largest legal record (an inbound SA with
 # an 8 KiB replay bitmap and 64 selectors) encodes to about 12 KiB; 16 KiB
 # keeps any record far inside one 64 KiB transport frame.  Checked at encode.
@@ -218,7 +220,9 @@ class Kind:
             raise RecordError(f"invalid {self.name} id", field="id")
         expected = self.make_id(wire)
         if expected is not None and expected != rid:
-            raise IdMismatch(f"id {rid!r} does not match the record (expected {expected!r})")
+            raise IdMismatch(
+                f"id {rid!r} does not match the record (expected {expected!r})", field="id"
+            )
 
 
 # --- ipsec_sa ----------------------------------------------------------------
@@ -253,7 +257,9 @@ def _sa_check(w: list[Any]) -> None:
         raise RecordError("seq exceeds 2^32-1 on an SA without ESN", field="seq")
     for i, sel in enumerate(w[_sa["selectors"]]):
         if Prefix.family(sel[0]) != Prefix.family(sel[1]):
-            raise RecordError("selector src and dst must be of one family", field=f"selectors[{i}]")
+            raise RecordError(
+                f"selectors[{i}]: src and dst must be of one family", field=f"selectors[{i}]"
+            )
 
 
 def _sa_expiry(w: list[Any]) -> float | None:

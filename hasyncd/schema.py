@@ -25,7 +25,9 @@ from typing import Any
 
 from hasyncd.errors import RecordError, UnknownField
 
-_NO_CONTROL = re.compile(r"[^\x00-\x1f\x7f]*\Z")
+# No C0/C1 control characters and no Unicode line/paragraph separators:
+# these strings end up in logs and data-plane hook input.
+_NO_CONTROL = re.compile(r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]*\Z")
 _HEX = re.compile(r"[0-9a-fA-F]*\Z")
 
 
@@ -67,6 +69,11 @@ class Str(FieldType):
             raise _err(path, self.expected)
         if not self.pattern.match(w):
             raise _err(path, self.expected)
+        if not w.isascii():
+            try:
+                w.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate: valid JSON, not valid text
+                raise _err(path, self.expected + " (valid Unicode)") from None
 
 
 class Int(FieldType):
@@ -171,7 +178,7 @@ class Prefix(FieldType):
     expected = "a CIDR prefix like 10.0.0.0/24 (no host bits set)"
 
     def from_json(self, v: Any, path: str) -> Any:
-        if type(v) is not str or len(v) > 49 or "%" in v:
+        if type(v) is not str or len(v) > 49 or "%" in v or "/" not in v:
             raise _err(path, self.expected)
         try:
             net = ipaddress.ip_network(v, strict=True)

@@ -88,6 +88,8 @@ class Store:
         self, kind: int, after: str | None, limit: int, wall: float
     ) -> list[tuple[str, Entry]]:
         """Up to ``limit`` live entries with ids greater than ``after``, sorted by id."""
+        if limit <= 0:
+            return []
         table = self.tables[kind]
         out: list[tuple[str, Entry]] = []
         ids = table.order.irange(minimum=after, inclusive=(False, True)) if after else table.order
@@ -150,6 +152,8 @@ class Store:
     def sweep(self, wall: float, budget: int) -> int:
         """Look at up to ``budget`` entries per kind; drop expired records and old tombstones."""
         removed = 0
+        if budget <= 0:
+            return 0
         for kind, table in self.tables.items():
             ids = self.ids_after(kind, table.sweep_cursor, budget)
             table.sweep_cursor = ids[-1] if len(ids) == budget else None

@@ -22,6 +22,11 @@ _GEN = {
 _KIND_BY_CODE = {k.code: k for k in KINDS.values()}
 
 
+def sample(kind: int, i: int) -> dict[str, Any]:
+    """Sample record ``i`` of ``kind`` in its API JSON form."""
+    return _GEN[kind](i)[1]
+
+
 def record(kind: int, i: int, **changes: Any) -> tuple[str, bytes, float | None]:
     """Sample record ``i`` of ``kind`` as (id, blob, expiry), with fields changed."""
     rid, rec = _GEN[kind](i)

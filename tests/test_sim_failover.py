@@ -11,7 +11,7 @@ from hasyncd.errors import WriteRefused
 from hasyncd.sim import Sim
 from hasyncd.wire.messages import Role
 
-from .simutil import IKE, SA, WEB, decoded, in_sync, pair, put, record, snapshot
+from .simutil import IKE, SA, WEB, decoded, in_sync, pair, put, record, sample, snapshot
 
 
 def role(sim: Sim, name: str) -> Role:
@@ -66,10 +66,7 @@ def test_primary_death_promotes_the_secondary_within_the_detection_time() -> Non
 
 
 def record_seq(i: int) -> int:
-    rid, _, _ = record(SA, i)
-    from .simutil import _GEN
-
-    return int(_GEN[SA](i)[1]["seq"])
+    return int(sample(SA, i)["seq"])
 
 
 def test_seq_jump_marks_rekey_when_the_counter_would_wrap_without_esn() -> None:
@@ -166,7 +163,7 @@ def test_frozen_primary_steps_down_on_resume_without_dual_writes() -> None:
     sim.run_for(2.0)
     sim.thaw(primary)
     # Immediately after resuming, the old primary must not accept a write.
-    rid, blob, exp = record(WEB, 200)
+    rid, blob, _exp = record(WEB, 200)
     assert sim.try_write(primary, WEB, rid, blob) in ("fenced", "not_primary")
     sim.run_until_true(lambda: role(sim, primary) is Role.SECONDARY, limit=3, step=0.001)
     assert sim.try_write(primary, WEB, rid, blob) == "not_primary"
@@ -254,7 +251,7 @@ def test_link_cut_and_heal_merges_writes_from_both_sides() -> None:
     sim.run_until_true(
         lambda: (
             len(sim.primaries()) == 1
-            and in_sync(sim, [n for n in ("a", "b") if n not in sim.primaries()][0])
+            and in_sync(sim, next(n for n in ("a", "b") if n not in sim.primaries()))
         ),
         limit=10,
     )

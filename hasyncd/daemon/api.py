@@ -78,6 +78,11 @@ def _error_from(exc: HasyncdError) -> ApiError:
     return ApiError(500, exc.code, exc.message)
 
 
+def _internal(exc: Exception) -> ApiError:
+    log.error("internal error in the API", exc_info=exc)
+    return ApiError(500, "internal_error", "internal error (logged)")
+
+
 def _check_id(rid: str) -> None:
     if not 0 < len(rid) <= MAX_ID_LEN or not rid.isprintable():
         raise ApiError(
@@ -153,6 +158,10 @@ class Api:
             resp = web.json_response(
                 {"error": f"http_{exc.status}", "message": exc.reason}, status=exc.status
             )
+        except Exception as exc:  # a bug: answer in JSON, log it, keep serving
+            err = _internal(exc)
+            self.d.metrics.api_errors.labels(err.code).inc()
+            resp = web.json_response({"error": err.code, "message": err.message}, status=500)
         self.d.metrics.api_requests.labels(name, str(resp.status)).inc()
         return resp
 
@@ -296,6 +305,30 @@ class Api:
             )
         return web.json_response(out)
 
+    def _apply_op(self, op: dict[str, Any]) -> tuple[int, int]:
+        """Apply one batch op; raises HasyncdError with the reason it is refused."""
+        unknown = set(op) - {"op", "kind", "id", "record"}
+        if unknown:
+            name = sorted(str(k) for k in unknown)[0][:64]
+            raise ApiError(400, "unknown_field", f"unknown op field {name}", field=name)
+        rid = op.get("id")
+        if (
+            op.get("op") not in ("put", "delete")
+            or not isinstance(op.get("kind"), str)
+            or (not isinstance(rid, str))
+        ):
+            raise ApiError(400, "invalid_op", 'an op needs "op" ("put"|"delete"), "kind" and "id"')
+        kind = self._kind(op["kind"], write=True)
+        if op["op"] == "put":
+            if "record" not in op:
+                raise ApiError(400, "invalid_op", 'a put needs "record"')
+            return self._write_one(kind, rid, op["record"])
+        _check_id(rid)
+        result = self.d.core.write(kind.code, rid, None, None, self._now())
+        if result is None:
+            raise ApiError(404, "not_found", f"no {kind.name} {rid}")
+        return 200, result.version
+
     def _batch_op(self, op: Any) -> dict[str, Any]:
         if isinstance(op, _BadLine):
             self.d.metrics.api_errors.labels("invalid_json").inc()
@@ -306,33 +339,11 @@ class Api:
             }
         if not isinstance(op, dict):
             return {"status": 400, "error": "invalid_op", "message": "an op is an object"}
-        unknown = set(op) - {"op", "kind", "id", "record"}
         rid = op.get("id")
         try:
-            if unknown:
-                name = sorted(str(k) for k in unknown)[0][:64]
-                raise ApiError(400, "unknown_field", f"unknown op field {name}", field=name)
-            if (
-                op.get("op") not in ("put", "delete")
-                or not isinstance(op.get("kind"), str)
-                or (not isinstance(rid, str))
-            ):
-                raise ApiError(
-                    400, "invalid_op", 'an op needs "op" ("put"|"delete"), "kind" and "id"'
-                )
-            kind = self._kind(op["kind"], write=True)
-            if op["op"] == "put":
-                if "record" not in op:
-                    raise ApiError(400, "invalid_op", 'a put needs "record"')
-                status, version = self._write_one(kind, rid, op["record"])
-            else:
-                _check_id(rid)
-                result = self.d.core.write(kind.code, rid, None, None, self._now())
-                if result is None:
-                    raise ApiError(404, "not_found", f"no {kind.name} {rid}")
-                status, version = 200, result.version
-        except HasyncdError as exc:
-            err = _error_from(exc)
+            status, version = self._apply_op(op)
+        except Exception as exc:  # one op's failure must not abort the rest of the batch
+            err = _error_from(exc) if isinstance(exc, HasyncdError) else _internal(exc)
             self.d.metrics.api_errors.labels(err.code).inc()
             res: dict[str, Any] = {"status": err.status, "error": err.code, "message": err.message}
             if isinstance(rid, str):
