@@ -19,35 +19,33 @@ from __future__ import annotations
 
 import logging
 import random
-from collections import Counter, defaultdict
 from collections.abc import Callable
 
-from hasyncd.core import roles
+from hasyncd.core.detector import check_peers, loss_deadline, own_lateness
 from hasyncd.core.events import (
     Close,
     Dial,
-    Event,
-    MergeApplied,
     PeerChanged,
     RecordChanged,
     Watermark,
 )
-from hasyncd.core.peers import Conn, DialState, Peer
+from hasyncd.core.links import Dialer, admission_conflict, keep_new_link
+from hasyncd.core.merge import merge_end, receive_merge
+from hasyncd.core.outputs import Outputs
+from hasyncd.core.peers import Conn, Peer
 from hasyncd.core.replication import (
     Flow,
     Mark,
     MarkKind,
     OutboundSession,
     apply_changes,
-    decode_change,
-    merge_one,
 )
 from hasyncd.core.roles import RoleManager
 from hasyncd.core.settings import CoreSettings
-from hasyncd.errors import HasyncdError, ProtocolError, RecordError, WriteRefused
+from hasyncd.core.status import node_status
+from hasyncd.errors import ProtocolError
 from hasyncd.policy import KIND_BY_CODE
-from hasyncd.records import KINDS_BY_CODE
-from hasyncd.store import Entry, Store, pack_version, unpack_version
+from hasyncd.store import Entry, Store, unpack_version
 from hasyncd.wire.channel import Channel, Opened, State
 from hasyncd.wire.messages import (
     ACK_ELICITING,
@@ -63,7 +61,6 @@ from hasyncd.wire.messages import (
     Message,
     Phase,
     Records,
-    Role,
     SyncRequest,
 )
 
@@ -74,8 +71,6 @@ log = logging.getLogger("hasyncd.core")
 MAX_HANDSHAKING = 16
 # Expired records and old tombstones are swept this many per kind per second.
 SWEEP_BUDGET = 4096
-# A late timer by less than this is scheduling noise, not a stall.
-STALL_NOISE = 0.02
 
 
 class WriteResult:
@@ -86,7 +81,7 @@ class WriteResult:
         self.created = created
 
 
-class NodeCore:
+class NodeCore(Outputs):
     def __init__(
         self,
         settings: CoreSettings,
@@ -97,44 +92,27 @@ class NodeCore:
         boot_id: bytes,
         rng: random.Random | None = None,
     ) -> None:
+        super().__init__(now)
         self.s = settings
         self.store = store
         self.wall = wall
         self.boot_id = boot_id
         self.rng = rng or random.Random()  # noqa: S311 - reconnect jitter, not crypto
         self.started = now
-        self.now = now
         self.conns: dict[int, Conn] = {}
         self.peers: dict[str, Peer] = {}
-        self.dials = {a: DialState(a) for a in settings.peers}
-        self.stats: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self.dialer = Dialer(settings, self.rng)
         self.record_events = False
         self.watermark: int | None = None
-        self._out: dict[int, list[bytes]] = {}
-        self._events: list[Event] = []
         self._next_hb = now
         self._last_hb_sent = now
         self._deadline: float | None = None
         self._next_sweep = now + 1.0
         self._pump_needed = False
         self._snap_ids = 0
-        self._log_once: dict[tuple[str, str], float] = {}
         self.roles = RoleManager(self, now)
 
     # -- small helpers --------------------------------------------------------
-
-    def emit(self, event: Event) -> None:
-        self._events.append(event)
-
-    def count(self, metric: str, label: str = "", n: int = 1) -> None:
-        self.stats[metric][label] += n
-
-    def log_limited(self, key: tuple[str, str], level: int, msg: str, *args: object) -> None:
-        """Log at most once a minute per key: a misconfigured peer retries every second."""
-        last = self._log_once.get(key)
-        if last is None or self.now - last >= 60.0:
-            self._log_once[key] = self.now
-            log.log(level, msg, *args)
 
     @property
     def version(self) -> int:
@@ -155,41 +133,24 @@ class NodeCore:
 
     # -- outputs --------------------------------------------------------------
 
-    def data_to_send(self) -> list[tuple[int, bytes]]:
-        out = [(cid, b"".join(chunks)) for cid, chunks in self._out.items() if chunks]
-        self._out.clear()
-        return out
-
-    def events(self) -> list[Event]:
-        ev, self._events = self._events, []
-        return ev
-
     def next_timer(self) -> float:
         t = self._next_hb
         if self._pump_needed or self.roles.busy:
             t = self.now
         t = min(t, self._next_sweep, self.roles.next_deadline(self.now))
-        lost = self.s.lost_timeout
         for p in self.peers.values():
             if p.up:
-                t = min(t, p.last_rx + lost + p.stall)
-        for d in self.dials.values():
-            if not d.pending and d.next_at > self.now:
-                t = min(t, d.next_at)
+                t = min(t, loss_deadline(p, self.s.lost_timeout))
+        t = min(t, self.dialer.next_at(self.now))
         self._deadline = t
         return t
-
-    def _flush(self, conn: Conn) -> None:
-        data = conn.channel.take_output()
-        if data:
-            self._out.setdefault(conn.id, []).append(data)
 
     def send(self, peer: Peer, msg: Message) -> tuple[int, int] | None:
         conn = peer.conn
         if conn is None or conn.channel.state is not State.OPEN:
             return None
         sent = conn.channel.send(msg, self.roles.epoch)
-        self._flush(conn)
+        self.flush_conn(conn)
         return sent
 
     def send_tracked(self, peer: Peer, msg: Message, mark: Mark | None) -> bool:
@@ -207,21 +168,13 @@ class NodeCore:
             return
         if code is not None and conn.channel.state is State.OPEN:
             conn.channel.send(Goodbye(code, reason[:200]), self.roles.epoch)
-        self._flush(conn)
+        self.flush_conn(conn)
         del self.conns[conn.id]
         self._detach(conn, reason)
         self.emit(Close(conn.id, reason))
 
     def _detach(self, conn: Conn, reason: str) -> None:
-        dial = self.dials.get(conn.address) if conn.initiator else None
-        if dial is not None:
-            if conn.peer is None:
-                # The handshake never completed (wrong key, group, version...):
-                # back off like a failed connect, so a misconfigured peer is
-                # not hammered in a tight loop.
-                self._backoff(dial)
-            else:
-                dial.next_at = self.now
+        self.dialer.ended(conn, self.now)
         if conn.peer is None:
             return
         peer = self.peers.get(conn.peer)
@@ -252,26 +205,16 @@ class NodeCore:
         conn = Conn(conn_id, channel, initiator, address, now)
         self.conns[conn_id] = conn
         if initiator:
-            dial = self.dials.get(address)
-            if dial is not None:
-                # Once this connection ends, dial again at once (backoff only on failures).
-                dial.pending, dial.next_at = False, now
+            self.dialer.connected(address, now)
             channel.start()
-            self._flush(conn)
+            self.flush_conn(conn)
 
     def connect_failed(self, address: str, now: float, reason: str) -> None:
         self.now = now
-        dial = self.dials.get(address)
-        if dial is None:
+        if not self.dialer.failed(address, now):
             return
-        dial.pending = False
-        self._backoff(dial)
         self.count("connect_failures")
         self.log_limited(("connect", address), logging.INFO, "link to %s: %s", address, reason)
-
-    def _backoff(self, dial: DialState) -> None:
-        dial.backoff = min(max(dial.backoff * 2, self.s.reconnect_min), self.s.reconnect_max)
-        dial.next_at = self.now + dial.backoff * (0.75 + 0.5 * self.rng.random())
 
     def connection_lost(self, conn_id: int, now: float) -> None:
         self.now = now
@@ -300,11 +243,11 @@ class NodeCore:
                     self._dispatch(conn, ev.epoch, ev.message, ev.frame_no, now)
         except ProtocolError as exc:
             self._link_error(conn, exc)
-        self._flush(conn)
+        self.flush_conn(conn)
         if conn.ack_frame is not None and conn.id in self.conns:
             frame_no, conn.ack_frame = conn.ack_frame, None
             conn.channel.send(Ack(frame_no), self.roles.epoch)
-            self._flush(conn)
+            self.flush_conn(conn)
         self._after_input(now)
 
     def _link_error(self, conn: Conn, exc: ProtocolError) -> None:
@@ -321,23 +264,14 @@ class NodeCore:
             )
         else:
             log.warning("link to %s closed: %s: %s", who, exc.code, exc.message)
-        self._flush(conn)  # a queued REJECT tells the peer why
+        self.flush_conn(conn)  # a queued REJECT tells the peer why
         if conn.id in self.conns:
             self.close(conn, f"{exc.code}: {exc.message}")
 
     # -- adoption: an authenticated peer ------------------------------------------
 
     def _adopt(self, conn: Conn, hello: Hello, epoch: int, now: float) -> None:
-        s = self.s
-        conflict = None
-        if hello.node == s.name:
-            conflict = ("name_conflict", f"peer uses this node's name {s.name!r}")
-        elif hello.tag == s.tag:
-            conflict = ("tag_conflict", f"peer {hello.node} uses this node's tag {s.tag}")
-        else:
-            other = self.peer_by_tag(hello.tag)
-            if other is not None and other.name != hello.node:
-                conflict = ("tag_conflict", f"{hello.node} and {other.name} share tag {hello.tag}")
+        conflict = admission_conflict(self.s, hello, self.peers)
         if conflict is not None:
             self.count("link_refused", conflict[0])
             self.log_limited(("adopt", conflict[0]), logging.ERROR, "link refused: %s", conflict[1])
@@ -348,14 +282,12 @@ class NodeCore:
             peer = Peer(hello.node, hello.tag, hello.boot_id, hello.window, conn.address)
             self.peers[hello.node] = peer
         elif peer.conn is not None and peer.conn is not conn:
-            old = peer.conn
-            if peer.boot_id != hello.boot_id:
-                self.close(old, "replaced: peer restarted", code="replaced")
-            elif self._canonical(conn, hello.node):
-                self.close(old, "duplicate link", code="duplicate")
-            else:
+            if not keep_new_link(self.s, peer, conn, hello):
                 self.close(conn, "duplicate link", code="duplicate")
                 return
+            restarted = peer.boot_id != hello.boot_id
+            why = "replaced: peer restarted" if restarted else "duplicate link"
+            self.close(peer.conn, why, code="replaced" if restarted else "duplicate")
         peer.boot_id, peer.tag, peer.window = hello.boot_id, hello.tag, hello.window
         peer.conn = conn
         peer.hb = None  # what it said on an earlier link is stale: wait for a fresh heartbeat
@@ -365,10 +297,8 @@ class NodeCore:
         # listen address it announces: either way, stop dialing it while linked
         # (a second link would only be closed again as a duplicate).
         address = conn.address if conn.initiator else hello.listen
-        dial = self.dials.get(address)
-        if dial is not None:
+        if self.dialer.learned(address, peer.name):
             peer.address = address
-            dial.name, dial.backoff = peer.name, 0.0
         peer.last_rx, peer.stall, peer.suppressed = now, 0.0, False
         if not peer.up:
             peer.up = True
@@ -378,10 +308,6 @@ class NodeCore:
         self.roles.observe_epoch(epoch, peer, now)
         self.send(peer, self.roles.heartbeat(peer, now))
         self.roles.on_link_up(peer, now)
-
-    def _canonical(self, conn: Conn, peer_name: str) -> bool:
-        """Of two links between the same pair, both keep the one the lower name initiated."""
-        return conn.initiator == (self.s.name < peer_name)
 
     # -- message dispatch ---------------------------------------------------------
 
@@ -400,9 +326,9 @@ class NodeCore:
         elif isinstance(msg, SyncRequest):
             self._on_sync_request(peer, msg)
         elif isinstance(msg, Records) and msg.phase is Phase.MERGE:
-            accepted = self._on_merge_records(peer, epoch, msg)
+            accepted = receive_merge(self, peer, epoch, msg)
         elif isinstance(msg, MergeEnd):
-            accepted = self._on_merge_end(peer, msg)
+            accepted = merge_end(self, peer, msg)
         elif isinstance(msg, BulkStart | Records | BulkEnd):
             accepted = self.roles.follower_message(peer, epoch, msg, now)
         elif isinstance(msg, Handover):
@@ -450,57 +376,6 @@ class NodeCore:
         self.count("snapshots_started")
         self.recompute_watermark()
         self._pump_needed = True
-
-    def _on_merge_records(self, peer: Peer, epoch: int, msg: Records) -> bool:
-        if not self.roles.is_primary or epoch > self.roles.epoch:
-            self.count("refused", "merge_not_primary")
-            return False
-        for change in msg.changes:
-            peer.merge_offered += 1
-            try:
-                decode_change(change)
-                decision = merge_one(self.store.get_raw(change.kind, change.id), change)
-            except RecordError as exc:
-                self.count("records_invalid", "merge")
-                log.error(  # noqa: TRY400 - a peer sent bad data; no traceback to show
-                    "merge from %s: invalid record %s: %s", peer.name, change.id, exc.message
-                )
-                continue
-            if decision.conflict:
-                peer.merge_conflicts += 1
-                self.count("merge_conflicts")
-                log.warning(
-                    "merge conflict on %s %s: changed on both sides, newer version kept",
-                    KIND_BY_CODE[change.kind],
-                    change.id,
-                )
-            if decision.write:
-                peer.merge_merged += 1
-                self.count("merged_records")
-                expires = None
-                if decision.blob is not None:
-                    kind = KINDS_BY_CODE[change.kind]
-                    expires = kind.expiry(kind.decode(decision.blob))
-                self.local_write(change.kind, change.id, decision.blob, expires)
-        return True
-
-    def _on_merge_end(self, peer: Peer, msg: MergeEnd) -> bool:
-        if not self.roles.is_primary:
-            self.count("refused", "merge_not_primary")
-            return False
-        log.warning(
-            "merge from %s done: %d offered, %d merged, %d conflicts",
-            peer.name,
-            peer.merge_offered,
-            peer.merge_merged,
-            peer.merge_conflicts,
-        )
-        self.emit(
-            MergeApplied(peer.name, peer.merge_offered, peer.merge_merged, peer.merge_conflicts)
-        )
-        self.roles.merge_finished(peer, msg.epoch)
-        peer.merge_offered = peer.merge_merged = peer.merge_conflicts = 0
-        return True
 
     # -- applying replicated changes (secondary) ----------------------------------
 
@@ -567,34 +442,13 @@ class NodeCore:
     def handle_timer(self, now: float) -> None:
         self.now = now
         if self._deadline is not None:
-            late = now - self._deadline
-            if late > STALL_NOISE and late < 3600:
-                self.roles.on_own_stall(late, now)
+            own_lateness(self, now - self._deadline, now)
         self._deadline = None
-        lost = self.s.lost_timeout
         for conn in list(self.conns.values()):
             if conn.peer is None and now - conn.created > self.s.handshake_timeout:
                 self.count("link_errors", "handshake_timeout")
                 self.close(conn, "handshake timeout")
-        for peer in list(self.peers.values()):
-            # The same float expression as in next_timer(): the timer fires exactly here.
-            deadline = peer.last_rx + lost
-            if not peer.up or now < deadline:
-                continue
-            silence = now - peer.last_rx
-            if now < deadline + peer.stall:
-                if not peer.suppressed:
-                    peer.suppressed = True
-                    self.count("loss_suppressed_own_stall")
-                    log.warning(
-                        "%s silent for %.0f ms, but this node itself stalled %.0f ms of that: "
-                        "not declaring it lost",
-                        peer.name,
-                        silence * 1000,
-                        peer.stall * 1000,
-                    )
-                continue
-            self.roles.peer_lost(peer, now, f"no authenticated frame for {silence * 1000:.0f} ms")
+        check_peers(self, now)
         if now >= self._next_hb:
             self.send_heartbeats(now)
         self._dial_due(now)
@@ -618,19 +472,8 @@ class NodeCore:
     def _dial_due(self, now: float) -> None:
         if self.roles.shutting_down:
             return
-        for dial in self.dials.values():
-            if dial.pending or now < dial.next_at:
-                continue
-            if any(c.initiator and c.address == dial.address for c in self.conns.values()):
-                continue
-            if dial.name is not None:
-                peer = self.peers.get(dial.name)
-                if peer is not None and peer.conn is not None:
-                    continue
-            dial.pending = True
-            # Until the connect result arrives, do not dial again.
-            dial.next_at = now + self.s.handshake_timeout
-            self.emit(Dial(dial.address))
+        for address in self.dialer.due(now, self.conns.values(), self.peers):
+            self.emit(Dial(address))
 
     def _after_input(self, now: float) -> None:
         self.roles.evaluate(now)
@@ -686,61 +529,4 @@ class NodeCore:
     # -- status -------------------------------------------------------------------
 
     def status(self, now: float) -> dict[str, object]:
-        wall = self.wall()
-        peers = [
-            self._peer_status(p, now) for p in sorted(self.peers.values(), key=lambda p: p.name)
-        ]
-        counts = {KIND_BY_CODE[k]: n for k, n in self.store.counts().items()}
-        epoch, seq = unpack_version(self.version)
-        out: dict[str, object] = {
-            "node": self.s.name,
-            "peers": peers,
-            "records": counts,
-            "version": {"epoch": epoch, "seq": seq},
-            "uptime_s": round(now - self.started, 3),
-            "clock": wall,
-        }
-        out.update(self.roles.status(now))
-        return out
-
-    def _peer_status(self, p: Peer, now: float) -> dict[str, object]:
-        return {
-            "node": p.name,
-            "address": p.address,
-            "link": "up" if p.conn is not None and p.up else "down",
-            "role": p.role.name.lower() if p.role is not None and p.up else None,
-            "in_sync": bool(p.up and (p.in_sync_flag or p.role is Role.PRIMARY)),
-            "last_seen_ms": round((now - p.last_rx) * 1000) if p.last_rx else None,
-            "rtt_ms": round(p.rtt * 1000, 3) if p.rtt is not None else None,
-            "replication": self._session_status(p),
-        }
-
-    def _session_status(self, peer: Peer) -> dict[str, object] | None:
-        session = peer.session
-        if session is None:
-            return None
-        return {
-            "state": session.state.value,
-            "in_sync": session.in_sync,
-            "pending": len(session.pending),
-            "in_flight_bytes": peer.flow.in_flight,
-            "acked_version": dict(
-                zip(("epoch", "seq"), unpack_version(session.acked), strict=True)
-            ),
-        }
-
-
-def version_json(version: int) -> dict[str, int]:
-    epoch, seq = unpack_version(version)
-    return {"epoch": epoch, "seq": seq}
-
-
-__all__ = [
-    "HasyncdError",
-    "NodeCore",
-    "WriteRefused",
-    "WriteResult",
-    "pack_version",
-    "roles",
-    "version_json",
-]
+        return node_status(self, now)

@@ -16,12 +16,16 @@ table never stalls heartbeats; records already written in the new epoch
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from hasyncd.core.events import PromotionDone
 from hasyncd.policy import KIND_CODES
 from hasyncd.records import KINDS_BY_CODE, advance_outbound_seq, require_mid_sync
 from hasyncd.store import Store
+
+log = logging.getLogger("hasyncd.roles")
 
 SLICE = 2048  # records per slice: a few milliseconds of work
 
@@ -29,7 +33,7 @@ SA = KIND_CODES["ipsec_sa"]
 IKE = KIND_CODES["ike_sa"]
 _SA_REKEY = KINDS_BY_CODE[SA].schema.pos["rekey_required"]
 
-Write = Callable[[int, str, bytes, float | None], None]
+Write = Callable[[int, str, bytes | None, float | None], object]
 
 
 @dataclass
@@ -83,6 +87,32 @@ class PromotionWork:
             self._cursor = None
         else:
             self._cursor = ids[-1]
+
+    def finish(self, now: float) -> PromotionDone:
+        log.warning(
+            "promotion to epoch %d complete: %d outbound SAs advanced by %d (%d need rekey), "
+            "%d IKE SAs flagged for message-ID sync",
+            self.epoch,
+            self.esp_advanced,
+            self.margin,
+            self.esp_rekey_required,
+            self.ike_flagged,
+        )
+        return PromotionDone(
+            self.epoch,
+            self.reason,
+            self.esp_advanced,
+            self.esp_rekey_required,
+            self.ike_flagged,
+            now - self.started,
+        )
+
+    def summary(self, now: float) -> dict[str, object]:
+        return {
+            **self.progress(),
+            "reason": self.reason,
+            "duration_ms": round((now - self.started) * 1000, 3),
+        }
 
     def progress(self) -> dict[str, object]:
         return {

@@ -22,7 +22,7 @@ million-record snapshot.
 
 Secondary side: ``apply_changes`` validates every record before it is stored.
 A former primary offering its writes to the survivor after a split brain
-uses ``MergeSender``; the survivor resolves them with ``merge_one``.
+uses ``hasyncd.core.merge``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from hasyncd.wire.messages import (
     BulkEnd,
     BulkStart,
     Change,
-    MergeEnd,
     Message,
     Phase,
     Records,
@@ -101,7 +100,7 @@ class Flow:
         return marks
 
 
-class _Walker:
+class Walker:
     """A resumable walk over every stored id, kind by kind, in id order.
 
     The cursor is the last id looked at, so writes and deletes made between
@@ -172,7 +171,7 @@ class OutboundSession:
         self.snap_id = snap_id
         self.state = SessionState.BULK_START
         self.pending: OrderedDict[tuple[int, str], int] = OrderedDict()
-        self._walker = _Walker()
+        self._walker = Walker()
         self.bulk_sent = 0
         self.in_sync = False  # the peer acknowledged BULK_END
         self.acked = 0  # watermark the peer acknowledged
@@ -237,38 +236,6 @@ class OutboundSession:
         )
 
 
-class MergeSender:
-    """A former primary offers the survivor every write it made that the survivor may lack.
-
-    Those are the entries (tombstones included) whose version was minted by
-    this node (its tag is in the epoch) and is newer than the last version the
-    survivor is known to have acknowledged from it.
-    """
-
-    def __init__(self, tag: int, floor: int, epoch: int) -> None:
-        self.tag = tag
-        self.floor = floor
-        self.epoch = epoch  # the epoch the sender was primary in
-        self._walker = _Walker()
-        self.sent = 0
-        self.finished = False
-
-    def _wanted(self, entry: Entry) -> bool:
-        return entry.version > self.floor and (entry.version >> 64) & 0xFFFF == self.tag
-
-    def next_message(self, store: Store) -> tuple[Message, Mark | None] | None:
-        if self.finished:
-            return None
-        changes = self._walker.collect(store, self._wanted, max_scan=8 * SCAN_STEP)
-        if changes:
-            self.sent += len(changes)
-            return Records(Phase.MERGE, tuple(changes)), None
-        if self._walker.done:
-            self.finished = True
-            return MergeEnd(self.sent, self.epoch), Mark(MarkKind.MERGE_END)
-        return None  # scanned a stretch without matches: continue on the next pump
-
-
 @dataclass(slots=True)
 class ApplyResult:
     applied: int = 0
@@ -315,41 +282,3 @@ def apply_changes(
         result.applied += 1
         result.max_version = max(result.max_version, version)
     return result
-
-
-@dataclass(frozen=True, slots=True)
-class MergeDecision:
-    """What the survivor does with one offered change."""
-
-    blob: bytes | None  # the content to write (None: delete)
-    write: bool  # False: keep ours untouched
-    conflict: bool  # both sides changed the record during the split
-
-
-def merge_one(mine: Entry | None, theirs: Change) -> MergeDecision:
-    """Resolve one offered change against the survivor's entry.
-
-    The newer version wins per record.  A survivor entry newer than the offer
-    was changed during the split (the survivor's epoch began after the
-    loser's), which makes it a conflict: the survivor's content wins, but
-    counters (ESP sequence, IKE message IDs, last_seen) take the larger value
-    so they never go backwards.
-    """
-    kind = KINDS_BY_CODE[theirs.kind]
-    v_theirs = pack_version(theirs.epoch, theirs.seq)
-    if mine is None:
-        return MergeDecision(theirs.blob, theirs.blob is not None, False)
-    if mine.version == v_theirs:
-        return MergeDecision(None, False, False)
-    theirs_newer = v_theirs > mine.version
-    if theirs_newer:
-        if theirs.blob is None or mine.blob is None:
-            return MergeDecision(theirs.blob, True, False)
-        merged = kind.merge(kind.decode(theirs.blob), kind.decode(mine.blob))
-        return MergeDecision(kind.encode(merged), True, False)
-    # Ours is newer: a conflict.  Keep ours, with counters that never go back.
-    if theirs.blob is None or mine.blob is None:
-        return MergeDecision(None, False, True)
-    merged = kind.merge(kind.decode(mine.blob), kind.decode(theirs.blob))
-    blob = kind.encode(merged)
-    return MergeDecision(blob, blob != mine.blob, True)

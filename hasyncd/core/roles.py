@@ -29,30 +29,25 @@ The rules, in the order they are applied on every input:
 from __future__ import annotations
 
 import logging
-from collections import deque
-from dataclasses import dataclass
-from enum import Enum
 from typing import TYPE_CHECKING
 
+from hasyncd.core.damping import FlapDamper
 from hasyncd.core.election import Candidate, Rules, elect
 from hasyncd.core.events import (
     FaultChanged,
     HandoverFinished,
     PeerChanged,
-    PromotionDone,
-    Reannounce,
     RoleChanged,
-    SplitBrain,
     SyncChanged,
 )
+from hasyncd.core.follower import Follower, FollowState
+from hasyncd.core.merge import MergeSender, record_split
 from hasyncd.core.peers import Fence, HandoverState, Peer
+from hasyncd.core.primary import PrimaryDuties
 from hasyncd.core.promotion import PromotionWork
-from hasyncd.core.replication import MergeSender
-from hasyncd.errors import UnexpectedMessage, WriteRefused
+from hasyncd.errors import WriteRefused
 from hasyncd.store import pack_version, unpack_version
 from hasyncd.wire.messages import (
-    F_FENCED,
-    F_HANDING_OVER,
     F_IN_SYNC,
     F_OVERRIDE,
     F_SUSPENDED,
@@ -63,7 +58,6 @@ from hasyncd.wire.messages import (
     Heartbeat,
     Records,
     Role,
-    SyncRequest,
 )
 
 if TYPE_CHECKING:
@@ -79,24 +73,6 @@ INF = float("inf")
 def next_epoch(current: int, tag: int) -> int:
     """The epoch a node with ``tag`` mints when it promotes: a higher term, its own tag."""
     return (((current >> TAG_BITS) + 1) << TAG_BITS) | tag
-
-
-class FollowState(Enum):
-    NEED_REQUEST = "need_request"
-    MERGING = "merging"
-    REQUESTED = "requested"
-    BULK = "bulk"
-    STREAM = "stream"
-
-
-@dataclass
-class Follower:
-    primary: str
-    state: FollowState = FollowState.NEED_REQUEST
-    merge: MergeSender | None = None
-    snap_id: int = -1
-    received: int = 0
-    requested_at: float = 0.0
 
 
 class RoleManager:
@@ -115,16 +91,13 @@ class RoleManager:
         self.follower: Follower | None = None
         self.promotion: PromotionWork | None = None
         self.last_promotion: dict[str, object] | None = None
-        self.handover: HandoverState | None = None
-        self.fence: Fence | None = None
-        self.preempt_since: float | None = None
         self.monitors_down: tuple[str, ...] = ()
-        self.flaps: deque[float] = deque()
-        self.suspended_since: float | None = None
+        self.damper = FlapDamper(self.s.max_flaps, self.s.flap_window)
         self.split_brain: dict[str, object] | None = None
         self.merge_pending = False
         self.primary_epoch = 0  # the last epoch this node was primary in
         self.shutting_down = False
+        self.duties = PrimaryDuties(self)
 
     # -- views --------------------------------------------------------------------
 
@@ -137,22 +110,24 @@ class RoleManager:
         return pack_version(self.epoch, self.seq) if self.is_primary else self.applied
 
     @property
+    def suspended_since(self) -> float | None:
+        return self.damper.suspended_since
+
+    @property
+    def fence(self) -> Fence | None:
+        return self.duties.fence
+
+    @property
+    def handover(self) -> HandoverState | None:
+        return self.duties.handover
+
+    @property
     def busy(self) -> bool:
         """Sliced work can continue right now: the shell should call back at once."""
         if self.promotion is not None:
             return True
         f = self.follower
-        if f is None or not self._peer_conn(f.primary):
-            return False
-        if f.state is FollowState.NEED_REQUEST:
-            return True
-        return f.state is FollowState.MERGING and f.merge is not None and not f.merge.finished
-
-    @property
-    def fence_threshold(self) -> float:
-        # Peers declare us lost after lost_timeout of silence; one interval of
-        # margin covers the network and their own timer granularity.
-        return self.s.lost_timeout - self.s.heartbeat_interval
+        return f is not None and self._peer_conn(f.primary) and f.has_work()
 
     def _peer_conn(self, name: str) -> bool:
         peer = self.core.peers.get(name)
@@ -161,14 +136,10 @@ class RoleManager:
     def next_deadline(self, now: float) -> float:
         """The earliest future moment a role rule may fire (past ones wait for the next tick)."""
         candidates = [self.holddown_until if self.role is Role.STARTING else INF]
-        if self.handover is not None:
-            candidates.append(self.handover.deadline)
-        if self.fence is not None:
-            candidates.append(self.fence.since + self.s.lost_timeout)
-        if self.preempt_since is not None:
-            candidates.append(self.preempt_since + self.s.preempt_delay)
-        if self.flaps:
-            candidates.append(self.flaps[0] + self.s.flap_window)
+        candidates += self.duties.deadlines()
+        flap_deadline = self.damper.deadline()
+        if flap_deadline is not None:
+            candidates.append(flap_deadline)
         return min((t for t in candidates if t > now), default=INF)
 
     def heartbeat(self, peer: Peer, now: float) -> Heartbeat:
@@ -177,10 +148,7 @@ class RoleManager:
             flags |= F_IN_SYNC
         if self.suspended_since is not None:
             flags |= F_SUSPENDED
-        if self.fence is not None:
-            flags |= F_FENCED
-        if self.handover is not None:
-            flags |= F_HANDING_OVER
+        flags |= self.duties.flags()
         epoch, seq = unpack_version(self.version)
         t_ms = self.core.now_ms(now) + 1  # 0 means "nothing to echo"
         hold = int((now - peer.echo_rx_at) * 1000) if peer.echo_t_ms else 0
@@ -205,11 +173,10 @@ class RoleManager:
             return
         old, self.epoch = self.epoch, epoch
         if self.is_primary:
-            h = self.handover
             owner = self._epoch_owner(epoch) or peer.name
-            split = h is None or not h.sent or h.target != owner
+            split = not self.duties.handed_to(owner)
             if split:
-                self._record_split(peer, epoch, survivor=owner, own_epoch=old)
+                record_split(self.core, peer.name, old, epoch, survivor=owner)
             self._step_down(
                 now, f"{peer.name} reports a newer epoch {epoch} (own {old})", merge=split
             )
@@ -224,14 +191,7 @@ class RoleManager:
             if rtt >= 0:
                 peer.rtt = rtt
         self.observe_epoch(epoch, peer, now)
-        fence = self.fence
-        if (
-            fence is not None
-            and hb.primary == self.s.name
-            and epoch == self.epoch
-            and hb.echo_ms >= fence.since_ms
-        ):
-            fence.confirmed.add(peer.name)
+        self.duties.confirm(peer, hb.primary, epoch, hb.echo_ms)
         if bool(hb.flags & F_OVERRIDE) != self.s.override:
             self.core.log_limited(
                 ("override", peer.name),
@@ -243,27 +203,40 @@ class RoleManager:
     def on_link_up(self, peer: Peer, now: float) -> None:
         f = self.follower
         if f is not None and f.primary == peer.name:
-            self._restart_follower(f, peer)
+            f.link_up(self, peer)
 
     def on_link_down(self, peer: Peer, reason: str) -> None:
         f = self.follower
         if f is not None and f.primary == peer.name:
-            if f.state is FollowState.BULK:
-                self.core.store.abort_resync()
-                self._set_in_sync(False)
-            f.state = FollowState.NEED_REQUEST if f.merge is None else FollowState.MERGING
-        h = self.handover
-        if h is not None and h.target == peer.name and not h.sent:
-            self._abort_handover(f"link to {peer.name} went down: {reason}")
+            f.link_down(self)
+        self.duties.link_down(peer, reason)
 
-    def _restart_follower(self, f: Follower, peer: Peer) -> None:
-        if f.state is FollowState.BULK:
-            self.core.store.abort_resync()
-        if f.merge is not None:
-            f.merge = MergeSender(self.s.tag, peer.acked_floor, self.primary_epoch)
-            f.state = FollowState.MERGING
-        else:
-            f.state = FollowState.NEED_REQUEST
+    # -- replication as a follower ------------------------------------------------------
+
+    def follower_message(
+        self, peer: Peer, epoch: int, msg: BulkStart | Records | BulkEnd, now: float
+    ) -> bool:
+        """Apply a replication message from our primary; False if refused (not acked)."""
+        f = self.follower
+        if self.is_primary or f is None or f.primary != peer.name or epoch != self.epoch:
+            stale = epoch < self.epoch
+            self.core.count("refused", "stale_epoch" if stale else "not_following")
+            return False
+        f.handle(self, peer, msg)
+        return True
+
+    def pump_follower(self, now: float) -> None:
+        f = self.follower
+        if f is None:
+            return
+        peer = self.core.peers.get(f.primary)
+        if peer is not None and peer.conn is not None:
+            f.pump(self, peer, now)
+
+    def merge_acknowledged(self, peer: Peer) -> None:
+        f = self.follower
+        if f is not None and f.primary == peer.name:
+            f.merge_acknowledged(self, peer)
 
     def peer_lost(self, peer: Peer, now: float, reason: str) -> None:
         if not peer.up:
@@ -281,113 +254,7 @@ class RoleManager:
         core.recompute_watermark()
         core.send_heartbeats(now)
 
-    def on_own_stall(self, late: float, now: float) -> None:
-        core = self.core
-        core.count("loop_stalls")
-        for peer in core.peers.values():
-            if peer.up:
-                peer.stall += late
-        if late >= self.s.heartbeat_interval:
-            log.warning("this node's event loop stalled for %.0f ms", late * 1000)
-        silent = now - core.last_heartbeat_sent
-        if self.is_primary and silent > self.fence_threshold and self.fence is None:
-            self._enter_fence(now, f"own stall: no heartbeat sent for {silent * 1000:.0f} ms")
-
     # -- replication as a follower ------------------------------------------------------
-
-    def follower_message(
-        self, peer: Peer, epoch: int, msg: BulkStart | Records | BulkEnd, now: float
-    ) -> bool:
-        """Apply a replication message from our primary; False if refused (not acked)."""
-        core = self.core
-        f = self.follower
-        if self.is_primary or f is None or f.primary != peer.name or epoch != self.epoch:
-            core.count("refused", "stale_epoch" if epoch < self.epoch else "not_following")
-            return False
-        if isinstance(msg, BulkStart):
-            if core.store.resyncing:
-                core.store.abort_resync()
-            core.store.begin_resync()
-            f.state, f.snap_id, f.received = FollowState.BULK, msg.snap_id, 0
-            self._set_in_sync(False)
-            log.info(
-                "snapshot %d from %s started (%d records)", msg.snap_id, peer.name, msg.records
-            )
-        elif isinstance(msg, BulkEnd):
-            if f.state is not FollowState.BULK or msg.snap_id != f.snap_id:
-                raise UnexpectedMessage(f"BULK_END in state {f.state.value}")
-            purged = core.store.end_resync()
-            f.state = FollowState.STREAM
-            self.applied = max(self.applied, pack_version(msg.epoch, msg.seq))
-            log.info(
-                "in sync with %s: snapshot %d delivered %d records, %d stale purged",
-                peer.name,
-                msg.snap_id,
-                f.received,
-                purged,
-            )
-            self._set_in_sync(True)
-        elif msg.phase.name == "BULK":
-            if f.state is not FollowState.BULK:
-                raise UnexpectedMessage(f"bulk RECORDS in state {f.state.value}")
-            core.apply_from_primary(msg.changes)
-            f.received += len(msg.changes)
-        else:
-            if f.state is not FollowState.STREAM:
-                raise UnexpectedMessage(f"stream RECORDS in state {f.state.value}")
-            self.applied = max(self.applied, core.apply_from_primary(msg.changes))
-        return True
-
-    def pump_follower(self, now: float) -> None:
-        f = self.follower
-        if f is None:
-            return
-        core = self.core
-        peer = core.peers.get(f.primary)
-        if peer is None or peer.conn is None:
-            return
-        if f.state is FollowState.MERGING and f.merge is not None:
-            while peer.flow.open:
-                nxt = f.merge.next_message(core.store)
-                if nxt is None:
-                    if not f.merge.finished:
-                        core.request_pump()
-                    break
-                core.send_tracked(peer, nxt[0], nxt[1])
-        elif f.state is FollowState.NEED_REQUEST:
-            if core.send(peer, SyncRequest("follow")) is not None:
-                f.state, f.requested_at = FollowState.REQUESTED, now
-        elif (
-            f.state is FollowState.REQUESTED and now - f.requested_at > 2 * self.s.handshake_timeout
-        ):
-            f.state = FollowState.NEED_REQUEST  # the primary did not answer: ask again
-
-    def merge_acknowledged(self, peer: Peer) -> None:
-        f = self.follower
-        if f is not None and f.primary == peer.name and f.state is FollowState.MERGING:
-            log.warning(
-                "merge into %s acknowledged (%d records offered)",
-                peer.name,
-                f.merge.sent if f.merge else 0,
-            )
-            f.merge = None
-            f.state = FollowState.NEED_REQUEST
-            self.core.request_pump()
-
-    def merge_finished(self, peer: Peer, loser_epoch: int) -> None:
-        """Survivor side: a former primary finished offering its writes."""
-        if not self.is_primary:
-            return
-        if self.split_brain is None or self.split_brain.get("peer") != peer.name:
-            self._record_split(peer, loser_epoch, survivor=self.s.name)
-        sb = self.split_brain
-        assert sb is not None
-        sb["offered"], sb["merged"] = peer.merge_offered, peer.merge_merged
-        sb["conflicts"] = peer.merge_conflicts
-        # Both nodes told the data plane they were primary: the survivor says it again.
-        reason = f"split brain with {peer.name} resolved: re-announcing"
-        log.warning("%s", reason)
-        self.core.emit(Reannounce(self.epoch, reason))
 
     # -- writes -------------------------------------------------------------------------
 
@@ -396,17 +263,27 @@ class RoleManager:
             raise WriteRefused(
                 "not_primary", f"this node is {self.role.name.lower()}", primary=self.primary
             )
-        if self.handover is not None:
+        self.duties.check_writable(now)
+
+    def check_handover_ready(self, now: float) -> None:
+        if self.is_primary:
+            self.duties.check_handover_ready()
+
+    def request_failover(self, now: float, reason: str = "manual failover") -> str:
+        if not self.is_primary:
             raise WriteRefused(
-                "handover_in_progress",
-                f"handing the primary role to {self.handover.target}",
-                primary=self.handover.target,
+                "not_primary", "only the primary can hand over its role", primary=self.primary
             )
-        silent = now - self.core.last_heartbeat_sent
-        if self.fence is None and silent > self.fence_threshold:
-            self._enter_fence(now, f"no heartbeat sent for {silent * 1000:.0f} ms")
-        if self.fence is not None:
-            raise WriteRefused("fenced", f"re-verifying primacy after {self.fence.reason}")
+        return self.duties.request_failover(now, reason)
+
+    def begin_shutdown(self, now: float) -> str | None:
+        self.shutting_down = True
+        if not self.is_primary:
+            return None
+        try:
+            return self.request_failover(now, "primary shutting down")
+        except WriteRefused:
+            return None
 
     def next_version(self) -> int:
         self.seq += 1
@@ -416,9 +293,9 @@ class RoleManager:
     # -- the decision loop ------------------------------------------------------------------
 
     def evaluate(self, now: float) -> None:
-        self._expire_flaps(now)
+        self.damper.expire(now)
         if self.is_primary:
-            self._primary_duties(now)
+            self.duties.run(now)
             return
         leader = self._leader()
         if leader is not None:
@@ -439,7 +316,7 @@ class RoleManager:
         if seen is not None:
             self.reason = f"no link to primary {seen[0]}, which {seen[1]} still follows"
             return
-        decision = elect(self._candidates(now), self._rules())
+        decision = elect(self._candidates(now), self.rules())
         if decision.winner == self.s.name:
             cause = "cold start" if self.role is Role.STARTING else "no primary reachable"
             self._promote(now, f"{cause}: {decision.reason}")
@@ -469,10 +346,10 @@ class RoleManager:
                 return hb.primary, peer.name
         return None
 
-    def _rules(self) -> Rules:
+    def rules(self) -> Rules:
         return Rules(override=self.s.override, uptime_margin_s=self.s.uptime_margin)
 
-    def _self_candidate(self, now: float, *, incumbent: bool = False) -> Candidate:
+    def self_candidate(self, now: float, *, incumbent: bool = False) -> Candidate:
         eligible = self.fence is None and (incumbent or self.suspended_since is None)
         return Candidate(
             self.s.name,
@@ -484,7 +361,7 @@ class RoleManager:
         )
 
     @staticmethod
-    def _peer_candidate(peer: Peer, now: float, in_sync: bool) -> Candidate:
+    def peer_candidate(peer: Peer, now: float, in_sync: bool) -> Candidate:
         hb = peer.hb
         assert hb is not None
         return Candidate(
@@ -492,8 +369,8 @@ class RoleManager:
         )
 
     def _candidates(self, now: float) -> list[Candidate]:
-        return [self._self_candidate(now)] + [
-            self._peer_candidate(peer, now, peer.in_sync_flag)
+        return [self.self_candidate(now)] + [
+            self.peer_candidate(peer, now, peer.in_sync_flag)
             for peer in self.core.peers.values()
             if peer.up and peer.hb is not None and peer.role is not Role.PRIMARY
         ]
@@ -508,7 +385,7 @@ class RoleManager:
                 RoleChanged(old.name.lower(), new.name.lower(), self.epoch, primary, reason)
             )
 
-    def _set_in_sync(self, value: bool) -> None:
+    def set_in_sync(self, value: bool) -> None:
         if value != self.in_sync:
             self.in_sync = value
             records = sum(self.core.store.counts().values())
@@ -525,7 +402,7 @@ class RoleManager:
             log.warning("promoting although this node was not in sync with the lost primary")
         self.epoch = self.primary_epoch = next_epoch(self.epoch, self.s.tag)
         self.seq = 0
-        self.fence = self.handover = self.preempt_since = None
+        self.duties.reset()
         for peer in core.peers.values():
             peer.session = None
         self._note_role_change(now)
@@ -542,42 +419,19 @@ class RoleManager:
         if work is None or not self.is_primary:
             return
         core = self.core
-        work.run_slice(core.store, lambda k, rid, blob, exp: _write(core, k, rid, blob, exp))
+        work.run_slice(core.store, core.local_write)
         if work.done:
             self.promotion = None
-            duration = now - work.started
-            self.last_promotion = {
-                **work.progress(),
-                "reason": work.reason,
-                "duration_ms": round(duration * 1000, 3),
-            }
-            log.warning(
-                "promotion to epoch %d complete: %d outbound SAs advanced by %d (%d need rekey), "
-                "%d IKE SAs flagged for message-ID sync",
-                work.epoch,
-                work.esp_advanced,
-                work.margin,
-                work.esp_rekey_required,
-                work.ike_flagged,
-            )
-            core.emit(
-                PromotionDone(
-                    work.epoch,
-                    work.reason,
-                    work.esp_advanced,
-                    work.esp_rekey_required,
-                    work.ike_flagged,
-                    duration,
-                )
-            )
+            done = work.finish(now)
+            self.last_promotion = work.summary(now)
+            core.emit(done)
 
     def _step_down(self, now: float, reason: str, *, merge: bool) -> None:
         core = self.core
         if self.promotion is not None:
             log.warning("promotion to epoch %d interrupted", self.promotion.epoch)
             self.promotion = None
-        h = self.handover
-        self.handover = self.fence = self.preempt_since = None
+        h = self.duties.reset()
         for peer in core.peers.values():
             peer.session = None
         self.merge_pending = merge
@@ -605,7 +459,7 @@ class RoleManager:
                 unpack_version(leader.acked_floor),
             )
         self.follower = f
-        self._set_in_sync(False)
+        self.set_in_sync(False)
         self._set_role(
             Role.SECONDARY, leader.name, f"following {leader.name}, primary in epoch {self.epoch}"
         )
@@ -617,105 +471,11 @@ class RoleManager:
         self.follower = None
         if self.core.store.resyncing:
             self.core.store.abort_resync()
-            self._set_in_sync(False)
+            self.set_in_sync(False)
         self.primary = None
         self.reason = reason
 
-    # -- primary duties ------------------------------------------------------------------
-
-    def _primary_duties(self, now: float) -> None:
-        if self.fence is not None:
-            self._check_fence(now)
-        h = self.handover
-        if h is not None:
-            if now >= h.deadline:
-                self._abort_handover(
-                    f"{h.target} did not take over within {self.s.handover_timeout:g} s"
-                )
-            return
-        if self.fence is not None or self.shutting_down:
-            return
-        in_sync = [
-            p
-            for p in self.core.peers.values()
-            if p.up
-            and p.conn is not None
-            and p.hb is not None
-            and p.session is not None
-            and p.session.in_sync
-        ]
-        if not in_sync:
-            self.preempt_since = None
-            return
-        me = self._self_candidate(now, incumbent=True)
-        cands = [me] + [self._peer_candidate(p, now, True) for p in in_sync]
-        decision = elect(cands, self._rules(), None if self.s.override else self.s.name)
-        winner = decision.winner
-        if winner is None or winner == self.s.name:
-            self.preempt_since = None
-            return
-        best = next(c for c in cands if c.name == winner)
-        if best.monitors_down < me.monitors_down:
-            self._begin_handover(winner, f"link failover: {decision.reason}", now)
-        elif self.s.override:
-            if self.preempt_since is None:
-                self.preempt_since = now
-                log.info(
-                    "%s should be primary (%s): preempting in %g s",
-                    winner,
-                    decision.reason,
-                    self.s.preempt_delay,
-                )
-            elif now - self.preempt_since >= self.s.preempt_delay:
-                self._begin_handover(winner, f"preemption: {decision.reason}", now)
-
-    def _enter_fence(self, now: float, reason: str) -> None:
-        self.fence = Fence(now, self.core.now_ms(now), reason, set())
-        self.core.count("fenced")
-        log.warning("FENCED: refusing writes until peers confirm this node as primary (%s)", reason)
-
-    def _check_fence(self, now: float) -> None:
-        fence = self.fence
-        assert fence is not None
-        ups = [p.name for p in self.core.peers.values() if p.up]
-        if not ups and now - fence.since >= self.s.lost_timeout:
-            why = "no peer reachable for a full detection time"
-        elif ups and all(name in fence.confirmed for name in ups):
-            why = "every reachable peer confirmed this node as primary"
-        else:
-            return
-        self.fence = None
-        log.warning("fence lifted: %s", why)
-
-    def _begin_handover(self, target: str, reason: str, now: float) -> None:
-        self.handover = HandoverState(target, reason, now + self.s.handover_timeout)
-        self.preempt_since = None
-        self.reason = f"handing over to {target}: {reason}"
-        log.warning("handing the primary role to %s: %s", target, reason)
-        self.core.request_pump()
-
-    def _abort_handover(self, reason: str) -> None:
-        h, self.handover = self.handover, None
-        if h is None:
-            return
-        log.warning("handover to %s aborted: %s", h.target, reason)
-        self.core.count("handovers_aborted")
-        self.reason = f"primary (handover to {h.target} aborted: {reason})"
-        self.core.emit(HandoverFinished(h.target, False, reason))
-
-    def check_handover_ready(self, now: float) -> None:
-        h = self.handover
-        if h is None or h.sent or not self.is_primary:
-            return
-        target = self.core.peers.get(h.target)
-        if target is None or not target.up or target.session is None:
-            return
-        session = target.session
-        if not session.in_sync or session.pending or session.acked < self.version:
-            return
-        epoch, seq = unpack_version(self.version)
-        if self.core.send(target, Handover(h.target, epoch, seq, h.reason[:64])) is not None:
-            h.sent = True
+    # -- handover (target side) --------------------------------------------------------------
 
     def on_handover(self, peer: Peer, epoch: int, msg: Handover, now: float) -> None:
         f = self.follower
@@ -725,7 +485,7 @@ class RoleManager:
             and f.primary == peer.name
             and epoch == self.epoch
             and self.in_sync
-            and f.state is FollowState.STREAM
+            and f.streaming
         )
         if not ok:
             self.core.count("refused", "handover")
@@ -734,42 +494,6 @@ class RoleManager:
             )
             return
         self._promote(now, f"handover from {peer.name}: {msg.reason}")
-
-    def request_failover(self, now: float, reason: str = "manual failover") -> str:
-        if not self.is_primary:
-            raise WriteRefused(
-                "not_primary", "only the primary can hand over its role", primary=self.primary
-            )
-        if self.handover is not None:
-            raise WriteRefused(
-                "handover_in_progress",
-                f"already handing over to {self.handover.target}",
-                primary=self.handover.target,
-            )
-        cands = [
-            self._peer_candidate(p, now, True)
-            for p in self.core.peers.values()
-            if p.up
-            and p.conn is not None
-            and p.hb is not None
-            and p.session is not None
-            and p.session.in_sync
-        ]
-        decision = elect(cands, self._rules())
-        if decision.winner is None:
-            why = "no eligible secondary is in sync" if cands else "no secondary is in sync"
-            raise WriteRefused("no_in_sync_secondary", f"{why}: a handover now would lose data")
-        self._begin_handover(decision.winner, reason, now)
-        return decision.winner
-
-    def begin_shutdown(self, now: float) -> str | None:
-        self.shutting_down = True
-        if not self.is_primary:
-            return None
-        try:
-            return self.request_failover(now, "primary shutting down")
-        except WriteRefused:
-            return None
 
     # -- health and flap damping -------------------------------------------------------------
 
@@ -787,24 +511,8 @@ class RoleManager:
         self.core.send_heartbeats(now)
 
     def _note_role_change(self, now: float) -> None:
-        self.flaps.append(now)
-        self._expire_flaps(now)
-        if len(self.flaps) > self.s.max_flaps and self.suspended_since is None:
-            self.suspended_since = now
+        if self.damper.note(now):
             self.core.count("suspended")
-            log.error(
-                "SUSPENDED automatic promotion: %d role changes within %g s (node.max_flaps = %d)",
-                len(self.flaps),
-                self.s.flap_window,
-                self.s.max_flaps,
-            )
-
-    def _expire_flaps(self, now: float) -> None:
-        while self.flaps and now - self.flaps[0] > self.s.flap_window:
-            self.flaps.popleft()
-        if self.suspended_since is not None and len(self.flaps) <= self.s.max_flaps:
-            self.suspended_since = None
-            log.warning("automatic promotion resumed: role changes back under node.max_flaps")
 
     def _epoch_owner(self, epoch: int) -> str | None:
         tag = epoch & TAG_MASK
@@ -812,74 +520,3 @@ class RoleManager:
             return self.s.name
         peer = self.core.peer_by_tag(tag)
         return peer.name if peer is not None else None
-
-    def _record_split(
-        self, peer: Peer, peer_epoch: int, survivor: str, own_epoch: int | None = None
-    ) -> None:
-        own = self.epoch if own_epoch is None else own_epoch
-        self.split_brain = {
-            "peer": peer.name,
-            "own_epoch": own,
-            "peer_epoch": peer_epoch,
-            "survivor": survivor,
-            "detected_at": self.core.wall(),
-            "offered": None,
-            "merged": None,
-            "conflicts": None,
-        }
-        self.core.count("split_brains")
-        self.core.emit(SplitBrain(peer.name, own, peer_epoch, survivor))
-        log.error(
-            "SPLIT BRAIN: %s and this node were both primary (epochs %d and %d); survivor: %s",
-            peer.name,
-            peer_epoch,
-            own,
-            survivor,
-        )
-
-    # -- status ---------------------------------------------------------------------------
-
-    def status(self, now: float) -> dict[str, object]:
-        f = self.follower
-        promo: dict[str, object] | None
-        if self.promotion is not None:
-            promo = {
-                **self.promotion.progress(),
-                "reason": self.promotion.reason,
-                "complete": False,
-            }
-        elif self.last_promotion is not None:
-            promo = {**self.last_promotion, "complete": True}
-        else:
-            promo = None
-        return {
-            "role": self.role.name.lower(),
-            "epoch": self.epoch,
-            "primary": self.primary,
-            "role_reason": self.reason,
-            "in_sync": self.is_primary or self.in_sync,
-            "sync": None
-            if f is None
-            else {"primary": f.primary, "state": f.state.value, "snapshot_records": f.received},
-            "fenced": None
-            if self.fence is None
-            else {"reason": self.fence.reason, "since_s": round(now - self.fence.since, 3)},
-            "handover": None
-            if self.handover is None
-            else {"target": self.handover.target, "reason": self.handover.reason},
-            "suspended": None
-            if self.suspended_since is None
-            else {
-                "since_s": round(now - self.suspended_since, 3),
-                "role_changes": len(self.flaps),
-                "window_s": self.s.flap_window,
-            },
-            "role_changes_in_window": len(self.flaps),
-            "monitors": {"configured": list(self.s.monitors), "down": list(self.monitors_down)},
-            "split_brain": self.split_brain,
-            "promotion": promo,
-        }
-
-
-def _write(core: NodeCore, kind: int, rid: str, blob: bytes, expires: float | None) -> None:
-    core.local_write(kind, rid, blob, expires)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 from aiohttp import web
 
-from hasyncd.core.node import version_json
+from hasyncd.core.status import version_json
 from hasyncd.daemon.eventhub import event_type_name
 from hasyncd.daemon.metrics import CONTENT_TYPE
 from hasyncd.errors import HasyncdError, NotReplicated, RecordError, UnknownKind, WriteRefused

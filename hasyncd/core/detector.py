@@ -1,0 +1,68 @@
+"""Failure detection: when a silent peer counts as lost, and when the silence is our own fault.
+
+A peer is lost after ``lost_timeout`` (interval x threshold) without any
+authenticated frame.  Silence this node's own stall explains does not count:
+each time the node's timer runs late, the lateness is added to every peer's
+``stall`` credit, which pushes that peer's deadline back by as much.  A loss
+the credit saved is logged and counted (``loss_suppressed_own_stall``)
+instead of triggering a promotion: keepalived's and FGCP's users lost their
+primaries to their own busy CPUs.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from hasyncd.core.peers import Peer
+
+if TYPE_CHECKING:
+    from hasyncd.core.node import NodeCore
+
+log = logging.getLogger("hasyncd.core")
+
+# A timer late by less than this is scheduling noise, not a stall.
+STALL_NOISE = 0.02
+# Lateness beyond this is a clock jump (suspend/resume), not a loop stall.
+STALL_MAX = 3600.0
+
+
+def loss_deadline(peer: Peer, lost_timeout: float) -> float:
+    # One expression for both the timer and the check, so the timer firing at
+    # the deadline always finds it reached (no float rounding livelock).
+    return peer.last_rx + lost_timeout + peer.stall
+
+
+def own_lateness(core: NodeCore, late: float, now: float) -> None:
+    """The node's timer ran ``late`` seconds after its deadline."""
+    if not STALL_NOISE < late < STALL_MAX:
+        return
+    core.count("loop_stalls")
+    for peer in core.peers.values():
+        if peer.up:
+            peer.stall += late
+    if late >= core.s.heartbeat_interval:
+        log.warning("this node's event loop stalled for %.0f ms", late * 1000)
+    if core.roles.is_primary:
+        core.roles.duties.after_stall(now)
+
+
+def check_peers(core: NodeCore, now: float) -> None:
+    lost = core.s.lost_timeout
+    for peer in list(core.peers.values()):
+        if not peer.up or now < peer.last_rx + lost:
+            continue
+        silence = now - peer.last_rx
+        if now < loss_deadline(peer, lost):
+            if not peer.suppressed:
+                peer.suppressed = True
+                core.count("loss_suppressed_own_stall")
+                log.warning(
+                    "%s silent for %.0f ms, but this node itself stalled %.0f ms of that: "
+                    "not declaring it lost",
+                    peer.name,
+                    silence * 1000,
+                    peer.stall * 1000,
+                )
+            continue
+        core.roles.peer_lost(peer, now, f"no authenticated frame for {silence * 1000:.0f} ms")

@@ -1,0 +1,145 @@
+"""A secondary's side of replication: merge (if it was primary), request, snapshot, stream.
+
+    MERGING ─► NEED_REQUEST ─► REQUESTED ─► BULK ─► STREAM
+        (former primaries only)        BULK_START   BULK_END
+
+A new link to the primary restarts the sequence (the snapshot is repeated);
+only BULK_END makes the node ``in_sync``.  Every record is validated before
+it is stored (``hasyncd.core.replication.apply_changes``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from hasyncd.core.merge import MergeSender
+from hasyncd.core.peers import Peer
+from hasyncd.errors import UnexpectedMessage
+from hasyncd.store import pack_version
+from hasyncd.wire.messages import BulkEnd, BulkStart, Phase, Records, SyncRequest
+
+if TYPE_CHECKING:
+    from hasyncd.core.roles import RoleManager
+
+log = logging.getLogger("hasyncd.roles")
+
+
+class FollowState(Enum):
+    NEED_REQUEST = "need_request"
+    MERGING = "merging"
+    REQUESTED = "requested"
+    BULK = "bulk"
+    STREAM = "stream"
+
+
+@dataclass
+class Follower:
+    primary: str
+    state: FollowState = FollowState.NEED_REQUEST
+    merge: MergeSender | None = None
+    snap_id: int = -1
+    received: int = 0
+    requested_at: float = 0.0
+
+    @property
+    def streaming(self) -> bool:
+        return self.state is FollowState.STREAM
+
+    def has_work(self) -> bool:
+        """Something can be sent right now (the pump should run again at once)."""
+        if self.state is FollowState.NEED_REQUEST:
+            return True
+        return (
+            self.state is FollowState.MERGING
+            and self.merge is not None
+            and (not self.merge.finished)
+        )
+
+    def handle(self, roles: RoleManager, peer: Peer, msg: BulkStart | Records | BulkEnd) -> None:
+        """Apply a replication message from the primary we follow (already checked to be it)."""
+        store = roles.core.store
+        if isinstance(msg, BulkStart):
+            if store.resyncing:
+                store.abort_resync()
+            store.begin_resync()
+            self.state, self.snap_id, self.received = FollowState.BULK, msg.snap_id, 0
+            roles.set_in_sync(False)
+            log.info(
+                "snapshot %d from %s started (%d records)", msg.snap_id, peer.name, msg.records
+            )
+        elif isinstance(msg, BulkEnd):
+            if self.state is not FollowState.BULK or msg.snap_id != self.snap_id:
+                raise UnexpectedMessage(f"BULK_END in state {self.state.value}")
+            purged = store.end_resync()
+            self.state = FollowState.STREAM
+            roles.applied = max(roles.applied, pack_version(msg.epoch, msg.seq))
+            log.info(
+                "in sync with %s: snapshot %d delivered %d records, %d stale purged",
+                peer.name,
+                msg.snap_id,
+                self.received,
+                purged,
+            )
+            roles.set_in_sync(True)
+        elif msg.phase is Phase.BULK:
+            if self.state is not FollowState.BULK:
+                raise UnexpectedMessage(f"bulk RECORDS in state {self.state.value}")
+            roles.core.apply_from_primary(msg.changes)
+            self.received += len(msg.changes)
+        else:
+            if self.state is not FollowState.STREAM:
+                raise UnexpectedMessage(f"stream RECORDS in state {self.state.value}")
+            roles.applied = max(roles.applied, roles.core.apply_from_primary(msg.changes))
+
+    def pump(self, roles: RoleManager, peer: Peer, now: float) -> None:
+        core = roles.core
+        if self.state is FollowState.MERGING and self.merge is not None:
+            while peer.flow.open:
+                nxt = self.merge.next_message(core.store)
+                if nxt is None:
+                    if not self.merge.finished:
+                        core.request_pump()
+                    break
+                core.send_tracked(peer, nxt[0], nxt[1])
+        elif self.state is FollowState.NEED_REQUEST:
+            if core.send(peer, SyncRequest("follow")) is not None:
+                self.state, self.requested_at = FollowState.REQUESTED, now
+        elif (
+            self.state is FollowState.REQUESTED
+            and now - self.requested_at > 2 * roles.s.handshake_timeout
+        ):
+            self.state = FollowState.NEED_REQUEST  # the primary did not answer: ask again
+
+    def link_up(self, roles: RoleManager, peer: Peer) -> None:
+        """A new link to the primary: start over (merge again if one was due)."""
+        if self.state is FollowState.BULK:
+            roles.core.store.abort_resync()
+        if self.merge is not None:
+            self.merge = MergeSender(roles.s.tag, peer.acked_floor, roles.primary_epoch)
+            self.state = FollowState.MERGING
+        else:
+            self.state = FollowState.NEED_REQUEST
+
+    def link_down(self, roles: RoleManager) -> None:
+        if self.state is FollowState.BULK:
+            roles.core.store.abort_resync()
+            roles.set_in_sync(False)
+        self.state = FollowState.NEED_REQUEST if self.merge is None else FollowState.MERGING
+
+    def merge_acknowledged(self, roles: RoleManager, peer: Peer) -> None:
+        if self.state is not FollowState.MERGING:
+            return
+        log.warning(
+            "merge into %s acknowledged (%d records offered)",
+            peer.name,
+            self.merge.sent if self.merge else 0,
+        )
+        sb = roles.split_brain
+        if sb is not None and self.merge is not None:
+            sb["offered"] = self.merge.sent
+        self.merge = None
+        self.state = FollowState.NEED_REQUEST
+        roles.core.request_pump()

@@ -1,0 +1,106 @@
+"""Which links to open and which to keep: dialing, backoff, admission, duplicate links.
+
+Every node dials every configured peer it has no link to; both may dial at
+once, so a pair can end up with two links.  Both ends then keep the one the
+lexicographically lower node name initiated, and close the other.  A link
+from a peer with a new boot id replaces the old one (the peer restarted).
+A link whose handshake never completed (wrong key, group, version) is
+retried with exponential backoff, so a misconfigured peer is not hammered;
+an authenticated link that ends is redialed at once.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Mapping
+
+from hasyncd.core.peers import Conn, DialState, Peer
+from hasyncd.core.settings import CoreSettings
+from hasyncd.wire.messages import Hello
+
+
+class Dialer:
+    def __init__(self, settings: CoreSettings, rng: random.Random) -> None:
+        self.s = settings
+        self.rng = rng
+        self.dials = {a: DialState(a) for a in settings.peers}
+
+    def connected(self, address: str, now: float) -> None:
+        dial = self.dials.get(address)
+        if dial is not None:
+            # Once this connection ends, dial again at once (backoff only on failures).
+            dial.pending, dial.next_at = False, now
+
+    def failed(self, address: str, now: float) -> bool:
+        """A dial failed; returns whether the address is one of ours."""
+        dial = self.dials.get(address)
+        if dial is None:
+            return False
+        dial.pending = False
+        self._backoff(dial, now)
+        return True
+
+    def ended(self, conn: Conn, now: float) -> None:
+        dial = self.dials.get(conn.address) if conn.initiator else None
+        if dial is None:
+            return
+        if conn.peer is None:
+            self._backoff(dial, now)  # never authenticated: back off
+        else:
+            dial.next_at = now
+
+    def learned(self, address: str, name: str) -> bool:
+        """``address`` belongs to ``name``: do not dial it while linked.  True if configured."""
+        dial = self.dials.get(address)
+        if dial is None:
+            return False
+        dial.name, dial.backoff = name, 0.0
+        return True
+
+    def due(self, now: float, conns: Iterable[Conn], peers: Mapping[str, Peer]) -> list[str]:
+        dialing = {c.address for c in conns if c.initiator}
+        out = []
+        for dial in self.dials.values():
+            if dial.pending or now < dial.next_at or dial.address in dialing:
+                continue
+            if dial.name is not None:
+                peer = peers.get(dial.name)
+                if peer is not None and peer.conn is not None:
+                    continue
+            dial.pending = True
+            # Until the connect result arrives, do not dial again.
+            dial.next_at = now + self.s.handshake_timeout
+            out.append(dial.address)
+        return out
+
+    def next_at(self, now: float) -> float:
+        return min(
+            (d.next_at for d in self.dials.values() if not d.pending and d.next_at > now),
+            default=float("inf"),
+        )
+
+    def _backoff(self, dial: DialState, now: float) -> None:
+        dial.backoff = min(max(dial.backoff * 2, self.s.reconnect_min), self.s.reconnect_max)
+        dial.next_at = now + dial.backoff * (0.75 + 0.5 * self.rng.random())
+
+
+def admission_conflict(
+    settings: CoreSettings, hello: Hello, peers: Mapping[str, Peer]
+) -> tuple[str, str] | None:
+    """Why an authenticated peer may not join: (code, text), or None."""
+    if hello.node == settings.name:
+        return "name_conflict", f"peer uses this node's name {settings.name!r}"
+    if hello.tag == settings.tag:
+        return "tag_conflict", f"peer {hello.node} uses this node's tag {settings.tag}"
+    for other in peers.values():
+        if other.tag == hello.tag and other.name != hello.node:
+            return "tag_conflict", f"{hello.node} and {other.name} share tag {hello.tag}"
+    return None
+
+
+def keep_new_link(settings: CoreSettings, peer: Peer, new: Conn, hello: Hello) -> bool:
+    """Of an existing link to ``peer`` and a new one, whether the new one wins."""
+    if peer.boot_id != hello.boot_id:
+        return True  # the peer restarted: its old link is dead
+    # Both ends keep the link the lower name initiated.
+    return new.initiator == (settings.name < hello.node)

@@ -1,0 +1,189 @@
+"""Split-brain merge: a former primary offers its writes, the survivor resolves them.
+
+When two nodes were primary at once (a cut link), the one of the lower epoch
+steps down and, before it resynchronizes, sends the survivor every entry it
+minted (its tag is in the version's epoch) newer than what the survivor last
+acknowledged from it: RECORDS in the MERGE phase, then MERGE_END.  The
+survivor applies each with ``merge_one`` as an ordinary local write, so the
+result replicates to every secondary, the former primary included.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from hasyncd.core.events import MergeApplied, Reannounce, SplitBrain
+from hasyncd.core.peers import Peer
+from hasyncd.core.replication import Mark, MarkKind, Walker, decode_change
+from hasyncd.errors import RecordError
+from hasyncd.policy import KIND_BY_CODE
+from hasyncd.records import KINDS_BY_CODE
+from hasyncd.store import Entry, Store, pack_version
+from hasyncd.wire.messages import Change, MergeEnd, Message, Phase, Records
+
+if TYPE_CHECKING:
+    from hasyncd.core.node import NodeCore
+
+log = logging.getLogger("hasyncd.core")
+
+# Ids looked at per merge step when few entries match: bounds one step's time.
+MERGE_SCAN = 4096
+
+
+class MergeSender:
+    """A former primary offers the survivor every write it made that the survivor may lack.
+
+    Those are the entries (tombstones included) whose version was minted by
+    this node (its tag is in the epoch) and is newer than the last version the
+    survivor is known to have acknowledged from it.
+    """
+
+    def __init__(self, tag: int, floor: int, epoch: int) -> None:
+        self.tag = tag
+        self.floor = floor
+        self.epoch = epoch  # the epoch the sender was primary in
+        self._walker = Walker()
+        self.sent = 0
+        self.finished = False
+
+    def _wanted(self, entry: Entry) -> bool:
+        return entry.version > self.floor and (entry.version >> 64) & 0xFFFF == self.tag
+
+    def next_message(self, store: Store) -> tuple[Message, Mark | None] | None:
+        if self.finished:
+            return None
+        changes = self._walker.collect(store, self._wanted, max_scan=MERGE_SCAN)
+        if changes:
+            self.sent += len(changes)
+            return Records(Phase.MERGE, tuple(changes)), None
+        if self._walker.done:
+            self.finished = True
+            return MergeEnd(self.sent, self.epoch), Mark(MarkKind.MERGE_END)
+        return None  # scanned a stretch without matches: continue on the next pump
+
+
+@dataclass(frozen=True, slots=True)
+class MergeDecision:
+    """What the survivor does with one offered change."""
+
+    blob: bytes | None  # the content to write (None: delete)
+    write: bool  # False: keep ours untouched
+    conflict: bool  # both sides changed the record during the split
+
+
+def merge_one(mine: Entry | None, theirs: Change) -> MergeDecision:
+    """Resolve one offered change against the survivor's entry.
+
+    The newer version wins per record.  A survivor entry newer than the offer
+    was changed during the split (the survivor's epoch began after the
+    loser's), which makes it a conflict: the survivor's content wins, but
+    counters (ESP sequence, IKE message IDs, last_seen) take the larger value
+    so they never go backwards.
+    """
+    kind = KINDS_BY_CODE[theirs.kind]
+    v_theirs = pack_version(theirs.epoch, theirs.seq)
+    if mine is None:
+        return MergeDecision(theirs.blob, theirs.blob is not None, False)
+    if mine.version == v_theirs:
+        return MergeDecision(None, False, False)
+    theirs_newer = v_theirs > mine.version
+    if theirs_newer:
+        if theirs.blob is None or mine.blob is None:
+            return MergeDecision(theirs.blob, True, False)
+        merged = kind.merge(kind.decode(theirs.blob), kind.decode(mine.blob))
+        return MergeDecision(kind.encode(merged), True, False)
+    # Ours is newer: a conflict.  Keep ours, with counters that never go back.
+    if theirs.blob is None or mine.blob is None:
+        return MergeDecision(None, False, True)
+    merged = kind.merge(kind.decode(mine.blob), kind.decode(theirs.blob))
+    blob = kind.encode(merged)
+    return MergeDecision(blob, blob != mine.blob, True)
+
+
+def receive_merge(core: NodeCore, peer: Peer, epoch: int, msg: Records) -> bool:
+    """Survivor: apply offered changes; False (not acknowledged) unless we are primary."""
+    if not core.roles.is_primary or epoch > core.roles.epoch:
+        core.count("refused", "merge_not_primary")
+        return False
+    for change in msg.changes:
+        peer.merge_offered += 1
+        try:
+            decode_change(change)
+            decision = merge_one(core.store.get_raw(change.kind, change.id), change)
+        except RecordError as exc:
+            core.count("records_invalid", "merge")
+            log.error(  # noqa: TRY400 - a peer sent bad data; no traceback to show
+                "merge from %s: invalid record %s: %s", peer.name, change.id, exc.message
+            )
+            continue
+        if decision.conflict:
+            peer.merge_conflicts += 1
+            core.count("merge_conflicts")
+            log.warning(
+                "merge conflict on %s %s: changed on both sides, newer version kept",
+                KIND_BY_CODE[change.kind],
+                change.id,
+            )
+        if decision.write:
+            peer.merge_merged += 1
+            core.count("merged_records")
+            expires = None
+            if decision.blob is not None:
+                kind = KINDS_BY_CODE[change.kind]
+                expires = kind.expiry(kind.decode(decision.blob))
+            core.local_write(change.kind, change.id, decision.blob, expires)
+    return True
+
+
+def merge_end(core: NodeCore, peer: Peer, msg: MergeEnd) -> bool:
+    if not core.roles.is_primary:
+        core.count("refused", "merge_not_primary")
+        return False
+    log.warning(
+        "merge from %s done: %d offered, %d merged, %d conflicts",
+        peer.name,
+        peer.merge_offered,
+        peer.merge_merged,
+        peer.merge_conflicts,
+    )
+    core.emit(MergeApplied(peer.name, peer.merge_offered, peer.merge_merged, peer.merge_conflicts))
+    roles = core.roles
+    sb = roles.split_brain
+    if sb is None or sb.get("peer") != peer.name:
+        sb = record_split(core, peer.name, roles.epoch, msg.epoch, survivor=core.s.name)
+    sb.update(offered=peer.merge_offered, merged=peer.merge_merged, conflicts=peer.merge_conflicts)
+    peer.merge_offered = peer.merge_merged = peer.merge_conflicts = 0
+    # Both nodes told the data plane they were primary: the survivor says it again.
+    reason = f"split brain with {peer.name} resolved: re-announcing"
+    log.warning("%s", reason)
+    core.emit(Reannounce(roles.epoch, reason))
+    return True
+
+
+def record_split(
+    core: NodeCore, peer: str, own_epoch: int, peer_epoch: int, survivor: str
+) -> dict[str, object]:
+    """Note (status, metrics, events, log) that ``peer`` and this node were both primary."""
+    info: dict[str, object] = {
+        "peer": peer,
+        "own_epoch": own_epoch,
+        "peer_epoch": peer_epoch,
+        "survivor": survivor,
+        "detected_at": core.wall(),
+        "offered": None,
+        "merged": None,
+        "conflicts": None,
+    }
+    core.roles.split_brain = info
+    core.count("split_brains")
+    core.emit(SplitBrain(peer, own_epoch, peer_epoch, survivor))
+    log.error(
+        "SPLIT BRAIN: %s and this node were both primary (epochs %d and %d); survivor: %s",
+        peer,
+        peer_epoch,
+        own_epoch,
+        survivor,
+    )
+    return info

@@ -1,0 +1,80 @@
+"""``GET /v1/status``: a read-only view of a node core, explaining why it holds its role."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from hasyncd.core.peers import Peer
+from hasyncd.policy import KIND_BY_CODE
+from hasyncd.store import unpack_version
+from hasyncd.wire.messages import Role
+
+if TYPE_CHECKING:
+    from hasyncd.core.node import NodeCore
+    from hasyncd.core.roles import RoleManager
+
+
+def version_json(version: int) -> dict[str, int]:
+    epoch, seq = unpack_version(version)
+    return {"epoch": epoch, "seq": seq}
+
+
+def node_status(core: NodeCore, now: float) -> dict[str, object]:
+    out: dict[str, object] = {
+        "node": core.s.name,
+        "peers": [peer_status(p, now) for p in sorted(core.peers.values(), key=lambda p: p.name)],
+        "records": {KIND_BY_CODE[k]: n for k, n in core.store.counts().items()},
+        "version": version_json(core.version),
+        "uptime_s": round(now - core.started, 3),
+        "clock": core.wall(),
+    }
+    out.update(role_status(core.roles, now))
+    return out
+
+
+def role_status(roles: RoleManager, now: float) -> dict[str, object]:
+    f = roles.follower
+    promo: dict[str, object] | None = None
+    if roles.promotion is not None:
+        promo = {**roles.promotion.progress(), "reason": roles.promotion.reason, "complete": False}
+    elif roles.last_promotion is not None:
+        promo = {**roles.last_promotion, "complete": True}
+    return {
+        "role": roles.role.name.lower(),
+        "epoch": roles.epoch,
+        "primary": roles.primary,
+        "role_reason": roles.reason,
+        "in_sync": roles.is_primary or roles.in_sync,
+        "sync": None
+        if f is None
+        else {"primary": f.primary, "state": f.state.value, "snapshot_records": f.received},
+        **roles.duties.status(now),
+        "suspended": roles.damper.status(now),
+        "role_changes_in_window": len(roles.damper.changes),
+        "monitors": {"configured": list(roles.s.monitors), "down": list(roles.monitors_down)},
+        "split_brain": roles.split_brain,
+        "promotion": promo,
+    }
+
+
+def peer_status(p: Peer, now: float) -> dict[str, object]:
+    session = p.session
+    replication = None
+    if session is not None:
+        replication = {
+            "state": session.state.value,
+            "in_sync": session.in_sync,
+            "pending": len(session.pending),
+            "in_flight_bytes": p.flow.in_flight,
+            "acked_version": version_json(session.acked),
+        }
+    return {
+        "node": p.name,
+        "address": p.address,
+        "link": "up" if p.conn is not None and p.up else "down",
+        "role": p.role.name.lower() if p.role is not None and p.up else None,
+        "in_sync": bool(p.up and (p.in_sync_flag or p.role is Role.PRIMARY)),
+        "last_seen_ms": round((now - p.last_rx) * 1000) if p.last_rx else None,
+        "rtt_ms": round(p.rtt * 1000, 3) if p.rtt is not None else None,
+        "replication": replication,
+    }
