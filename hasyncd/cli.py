@@ -9,9 +9,13 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hasyncd import __version__
 from hasyncd.errors import ConfigError, HasyncdError
+
+if TYPE_CHECKING:
+    from hasyncd.config import Config
 
 EXIT_CONFIG = 2
 EXIT_RUNTIME = 1
@@ -25,14 +29,22 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _load(path: Path) -> Config | None:
+    """The validated config, or None after printing the one-line reason."""
     from hasyncd import config as config_mod
-    from hasyncd.daemon.shell import Daemon
 
     try:
-        cfg = config_mod.load(args.config)
+        return config_mod.load(path)
     except ConfigError as exc:
         print(f"hasyncd: configuration error: {exc.message}", file=sys.stderr)
+        return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from hasyncd.daemon.shell import Daemon
+
+    cfg = _load(args.config)
+    if cfg is None:
         return EXIT_CONFIG
     _setup_logging(cfg.log.level)
 
@@ -49,12 +61,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from hasyncd import config as config_mod
-
-    try:
-        cfg = config_mod.load(args.config)
-    except ConfigError as exc:
-        print(f"hasyncd: configuration error: {exc.message}", file=sys.stderr)
+    cfg = _load(args.config)
+    if cfg is None:
         return EXIT_CONFIG
     print(
         f"{args.config}: ok (node {cfg.node.name}, id {cfg.node.id}, "

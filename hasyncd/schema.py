@@ -50,12 +50,8 @@ class FieldType:
         raise NotImplementedError
 
 
-class Str(FieldType):
-    def __init__(self, min_len: int = 1, max_len: int = 255, pattern: str | None = None) -> None:
-        self.min_len, self.max_len = min_len, max_len
-        self.pattern = re.compile(pattern + r"\Z") if pattern else _NO_CONTROL
-        what = f"matching {pattern}" if pattern else "without control characters"
-        self.expected = f"a string of {min_len}..{max_len} characters {what}"
+class Scalar(FieldType):
+    """A type whose wire form is its JSON form: validating is all there is to convert."""
 
     def from_json(self, v: Any, path: str) -> Any:
         self.check_wire(v, path)
@@ -63,6 +59,14 @@ class Str(FieldType):
 
     def to_json(self, w: Any) -> Any:
         return w
+
+
+class Str(Scalar):
+    def __init__(self, min_len: int = 1, max_len: int = 255, pattern: str | None = None) -> None:
+        self.min_len, self.max_len = min_len, max_len
+        self.pattern = re.compile(pattern + r"\Z") if pattern else _NO_CONTROL
+        what = f"matching {pattern}" if pattern else "without control characters"
+        self.expected = f"a string of {min_len}..{max_len} characters {what}"
 
     def check_wire(self, w: Any, path: str) -> None:
         if type(w) is not str or not self.min_len <= len(w) <= self.max_len:
@@ -76,36 +80,22 @@ class Str(FieldType):
                 raise _err(path, self.expected + " (valid Unicode)") from None
 
 
-class Int(FieldType):
+class Int(Scalar):
     def __init__(self, lo: int, hi: int) -> None:
         self.lo, self.hi = lo, hi
         self.expected = f"an integer in [{lo}, {hi}]"
-
-    def from_json(self, v: Any, path: str) -> Any:
-        self.check_wire(v, path)
-        return v
-
-    def to_json(self, w: Any) -> Any:
-        return w
 
     def check_wire(self, w: Any, path: str) -> None:
         if type(w) is not int or not self.lo <= w <= self.hi:
             raise _err(path, self.expected)
 
 
-class Num(FieldType):
+class Num(Scalar):
     """A number of seconds: integer or finite float, kept as given (round trips exactly)."""
 
     def __init__(self, lo: float, hi: float) -> None:
         self.lo, self.hi = lo, hi
         self.expected = f"a number in [{lo:g}, {hi:g}]"
-
-    def from_json(self, v: Any, path: str) -> Any:
-        self.check_wire(v, path)
-        return v
-
-    def to_json(self, w: Any) -> Any:
-        return w
 
     def check_wire(self, w: Any, path: str) -> None:
         t = type(w)
@@ -115,15 +105,8 @@ class Num(FieldType):
             raise _err(path, self.expected)
 
 
-class Bool(FieldType):
+class Bool(Scalar):
     expected = "true or false"
-
-    def from_json(self, v: Any, path: str) -> Any:
-        self.check_wire(v, path)
-        return v
-
-    def to_json(self, w: Any) -> Any:
-        return w
 
     def check_wire(self, w: Any, path: str) -> None:
         if type(w) is not bool:

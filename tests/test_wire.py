@@ -1227,8 +1227,8 @@ def test_replication_batches_fit_in_one_transport_frame(phase: str) -> None:
         while session.next_message(empty, 0) is not None and not session.idle:
             pass
         assert session.idle
-        for kind, table in store.tables.items():
-            for rid, entry in table.entries.items():
+        for kind in store.tables:
+            for rid, entry in store.items(kind):
                 session.enqueue(kind, rid, entry.version)
     a, b = open_pair()
     sent = 0
