@@ -90,11 +90,12 @@ def admission_conflict(
     """Why an authenticated peer may not join: (code, text), or None."""
     if hello.node == settings.name:
         return "name_conflict", f"peer uses this node's name {settings.name!r}"
+    hint = "set [node].id to distinct values"
     if hello.tag == settings.tag:
-        return "tag_conflict", f"peer {hello.node} uses this node's tag {settings.tag}"
+        return "tag_conflict", f"peer {hello.node} has this node's id {settings.tag}: {hint}"
     for other in peers.values():
         if other.tag == hello.tag and other.name != hello.node:
-            return "tag_conflict", f"{hello.node} and {other.name} share tag {hello.tag}"
+            return "tag_conflict", f"{hello.node} and {other.name} share id {hello.tag}: {hint}"
     return None
 
 

@@ -20,9 +20,26 @@ def version_json(version: int) -> dict[str, int]:
 
 
 def node_status(core: NodeCore, now: float) -> dict[str, object]:
+    peers = [peer_status(p, now) for p in sorted(core.peers.values(), key=lambda p: p.name)]
+    known = {p.address for p in core.peers.values()}
+    # Configured addresses that never answered: an operator wants to see them too.
+    peers += [
+        {
+            "node": None,
+            "address": a,
+            "link": "down",
+            "role": None,
+            "in_sync": False,
+            "last_seen_ms": None,
+            "rtt_ms": None,
+            "replication": None,
+        }
+        for a in core.s.peers
+        if a not in known
+    ]
     out: dict[str, object] = {
         "node": core.s.name,
-        "peers": [peer_status(p, now) for p in sorted(core.peers.values(), key=lambda p: p.name)],
+        "peers": peers,
         "records": {KIND_BY_CODE[k]: n for k, n in core.store.counts().items()},
         "version": version_json(core.version),
         "uptime_s": round(now - core.started, 3),
