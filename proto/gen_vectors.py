@@ -10,7 +10,7 @@ Everything is deterministic: a fixed PSK, fixed X25519 ephemeral private keys
 built with a fixed ``now``.  Byte strings are hex in the JSON files.
 ``tests/test_vectors.py`` recomputes every vector from the code and
 ``tests/test_noise.py`` rederives the handshake vector with the independent
-``noiseprotocol`` package; ``proto/PROTOCOL.md`` section 16 describes the files.
+``noiseprotocol`` package; ``proto/PROTOCOL.md`` section 17 describes the files.
 """
 
 from __future__ import annotations
