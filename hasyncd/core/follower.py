@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from hasyncd.core.merge import MergeSender
 from hasyncd.core.peers import Peer
+from hasyncd.core.replication import Position
 from hasyncd.errors import UnexpectedMessage
 from hasyncd.store import pack_version
 from hasyncd.wire.messages import BulkEnd, BulkStart, Phase, Records, SyncRequest
@@ -43,6 +44,7 @@ class Follower:
     snap_id: int = -1
     received: int = 0
     requested_at: float = 0.0
+    merge_resume: Position | None = None  # the merge walk position the primary acknowledged
 
     @property
     def streaming(self) -> bool:
@@ -118,7 +120,9 @@ class Follower:
         if self.state is FollowState.BULK:
             roles.core.store.abort_resync()
         if self.merge is not None:
-            self.merge = MergeSender(roles.s.tag, peer.acked_floor, roles.primary_epoch)
+            self.merge = MergeSender(
+                roles.s.tag, peer.acked_floor, roles.primary_epoch, self.merge_resume
+            )
             self.state = FollowState.MERGING
         else:
             self.state = FollowState.NEED_REQUEST

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from hasyncd.core.events import MergeApplied, Reannounce, SplitBrain
 from hasyncd.core.peers import Peer
-from hasyncd.core.replication import Mark, MarkKind, Walker, decode_change
+from hasyncd.core.replication import Mark, MarkKind, Position, Walker, decode_change
 from hasyncd.errors import RecordError
 from hasyncd.policy import KIND_BY_CODE
 from hasyncd.records import KINDS_BY_CODE
@@ -37,14 +37,16 @@ class MergeSender:
 
     Those are the entries (tombstones included) whose version was minted by
     this node (its tag is in the epoch) and is newer than the last version the
-    survivor is known to have acknowledged from it.
+    survivor is known to have acknowledged from it.  A merge cut short by a
+    lost link resumes from the last position the survivor acknowledged, so
+    records it already merged are not offered (and counted as conflicts) again.
     """
 
-    def __init__(self, tag: int, floor: int, epoch: int) -> None:
+    def __init__(self, tag: int, floor: int, epoch: int, start: Position | None = None) -> None:
         self.tag = tag
         self.floor = floor
         self.epoch = epoch  # the epoch the sender was primary in
-        self._walker = Walker()
+        self._walker = Walker(start)
         self.sent = 0
         self.finished = False
 
@@ -57,7 +59,8 @@ class MergeSender:
         changes = self._walker.collect(store, self._wanted, max_scan=MERGE_SCAN)
         if changes:
             self.sent += len(changes)
-            return Records(Phase.MERGE, tuple(changes)), None
+            progress = Mark(MarkKind.MERGE_PROGRESS, position=self._walker.position)
+            return Records(Phase.MERGE, tuple(changes)), progress
         if self._walker.done:
             self.finished = True
             return MergeEnd(self.sent, self.epoch), Mark(MarkKind.MERGE_END)

@@ -243,6 +243,8 @@ class NodeCore(Outputs):
                     self._dispatch(conn, ev.epoch, ev.message, ev.frame_no, now)
         except ProtocolError as exc:
             self._link_error(conn, exc)
+        if conn.channel.error is not None and conn.id in self.conns:
+            self._link_error(conn, conn.channel.error)
         self.flush_conn(conn)
         if conn.ack_frame is not None and conn.id in self.conns:
             frame_no, conn.ack_frame = conn.ack_frame, None
@@ -348,6 +350,9 @@ class NodeCore(Outputs):
         for mark in peer.flow.acked(frame):
             if mark.kind is MarkKind.MERGE_END:
                 self.roles.merge_acknowledged(peer)
+                continue
+            if mark.kind is MarkKind.MERGE_PROGRESS:
+                self.roles.merge_progress(peer, mark.position)
                 continue
             session = peer.session
             peer.acked_floor = max(peer.acked_floor, mark.version)

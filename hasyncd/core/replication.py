@@ -63,13 +63,19 @@ REPLICATED_KIND_CODES: tuple[int, ...] = tuple(sorted(KINDS_BY_CODE))
 class MarkKind(Enum):
     WATERMARK = "watermark"  # stream message: version the peer will hold once acked
     BULK_END = "bulk_end"
+    MERGE_PROGRESS = "merge_progress"  # merge records: where the merge walk stands
     MERGE_END = "merge_end"
+
+
+# Where a store walk stands: (index of the kind, last id looked at).
+Position = tuple[int, str | None]
 
 
 @dataclass(frozen=True, slots=True)
 class Mark:
     kind: MarkKind
     version: int = 0
+    position: Position | None = None
 
 
 class Flow:
@@ -109,9 +115,12 @@ class Walker:
 
     __slots__ = ("cursor", "kind_idx")
 
-    def __init__(self) -> None:
-        self.kind_idx = 0
-        self.cursor: str | None = None
+    def __init__(self, start: Position | None = None) -> None:
+        self.kind_idx, self.cursor = start if start is not None else (0, None)
+
+    @property
+    def position(self) -> Position:
+        return self.kind_idx, self.cursor
 
     @property
     def done(self) -> bool:

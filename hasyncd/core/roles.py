@@ -45,6 +45,7 @@ from hasyncd.core.merge import MergeSender, record_split
 from hasyncd.core.peers import Fence, HandoverState, Peer
 from hasyncd.core.primary import PrimaryDuties
 from hasyncd.core.promotion import PromotionWork
+from hasyncd.core.replication import Position
 from hasyncd.errors import WriteRefused
 from hasyncd.store import pack_version, unpack_version
 from hasyncd.wire.messages import (
@@ -233,6 +234,11 @@ class RoleManager:
         if peer is not None and peer.conn is not None:
             f.pump(self, peer, now)
 
+    def merge_progress(self, peer: Peer, position: Position | None) -> None:
+        f = self.follower
+        if f is not None and f.primary == peer.name and position is not None:
+            f.merge_resume = position
+
     def merge_acknowledged(self, peer: Peer) -> None:
         f = self.follower
         if f is not None and f.primary == peer.name:
@@ -302,15 +308,17 @@ class RoleManager:
             if self.follower is None or self.follower.primary != leader.name:
                 self._follow(leader, now)
             return
+        fresh = [p.name for p in self.core.peers.values() if p.up and p.hb is None]
+        if fresh:
+            # Decide only on fresh information: a link that just (re)opened has
+            # not told us its role yet; it may be the primary we follow (keep
+            # following, merge included) or the primary of our epoch.
+            if self.follower is None:
+                self.reason = f"waiting for the first heartbeat from {', '.join(fresh)}"
+            return
         if self.follower is not None:
             self._unfollow(f"{self.follower.primary} no longer announces itself primary")
         if self.shutting_down or (self.role is Role.STARTING and now < self.holddown_until):
-            return
-        fresh = [p.name for p in self.core.peers.values() if p.up and p.hb is None]
-        if fresh:
-            # Elect only on fresh information: a link that just (re)opened has
-            # not told us its role yet, and it may be the primary of our epoch.
-            self.reason = f"waiting for the first heartbeat from {', '.join(fresh)}"
             return
         seen = self._primary_seen_by_others()
         if seen is not None:
@@ -468,7 +476,9 @@ class RoleManager:
     def _unfollow(self, reason: str) -> None:
         # A complete copy stays complete (as of the loss) for the election;
         # only a snapshot cut short leaves this node without one.
-        self.follower = None
+        f, self.follower = self.follower, None
+        if f is not None and f.merge is not None:
+            self.merge_pending = True  # not delivered yet: offer it to the next primary
         if self.core.store.resyncing:
             self.core.store.abort_resync()
             self.set_in_sync(False)

@@ -189,7 +189,7 @@ class Api:
             ) from None
 
     def _now(self) -> float:
-        return self.d.loop.time()
+        return self.d.clock()
 
     async def _replicated(self, version: int) -> bool | None:
         """In sync mode, wait for the secondaries; None in async mode."""

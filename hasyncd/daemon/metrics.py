@@ -34,7 +34,7 @@ class _CoreCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         core = self.daemon.core
         roles = core.roles
-        now = self.daemon.loop.time()
+        now = self.daemon.clock()
         for name, counter in sorted(core.stats.items()):
             fam = CounterMetricFamily(
                 f"hasyncd_{name}", f"hasyncd core counter {name}", labels=["label"]

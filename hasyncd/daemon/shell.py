@@ -45,6 +45,20 @@ from hasyncd.store import Store
 log = logging.getLogger("hasyncd.daemon")
 
 
+def core_clock() -> float:
+    """The core's clock: monotonic, and counting time the machine was suspended.
+
+    CLOCK_BOOTTIME (Linux) keeps running while a VM is paused or a host is
+    suspended; CLOCK_MONOTONIC does not.  With it a primary that was frozen
+    that way sees the gap as its own stall and fences itself, exactly as
+    after a SIGSTOP, instead of taking writes as if no time had passed.
+    """
+    return time.clock_gettime(BOOTTIME)
+
+
+BOOTTIME = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
 def core_settings(config: Config) -> CoreSettings:
     node, link = config.node, config.link
     return CoreSettings(
@@ -90,19 +104,19 @@ class LinkProtocol(asyncio.Protocol):
             peer = transport.get_extra_info("peername")
             self.address = f"{peer[0]}:{peer[1]}" if peer else "?"
         d.core.connection_made(
-            self.conn_id, initiator=self.initiator, address=self.address, now=d.loop.time()
+            self.conn_id, initiator=self.initiator, address=self.address, now=d.clock()
         )
         d.flush()
 
     def data_received(self, data: bytes) -> None:
         d = self.daemon
-        d.core.receive_data(self.conn_id, data, d.loop.time())
+        d.core.receive_data(self.conn_id, data, d.clock())
         d.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         d = self.daemon
         d.transports.pop(self.conn_id, None)
-        d.core.connection_lost(self.conn_id, d.loop.time())
+        d.core.connection_lost(self.conn_id, d.clock())
         d.flush()
 
 
@@ -110,11 +124,12 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.loop = asyncio.get_running_loop()
+        self.clock = core_clock
         self.store = Store()
         self.core = NodeCore(
             core_settings(config),
             self.store,
-            now=self.loop.time(),
+            now=self.clock(),
             wall=time.time,
             boot_id=os.urandom(16),
         )
@@ -160,11 +175,11 @@ class Daemon:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer_at = when
-            self._timer = self.loop.call_at(when, self._on_timer)
+            self._timer = self.loop.call_later(max(0.0, when - self.clock()), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
-        self.core.handle_timer(self.loop.time())
+        self.core.handle_timer(self.clock())
         self.flush()
 
     def _on_event(self, ev: Event) -> None:
@@ -201,7 +216,7 @@ class Daemon:
             self.role_changed.notify_all()
 
     def _hook_doc(self, old: str, new: str, reason: str) -> dict[str, object]:
-        counts = self.core.status(self.loop.time())["records"]
+        counts = self.core.status(self.clock())["records"]
         return {
             "node": self.config.node.name,
             "old_role": old,
@@ -228,7 +243,7 @@ class Daemon:
             reason = (
                 "connect timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
             )
-            self.core.connect_failed(address, self.loop.time(), reason)
+            self.core.connect_failed(address, self.clock(), reason)
             self.flush()
 
     # -- lifecycle -------------------------------------------------------------------
@@ -259,7 +274,7 @@ class Daemon:
         )
 
     def _monitors_changed(self, down: tuple[str, ...]) -> None:
-        self.core.set_monitors(down, self.loop.time())
+        self.core.set_monitors(down, self.clock())
         self.flush()
 
     def request_stop(self) -> None:
@@ -286,7 +301,7 @@ class Daemon:
         log.info("stopping")
         self.notifier.stopping()
         core = self.core
-        target = core.begin_shutdown(self.loop.time())
+        target = core.begin_shutdown(self.clock())
         self.flush()
         if target is not None:
             handed = await self.wait_role(
@@ -296,7 +311,7 @@ class Daemon:
             log.info(
                 "handover to %s before stopping: %s", target, "done" if handed else "timed out"
             )
-        core.finish_shutdown(self.loop.time())
+        core.finish_shutdown(self.clock())
         self.flush()
         await asyncio.sleep(0.05)  # let the GOODBYE frames leave
         if self._timer is not None:

@@ -35,6 +35,7 @@ from hasyncd.wire import messages
 from hasyncd.wire.framing import (
     MAX_HANDSHAKE_FRAME,
     MAX_TRANSPORT_FRAME,
+    MIN_REJECT_FRAME,
     MIN_TRANSPORT_FRAME,
     FrameDecoder,
     frame,
@@ -94,6 +95,7 @@ class Channel:
         self._out = bytearray()
         self.state = State.AWAIT_RESP if initiator else State.AWAIT_INIT
         self.peer_hello: Hello | None = None
+        self.error: ProtocolError | None = None  # a failure after frames that were delivered
         self._pending_open: Opened | None = None
 
     def __repr__(self) -> str:
@@ -143,7 +145,13 @@ class Channel:
     # -- input ----------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> list[ChannelEvent]:
-        """Process received bytes; raises ProtocolError (the link must then close)."""
+        """Process received bytes; the link must close after a ProtocolError.
+
+        Frames that were authentic before a failing one in the same chunk are
+        still delivered (a GOODBYE among them says why the peer left): the
+        error is then kept in ``error`` instead of raised, and the channel is
+        closed either way.
+        """
         if self.state is State.CLOSED:
             return []
         self._decoder.feed(data)
@@ -160,9 +168,11 @@ class Channel:
         except HandshakeError as exc:
             self._fail_handshake(exc)
             raise
-        except ProtocolError:
+        except ProtocolError as exc:
             self.state = State.CLOSED
-            raise
+            if not events:
+                raise
+            self.error = exc
         return events
 
     def receive_eof(self) -> None:
@@ -270,7 +280,7 @@ class Channel:
         self._noise = None  # drop the ephemeral key: forward secrecy
         self._decoder.max_frame = MAX_TRANSPORT_FRAME
         # Until the initiator confirms, a short REJECT may still arrive.
-        self._decoder.min_frame = MIN_TRANSPORT_FRAME if state is State.OPEN else 7
+        self._decoder.min_frame = MIN_TRANSPORT_FRAME if state is State.OPEN else MIN_REJECT_FRAME
         self.state = state
 
     def _on_transport(self, body: bytes) -> Received:
@@ -284,7 +294,7 @@ class Channel:
 
 
 def _is_reject(body: bytes) -> bool:
-    # A ciphertext starts with these 6 bytes by chance with probability 2^-48;
+    # A ciphertext matches these 5 bytes (magic, REJECT type) with probability 2^-40;
     # the cost of a false positive is one reconnect.
     return body[:4] == hs.MAGIC and len(body) >= 7 and body[5] == hs.HsType.REJECT
 

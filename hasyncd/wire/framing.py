@@ -28,6 +28,9 @@ MAX_TRANSPORT_FRAME = 65535
 
 # The smallest legal transport frame is a 10-byte message header plus the tag.
 MIN_TRANSPORT_FRAME = 10 + 16
+# A REJECT is magic, version, type and a reason code: 7 bytes and any text.
+# A responder still expects one until the initiator's first transport frame.
+MIN_REJECT_FRAME = 7
 
 
 def frame(body: bytes) -> bytes:
