@@ -213,6 +213,8 @@ def message_samples() -> list[tuple[str, m.Message, int]]:
                 86_400_123,
                 86_399_987,
                 12,
+                (6 << 16) | TAG_B,
+                4700,
             ),
             EPOCH_A,
         ),
@@ -224,7 +226,19 @@ def message_samples() -> list[tuple[str, m.Message, int]]:
         (
             "HEARTBEAT maximum values",
             m.Heartbeat(
-                m.Role.SECONDARY, "N" * 32, 255, u64, 255, m.F_ALL, u64, u64, u64, u64, u32
+                m.Role.SECONDARY,
+                "N" * 32,
+                255,
+                u64,
+                255,
+                m.F_ALL,
+                u64,
+                u64,
+                u64,
+                u64,
+                u32,
+                u64,
+                u64,
             ),
             u64,
         ),
@@ -479,24 +493,28 @@ def build_reject() -> dict[str, Any]:
 
 
 def build_epochs() -> dict[str, Any]:
+    # (current epoch, tag, wall clock): the term is the larger of current + 1
+    # and the wall clock in tenths of a second.
     pairs = [
-        (0, TAG_A),
-        ((1 << 16) | TAG_A, TAG_B),
-        ((6 << 16) | TAG_B, TAG_A),
-        (EPOCH_A, TAG_B),
-        (((1 << 48) - 2) << 16 | 1, 0xFFFF),
+        (0, TAG_A, 1_700_000_000.0),
+        ((1 << 16) | TAG_A, TAG_B, 0.0),
+        ((6 << 16) | TAG_B, TAG_A, 0.0),
+        (EPOCH_A, TAG_B, 1_700_000_000.25),
+        ((17_000_000_009 << 16) | TAG_A, TAG_B, 1_700_000_000.25),
+        (((1 << 48) - 2) << 16 | 1, 0xFFFF, 0.0),
     ]
     return {
         "description": "epoch = term << 16 | tag; a promoting node mints "
-        "next = ((current >> 16) + 1) << 16 | own tag",
+        "next = max((current >> 16) + 1, floor(wall * 10)) << 16 | own tag",
         "vectors": [
             {
                 "current": cur,
                 "tag": tag,
-                "next": next_epoch(cur, tag),
-                "next_term": next_epoch(cur, tag) >> 16,
+                "wall": wall,
+                "next": next_epoch(cur, tag, wall),
+                "next_term": next_epoch(cur, tag, wall) >> 16,
             }
-            for cur, tag in pairs
+            for cur, tag, wall in pairs
         ],
     }
 

@@ -64,6 +64,8 @@ def message_from_json(type_name: str, f: dict[str, Any]) -> m.Message:
             f["t_ms"],
             f["echo_ms"],
             f["echo_hold_ms"],
+            f["base_epoch"],
+            f["base_seq"],
         )
     if type_name == "SYNC_REQUEST":
         return m.SyncRequest(f["reason"])
@@ -321,9 +323,9 @@ def test_record_vectors_use_the_fixed_now() -> None:
 
 @pytest.mark.parametrize("v", load("epochs.json")["vectors"], ids=lambda v: str(v["current"]))
 def test_epoch_vector(v: dict[str, Any]) -> None:
-    nxt = next_epoch(v["current"], v["tag"])
+    nxt = next_epoch(v["current"], v["tag"], v["wall"])
     assert nxt == v["next"]
     assert nxt & 0xFFFF == v["tag"]
-    assert nxt >> 16 == v["next_term"] == (v["current"] >> 16) + 1
+    assert nxt >> 16 == v["next_term"] == max((v["current"] >> 16) + 1, int(v["wall"] * 10))
     assert nxt > v["current"]
     assert nxt <= m.U64  # fits the u64 epoch fields

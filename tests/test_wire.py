@@ -224,6 +224,8 @@ STRATEGIES: dict[m.MsgType, st.SearchStrategy[Any]] = {
         u64,
         u64,
         u32,
+        u64,
+        u64,
     ),
     m.MsgType.SYNC_REQUEST: st.builds(m.SyncRequest, texts(64)),
     m.MsgType.BULK_START: st.builds(m.BulkStart, u32, u64),
@@ -265,7 +267,7 @@ def good(mtype: m.MsgType) -> list[Any]:
     """A valid body of each type, as a msgpack-ready list."""
     bodies: dict[m.MsgType, list[Any]] = {
         m.MsgType.HELLO: ["gw-a", bytes(16), 1, 4096, "192.0.2.1:7410"],
-        m.MsgType.HEARTBEAT: [2, "gw-a", 100, 1, 0, 1, 5, 6, 7, 8, 9],
+        m.MsgType.HEARTBEAT: [2, "gw-a", 100, 1, 0, 1, 5, 6, 7, 8, 9, 3, 4],
         m.MsgType.SYNC_REQUEST: ["follow"],
         m.MsgType.BULK_START: [1, 2],
         m.MsgType.RECORDS: [0, 1, "id", 1, 2, b"\x90"],
@@ -375,6 +377,8 @@ WRONG_FIELDS: list[tuple[m.MsgType, int, Any]] = [
     (m.MsgType.HEARTBEAT, 6, None),
     (m.MsgType.HEARTBEAT, 10, 2**32),
     (m.MsgType.HEARTBEAT, 10, 1.0),
+    (m.MsgType.HEARTBEAT, 11, -1),
+    (m.MsgType.HEARTBEAT, 12, "4"),
     # others
     (m.MsgType.SYNC_REQUEST, 0, "x" * 65),
     (m.MsgType.SYNC_REQUEST, 0, b"follow"),

@@ -7,7 +7,10 @@ one candidate names the reason):
 2. monitored interfaces: fewer interfaces down is better (link failover);
 3. data: a node holding a complete copy (in sync) beats one that does not,
    so a failover never promotes a half-synchronized node when a complete one
-   is reachable (pfsync/sasyncd learned this the hard way);
+   is reachable (pfsync/sasyncd learned this the hard way); in a failover
+   (``prefer_newest``) the newest copy wins among complete ones, because a
+   secondary that lost its link to the primary still believes it is complete
+   while another one went on acknowledging writes;
 4. incumbency: without ``override`` the current primary keeps its role
    (no preemption; a returning node does not take the role back);
 5. uptime (differences under ``uptime_margin_s`` are ignored) then priority,
@@ -33,12 +36,14 @@ class Candidate:
     monitors_down: int = 0
     in_sync: bool = True
     eligible: bool = True
+    version: int = 0  # newest version it holds (epoch << 64 | seq)
 
 
 @dataclass(frozen=True, slots=True)
 class Rules:
     override: bool = False
     uptime_margin_s: float = 300.0
+    prefer_newest: bool = False  # failover: among complete copies, the newest wins
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +81,10 @@ def elect(candidates: Sequence[Candidate], rules: Rules, incumbent: str | None =
     narrowed, _ = _keep_best(pool, lambda c: float(c.in_sync))
     if d := stage("holding a complete copy (in sync)", narrowed):
         return d
+    if rules.prefer_newest:
+        narrowed, _ = _keep_best(pool, lambda c: c.version)
+        if d := stage("holding the newest copy", narrowed):
+            return d
     if incumbent is not None and not rules.override:
         for c in pool:
             if c.name == incumbent:

@@ -120,9 +120,7 @@ class Follower:
         if self.state is FollowState.BULK:
             roles.core.store.abort_resync()
         if self.merge is not None:
-            self.merge = MergeSender(
-                roles.s.tag, peer.acked_floor, roles.primary_epoch, self.merge_resume
-            )
+            self.merge = MergeSender(self.merge.epoch, self.merge.floor, self.merge_resume)
             self.state = FollowState.MERGING
         else:
             self.state = FollowState.NEED_REQUEST

@@ -35,23 +35,24 @@ MERGE_SCAN = 4096
 class MergeSender:
     """A former primary offers the survivor every write it made that the survivor may lack.
 
-    Those are the entries (tombstones included) whose version was minted by
-    this node (its tag is in the epoch) and is newer than the last version the
-    survivor is known to have acknowledged from it.  A merge cut short by a
-    lost link resumes from the last position the survivor acknowledged, so
-    records it already merged are not offered (and counted as conflicts) again.
+    It offers every entry it holds, tombstones included, not only those it
+    minted: it may hold writes of a third node (a primary that died) that the
+    survivor never received, and an acknowledgement the survivor once gave
+    may have been undone by a resync since.  The survivor skips what it
+    already has (equal versions), so the cost is one store walk, and split
+    brains are rare.  A merge cut short by a lost link resumes from the last
+    position the survivor acknowledged.
     """
 
-    def __init__(self, tag: int, floor: int, epoch: int, start: Position | None = None) -> None:
-        self.tag = tag
-        self.floor = floor
-        self.epoch = epoch  # the epoch the sender was primary in
+    def __init__(self, epoch: int, floor: int = 0, start: Position | None = None) -> None:
+        self.epoch = epoch  # the epoch the sender was primary in (0: it was not)
+        self.floor = floor  # offer entries newer than this version
         self._walker = Walker(start)
         self.sent = 0
         self.finished = False
 
     def _wanted(self, entry: Entry) -> bool:
-        return entry.version > self.floor and (entry.version >> 64) & 0xFFFF == self.tag
+        return entry.version > self.floor
 
     def next_message(self, store: Store) -> tuple[Message, Mark | None] | None:
         if self.finished:
@@ -76,14 +77,15 @@ class MergeDecision:
     conflict: bool  # both sides changed the record during the split
 
 
-def merge_one(mine: Entry | None, theirs: Change) -> MergeDecision:
+def merge_one(mine: Entry | None, theirs: Change, loser_tag: int) -> MergeDecision:
     """Resolve one offered change against the survivor's entry.
 
-    The newer version wins per record.  A survivor entry newer than the offer
-    was changed during the split (the survivor's epoch began after the
-    loser's), which makes it a conflict: the survivor's content wins, but
-    counters (ESP sequence, IKE message IDs, last_seen) take the larger value
-    so they never go backwards.
+    The newer version wins per record (versions are unique: equal means the
+    same write).  When the survivor's entry is newer and the offer was minted
+    by the loser itself, both sides changed the record during the split: a
+    conflict.  The survivor's content wins, but counters (ESP sequence, IKE
+    message IDs, last_seen) take the larger value so they never go backwards.
+    An older offer minted by anyone else is just a stale copy.
     """
     kind = KINDS_BY_CODE[theirs.kind]
     v_theirs = pack_version(theirs.epoch, theirs.seq)
@@ -97,12 +99,13 @@ def merge_one(mine: Entry | None, theirs: Change) -> MergeDecision:
             return MergeDecision(theirs.blob, True, False)
         merged = kind.merge(kind.decode(theirs.blob), kind.decode(mine.blob))
         return MergeDecision(kind.encode(merged), True, False)
-    # Ours is newer: a conflict.  Keep ours, with counters that never go back.
+    # Ours is newer: keep ours, with counters that never go back.
+    conflict = theirs.epoch & 0xFFFF == loser_tag
     if theirs.blob is None or mine.blob is None:
-        return MergeDecision(None, False, True)
+        return MergeDecision(None, False, conflict)
     merged = kind.merge(kind.decode(mine.blob), kind.decode(theirs.blob))
     blob = kind.encode(merged)
-    return MergeDecision(blob, blob != mine.blob, True)
+    return MergeDecision(blob, blob != mine.blob, conflict)
 
 
 def receive_merge(core: NodeCore, peer: Peer, epoch: int, msg: Records) -> bool:
@@ -114,7 +117,7 @@ def receive_merge(core: NodeCore, peer: Peer, epoch: int, msg: Records) -> bool:
         peer.merge_offered += 1
         try:
             decode_change(change)
-            decision = merge_one(core.store.get_raw(change.kind, change.id), change)
+            decision = merge_one(core.store.get_raw(change.kind, change.id), change, peer.tag)
         except RecordError as exc:
             core.count("records_invalid", "merge")
             log.error(  # noqa: TRY400 - a peer sent bad data; no traceback to show
@@ -152,12 +155,19 @@ def merge_end(core: NodeCore, peer: Peer, msg: MergeEnd) -> bool:
         peer.merge_conflicts,
     )
     core.emit(MergeApplied(peer.name, peer.merge_offered, peer.merge_merged, peer.merge_conflicts))
+    counts = {
+        "offered": peer.merge_offered,
+        "merged": peer.merge_merged,
+        "conflicts": peer.merge_conflicts,
+    }
+    peer.merge_offered = peer.merge_merged = peer.merge_conflicts = 0
     roles = core.roles
+    if msg.epoch == 0:
+        return True  # a secondary's catch-up offer, not a former primary's
     sb = roles.split_brain
     if sb is None or sb.get("peer") != peer.name:
         sb = record_split(core, peer.name, roles.epoch, msg.epoch, survivor=core.s.name)
-    sb.update(offered=peer.merge_offered, merged=peer.merge_merged, conflicts=peer.merge_conflicts)
-    peer.merge_offered = peer.merge_merged = peer.merge_conflicts = 0
+    sb.update(counts)
     # Both nodes told the data plane they were primary: the survivor says it again.
     reason = f"split brain with {peer.name} resolved: re-announcing"
     log.warning("%s", reason)

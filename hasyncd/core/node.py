@@ -355,7 +355,6 @@ class NodeCore(Outputs):
                 self.roles.merge_progress(peer, mark.position)
                 continue
             session = peer.session
-            peer.acked_floor = max(peer.acked_floor, mark.version)
             if session is None:
                 continue
             session.acked = max(session.acked, mark.version)

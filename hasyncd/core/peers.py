@@ -52,7 +52,6 @@ class Peer:
         self.echo_rx_at = 0.0
         self.flow = Flow(window)
         self.session: OutboundSession | None = None  # when we are primary and it follows us
-        self.acked_floor = 0  # newest watermark it acknowledged from us (kept across links)
         self.merge_offered = 0
         self.merge_merged = 0
         self.merge_conflicts = 0

@@ -69,11 +69,21 @@ log = logging.getLogger("hasyncd.roles")
 TAG_BITS = 16
 TAG_MASK = (1 << TAG_BITS) - 1
 INF = float("inf")
+TERMS_PER_SECOND = 10
 
 
-def next_epoch(current: int, tag: int) -> int:
-    """The epoch a node with ``tag`` mints when it promotes: a higher term, its own tag."""
-    return (((current >> TAG_BITS) + 1) << TAG_BITS) | tag
+def next_epoch(current: int, tag: int, wall: float) -> int:
+    """The epoch a node with ``tag`` mints when it promotes: a higher term, its own tag.
+
+    The term is at least the wall clock in tenths of a second: a node
+    remembers nothing across a restart, and without this it would mint its
+    first epoch again, and with it versions that collide with writes of its
+    earlier life.  Tenths keep a restarted node clear of its earlier terms
+    unless it promoted several times within the last few tenths, and keep
+    epochs below 2^53 (exact in JSON for JavaScript clients) until the 2400s.
+    """
+    term = max((current >> TAG_BITS) + 1, int(wall * TERMS_PER_SECOND))
+    return (term << TAG_BITS) | tag
 
 
 class RoleManager:
@@ -97,6 +107,7 @@ class RoleManager:
         self.split_brain: dict[str, object] | None = None
         self.merge_pending = False
         self.primary_epoch = 0  # the last epoch this node was primary in
+        self.base_version = 0  # as primary: what it held from its predecessor
         self.shutting_down = False
         self.duties = PrimaryDuties(self)
 
@@ -165,6 +176,7 @@ class RoleManager:
             t_ms,
             peer.echo_t_ms,
             max(0, min(hold, U32)),
+            *(unpack_version(self.base_version) if self.is_primary else (0, 0)),
         )
 
     # -- inputs from the node core ---------------------------------------------------
@@ -179,7 +191,10 @@ class RoleManager:
             if split:
                 record_split(self.core, peer.name, old, epoch, survivor=owner)
             self._step_down(
-                now, f"{peer.name} reports a newer epoch {epoch} (own {old})", merge=split
+                now,
+                f"{peer.name} reports a newer epoch {epoch} (own {old})",
+                merge=split,
+                owner=owner,
             )
         elif self.follower is not None:
             self._unfollow(f"{peer.name} reports a newer epoch {epoch}")
@@ -257,6 +272,8 @@ class RoleManager:
         core.emit(PeerChanged(peer.name, peer.address, False, reason))
         if self.follower is not None and self.follower.primary == peer.name:
             self._unfollow(f"primary {peer.name} lost: {reason}")
+        elif not self.is_primary and self.primary == peer.name:
+            self.primary = None  # the owner of our epoch we were waiting for
         core.recompute_watermark()
         core.send_heartbeats(now)
 
@@ -320,11 +337,18 @@ class RoleManager:
             self._unfollow(f"{self.follower.primary} no longer announces itself primary")
         if self.shutting_down or (self.role is Role.STARTING and now < self.holddown_until):
             return
+        owner = self.core.peers.get(self.primary) if self.primary else None
+        if owner is not None and owner.up:
+            self.reason = (
+                f"waiting for {owner.name}, primary of epoch {self.epoch}, to announce itself"
+            )
+            return
         seen = self._primary_seen_by_others()
         if seen is not None:
             self.reason = f"no link to primary {seen[0]}, which {seen[1]} still follows"
             return
-        decision = elect(self._candidates(now), self.rules())
+        failover = Rules(self.s.override, self.s.uptime_margin, prefer_newest=True)
+        decision = elect(self._candidates(now), failover)
         if decision.winner == self.s.name:
             cause = "cold start" if self.role is Role.STARTING else "no primary reachable"
             self._promote(now, f"{cause}: {decision.reason}")
@@ -366,14 +390,22 @@ class RoleManager:
             len(self.monitors_down),
             self.in_sync or self.is_primary,
             eligible,
+            self.version,
         )
 
     @staticmethod
     def peer_candidate(peer: Peer, now: float, in_sync: bool) -> Candidate:
         hb = peer.hb
         assert hb is not None
+        version = pack_version(hb.applied_epoch, hb.applied_seq)
         return Candidate(
-            peer.name, hb.priority, peer.uptime(now), hb.monitors_down, in_sync, peer.eligible
+            peer.name,
+            hb.priority,
+            peer.uptime(now),
+            hb.monitors_down,
+            in_sync,
+            peer.eligible,
+            version,
         )
 
     def _candidates(self, now: float) -> list[Candidate]:
@@ -408,7 +440,9 @@ class RoleManager:
             log.warning("promoting with an incomplete snapshot: some records may be missing")
         if not self.in_sync and self.role is Role.SECONDARY:
             log.warning("promoting although this node was not in sync with the lost primary")
-        self.epoch = self.primary_epoch = next_epoch(self.epoch, self.s.tag)
+        # What this node holds from its predecessor: its data's history.
+        self.base_version = self.applied
+        self.epoch = self.primary_epoch = next_epoch(self.epoch, self.s.tag, self.core.wall())
         self.seq = 0
         self.duties.reset()
         for peer in core.peers.values():
@@ -434,7 +468,7 @@ class RoleManager:
             self.last_promotion = work.summary(now)
             core.emit(done)
 
-    def _step_down(self, now: float, reason: str, *, merge: bool) -> None:
+    def _step_down(self, now: float, reason: str, *, merge: bool, owner: str | None) -> None:
         core = self.core
         if self.promotion is not None:
             log.warning("promotion to epoch %d interrupted", self.promotion.epoch)
@@ -443,9 +477,14 @@ class RoleManager:
         for peer in core.peers.values():
             peer.session = None
         self.merge_pending = merge
+        # It holds everything it wrote: its data's history is now its own epoch.
+        self.applied = max(self.applied, pack_version(self.primary_epoch, self.seq))
         self.in_sync = False
         self._note_role_change(now)
-        self._set_role(Role.SECONDARY, None, reason)
+        # Name the new epoch's owner if we can see it: a third node that cannot
+        # (a partial partition) then knows a primary exists and does not elect.
+        linked = owner is not None and owner in self.core.peers and self.core.peers[owner].up
+        self._set_role(Role.SECONDARY, owner if linked else None, reason)
         if h is not None:
             core.emit(HandoverFinished(h.target, True, reason))
         core.count("step_downs")
@@ -455,16 +494,19 @@ class RoleManager:
 
     def _follow(self, leader: Peer, now: float) -> None:
         f = Follower(leader.name)
-        if self.merge_pending:
-            # A former primary offers its writes (possibly none) before resyncing:
-            # the survivor merges them and learns that two primaries overlapped.
+        floor = self._merge_floor(leader)
+        if self.merge_pending or floor is not None:
+            # Before a resync replaces our store, offer the new primary what it
+            # may lack.  A former primary always does (possibly nothing): the
+            # survivor learns that two primaries overlapped.
+            split_epoch = self.primary_epoch if self.merge_pending else 0
             self.merge_pending = False
-            f.merge = MergeSender(self.s.tag, leader.acked_floor, self.primary_epoch)
+            f.merge = MergeSender(split_epoch, floor or 0)
             f.state = FollowState.MERGING
             log.warning(
-                "offering %s this node's writes newer than %s before resyncing",
+                "offering %s this node's records newer than %s before resyncing",
                 leader.name,
-                unpack_version(leader.acked_floor),
+                unpack_version(floor or 0),
             )
         self.follower = f
         self.set_in_sync(False)
@@ -472,6 +514,24 @@ class RoleManager:
             Role.SECONDARY, leader.name, f"following {leader.name}, primary in epoch {self.epoch}"
         )
         self.core.request_pump()
+
+    def _merge_floor(self, leader: Peer) -> int | None:
+        """What to offer a new primary: records newer than this version, or None.
+
+        Our data comes from the history of the epoch our applied version was
+        minted in.  If the new primary promoted from that same history (its
+        base is in that epoch), it holds everything up to its base and we only
+        offer the newer tail; if it is that primary, nothing; if its history is
+        another one (a cold start during a partition, a split brain), all.
+        """
+        hb = leader.hb
+        ours = self.applied >> 64
+        if hb is None or self.applied == 0 or ours == leader.hb_epoch:
+            return None
+        if ours == hb.base_epoch:
+            base = pack_version(hb.base_epoch, hb.base_seq)
+            return base if self.applied > base else None
+        return 0
 
     def _unfollow(self, reason: str) -> None:
         # A complete copy stays complete (as of the loss) for the election;

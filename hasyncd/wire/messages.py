@@ -177,6 +177,11 @@ class Heartbeat:
     t_ms: int  # sender's monotonic clock, echoed back for RTT and lease checks
     echo_ms: int  # the newest t_ms the sender received from the receiver (0: none)
     echo_hold_ms: int  # how long the sender held that echo before sending
+    # A primary: the version it held from its predecessor when it promoted
+    # (0.0 after a cold start).  Tells a joining node whether its data shares
+    # this primary's history (same predecessor epoch) and what to merge.
+    base_epoch: int = 0
+    base_seq: int = 0
 
     def body(self) -> list[Any]:
         return [
@@ -191,11 +196,13 @@ class Heartbeat:
             self.t_ms,
             self.echo_ms,
             self.echo_hold_ms,
+            self.base_epoch,
+            self.base_seq,
         ]
 
     @classmethod
     def from_body(cls, b: list[Any]) -> Heartbeat:
-        _fields(b, 11, "HEARTBEAT")
+        _fields(b, 13, "HEARTBEAT")
         return cls(
             Role(_int(b[0], 0, 2, "role")),
             _name_or_nil(b[1], "primary"),
@@ -208,6 +215,8 @@ class Heartbeat:
             _int(b[8], 0, U64, "t_ms"),
             _int(b[9], 0, U64, "echo_ms"),
             _int(b[10], 0, U32, "echo_hold_ms"),
+            _int(b[11], 0, U64, "base_epoch"),
+            _int(b[12], 0, U64, "base_seq"),
         )
 
 
