@@ -32,18 +32,9 @@ from hasyncd.config import write_key
 from hasyncd.lab import LabCluster, LabNode, free_port
 from hasyncd.policy import POLICY
 
-KINDS = ("ipsec_sa", "ike_sa", "sslvpn_web_session")
-NOT_REPLICATED = (
-    "sslvpn_tunnel_session",
-    "proxy_session",
-    "wccp_session",
-    "wanopt_session",
-    "web_cache",
-    "byte_cache",
-    "pptp_session",
-    "l2tp_session",
-    "mgmt_session",
-)
+from .product import NOT_REPLICATED
+from .product import REPLICATED as KINDS
+
 REASONS = {p.kind: p.reason for p in POLICY}
 
 Written = dict[tuple[str, str], tuple[dict[str, Any], dict[str, int]]]

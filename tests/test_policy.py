@@ -19,18 +19,7 @@ from hasyncd.policy import (
     require_replicated,
 )
 
-REPLICATED = ("ipsec_sa", "ike_sa", "sslvpn_web_session")
-NOT_REPLICATED = (
-    "sslvpn_tunnel_session",
-    "proxy_session",
-    "wccp_session",
-    "wanopt_session",
-    "web_cache",
-    "byte_cache",
-    "pptp_session",
-    "l2tp_session",
-    "mgmt_session",
-)
+from .product import NOT_REPLICATED, REPLICATED
 
 
 def test_replicated_kinds_are_exactly_the_three() -> None:

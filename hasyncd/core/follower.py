@@ -50,14 +50,19 @@ class Follower:
     def streaming(self) -> bool:
         return self.state is FollowState.STREAM
 
-    def has_work(self) -> bool:
-        """Something can be sent right now (the pump should run again at once)."""
+    def has_work(self, peer: Peer) -> bool:
+        """Something can be sent right now (the pump should run again at once).
+
+        A merge waiting for the primary's acknowledgements (window full) has
+        nothing to do until one arrives: the ACK's input runs the pump.
+        """
         if self.state is FollowState.NEED_REQUEST:
             return True
         return (
             self.state is FollowState.MERGING
             and self.merge is not None
-            and (not self.merge.finished)
+            and not self.merge.finished
+            and peer.flow.open
         )
 
     def handle(self, roles: RoleManager, peer: Peer, msg: BulkStart | Records | BulkEnd) -> None:

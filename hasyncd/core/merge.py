@@ -1,11 +1,19 @@
-"""Split-brain merge: a former primary offers its writes, the survivor resolves them.
+"""Merge before resync: a node offers a new primary what it may lack; the primary resolves it.
 
-When two nodes were primary at once (a cut link), the one of the lower epoch
-steps down and, before it resynchronizes, sends the survivor every entry it
-minted (its tag is in the version's epoch) newer than what the survivor last
-acknowledged from it: RECORDS in the MERGE phase, then MERGE_END.  The
-survivor applies each with ``merge_one`` as an ordinary local write, so the
-result replicates to every secondary, the former primary included.
+Two cases (``RoleManager._follow`` decides which):
+
+* a former primary that stepped down because of a higher epoch (a split
+  brain: a cut link, a frozen primary) offers every entry it holds, then
+  MERGE_END with the epoch it was primary in, so the survivor records the
+  split and re-announces itself;
+* a secondary whose data has a history the new primary lacks (it applied
+  writes the new primary never received, or it followed another primary
+  during a partition) offers the part the primary may lack, then MERGE_END
+  with epoch 0.
+
+The primary applies each offered change with ``merge_one`` as an ordinary
+local write, so the result replicates to every secondary, the offering node
+included, once it resynchronizes.
 """
 
 from __future__ import annotations

@@ -139,11 +139,10 @@ class RoleManager:
         if self.promotion is not None:
             return True
         f = self.follower
-        return f is not None and self._peer_conn(f.primary) and f.has_work()
-
-    def _peer_conn(self, name: str) -> bool:
-        peer = self.core.peers.get(name)
-        return peer is not None and peer.conn is not None
+        if f is None:
+            return False
+        peer = self.core.peers.get(f.primary)
+        return peer is not None and peer.conn is not None and f.has_work(peer)
 
     def next_deadline(self, now: float) -> float:
         """The earliest future moment a role rule may fire (past ones wait for the next tick)."""
@@ -537,8 +536,10 @@ class RoleManager:
         # A complete copy stays complete (as of the loss) for the election;
         # only a snapshot cut short leaves this node without one.
         f, self.follower = self.follower, None
-        if f is not None and f.merge is not None:
-            self.merge_pending = True  # not delivered yet: offer it to the next primary
+        if f is not None and f.merge is not None and f.merge.epoch:
+            # A former primary's offer not delivered yet: make it to the next
+            # primary.  (A catch-up offer is recomputed for whoever that is.)
+            self.merge_pending = True
         if self.core.store.resyncing:
             self.core.store.abort_resync()
             self.set_in_sync(False)

@@ -178,7 +178,7 @@ class Heartbeat:
     echo_ms: int  # the newest t_ms the sender received from the receiver (0: none)
     echo_hold_ms: int  # how long the sender held that echo before sending
     # A primary: the version it held from its predecessor when it promoted
-    # (0.0 after a cold start).  Tells a joining node whether its data shares
+    # ((0, 0) after a cold start).  Tells a joining node whether its data shares
     # this primary's history (same predecessor epoch) and what to merge.
     base_epoch: int = 0
     base_seq: int = 0
