@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from hasyncd import samples
-from hasyncd.core.roles import next_epoch
+from hasyncd.core.epochs import next_epoch
 from hasyncd.records import KINDS
 from hasyncd.secret import Secret
 from hasyncd.wire import handshake as hs

@@ -48,8 +48,8 @@ from typing import Any
 
 import pytest
 
+from hasyncd.core.epochs import TAG_MASK
 from hasyncd.core.events import RoleChanged, Watermark
-from hasyncd.core.roles import TAG_MASK
 from hasyncd.errors import WriteRefused
 from hasyncd.sim import Sim, SimNode
 from hasyncd.store import Entry, unpack_version

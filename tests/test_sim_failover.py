@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 
 from hasyncd.core.election import Candidate, Rules, elect
+from hasyncd.core.epochs import TAG_MASK
 from hasyncd.core.events import HandoverFinished, PromotionDone, Reannounce, RoleChanged
-from hasyncd.core.roles import TAG_MASK
+from hasyncd.core.merge import catch_up_floor
 from hasyncd.errors import WriteRefused
 from hasyncd.sim import Sim
-from hasyncd.wire.messages import Role
+from hasyncd.store import pack_version
+from hasyncd.wire.messages import Heartbeat, Role
 
 from .simutil import IKE, SA, WEB, decoded, in_sync, pair, put, record, sample, snapshot
 
@@ -503,3 +505,35 @@ def test_a_primary_frozen_for_hours_fences_itself_on_resume() -> None:
     assert sim.try_write(primary, WEB, rid, blob) in ("fenced", "not_primary")
     sim.run_until_true(lambda: role(sim, primary) is Role.SECONDARY, limit=3, step=0.001)
     assert sim.nodes[primary].core.stats["fenced"][""] == 1
+
+
+# --- what a follower offers a new primary before it resyncs ---------------------------
+
+OLD, NEW, OTHER = 7 << 16 | 1, 8 << 16 | 2, 9 << 16 | 3
+
+
+def primary_hb(base_epoch: int, base_seq: int) -> Heartbeat:
+    return Heartbeat(Role.PRIMARY, "b", 100, 1, 0, 0, NEW, 1, 1, 0, 0, base_epoch, base_seq)
+
+
+@pytest.mark.parametrize(
+    ("applied", "leader_epoch", "base", "floor"),
+    [
+        # nothing applied yet: nothing to offer
+        (0, NEW, (OLD, 10), None),
+        # already this primary's data: nothing
+        (pack_version(NEW, 5), NEW, (OLD, 10), None),
+        # same history, the primary promoted at (OLD, 10): offer only the tail after it
+        (pack_version(OLD, 12), NEW, (OLD, 10), pack_version(OLD, 10)),
+        # same history, nothing beyond the primary's base
+        (pack_version(OLD, 10), NEW, (OLD, 10), None),
+        (pack_version(OLD, 9), NEW, (OLD, 10), None),
+        # another history (a split, a cold start during a partition): everything
+        (pack_version(OTHER, 3), NEW, (OLD, 10), 0),
+        (pack_version(OLD, 3), NEW, (0, 0), 0),
+    ],
+)
+def test_catch_up_floor_offers_what_the_new_primary_may_lack(
+    applied: int, leader_epoch: int, base: tuple[int, int], floor: int | None
+) -> None:
+    assert catch_up_floor(applied, leader_epoch, primary_hb(*base)) == floor

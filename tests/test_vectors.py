@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from hasyncd import samples
-from hasyncd.core.roles import next_epoch
+from hasyncd.core.epochs import next_epoch
 from hasyncd.errors import PeerRejected
 from hasyncd.policy import KIND_CODES
 from hasyncd.records import KINDS

@@ -29,7 +29,7 @@ from hasyncd.errors import RecordError
 from hasyncd.policy import KIND_BY_CODE
 from hasyncd.records import KINDS_BY_CODE
 from hasyncd.store import Entry, Store, pack_version
-from hasyncd.wire.messages import Change, MergeEnd, Message, Phase, Records
+from hasyncd.wire.messages import Change, Heartbeat, MergeEnd, Message, Phase, Records
 
 if TYPE_CHECKING:
     from hasyncd.core.node import NodeCore
@@ -74,6 +74,24 @@ class MergeSender:
             self.finished = True
             return MergeEnd(self.sent, self.epoch), Mark(MarkKind.MERGE_END)
         return None  # scanned a stretch without matches: continue on the next pump
+
+
+def catch_up_floor(applied: int, leader_epoch: int, leader: Heartbeat) -> int | None:
+    """What a node holding ``applied`` offers a new primary: entries newer than this, or None.
+
+    Our data comes from the history of the epoch ``applied`` was minted in.
+    If the new primary promoted from that same history (its base is in that
+    epoch), it holds everything up to its base and we offer only the newer
+    tail; if it is that primary, nothing; if its history is another one (a
+    cold start during a partition, a split brain), all (floor 0).
+    """
+    ours = applied >> 64
+    if applied == 0 or ours == leader_epoch:
+        return None
+    if ours == leader.base_epoch:
+        base = pack_version(leader.base_epoch, leader.base_seq)
+        return base if applied > base else None
+    return 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,15 +3,17 @@
 A ``Conn`` is one transport connection (authenticated or still in its
 handshake).  A ``Peer`` is another cluster member, known by name; it outlives
 its connections, because liveness ("lost" after the heartbeat threshold) is
-about the node, not a TCP connection, and because what it acknowledged from
-us matters again after a split brain.
+about the node, not a TCP connection, and because a merge in progress
+continues on the peer's next connection.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hasyncd.core.election import Candidate
 from hasyncd.core.replication import Flow, OutboundSession
+from hasyncd.store import pack_version
 from hasyncd.wire.channel import Channel
 from hasyncd.wire.messages import F_FENCED, F_IN_SYNC, F_SUSPENDED, Heartbeat, Role
 
@@ -83,6 +85,20 @@ class Peer:
         if self.hb is None:
             return 0.0
         return self.hb.uptime_ms / 1000.0 + (now - self.hb_at)
+
+    def candidate(self, now: float, in_sync: bool) -> Candidate:
+        """This peer in an election, from its newest heartbeat (which it must have sent)."""
+        hb = self.hb
+        assert hb is not None
+        return Candidate(
+            self.name,
+            hb.priority,
+            self.uptime(now),
+            hb.monitors_down,
+            in_sync,
+            self.eligible,
+            pack_version(hb.applied_epoch, hb.applied_seq),
+        )
 
 
 @dataclass

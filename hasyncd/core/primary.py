@@ -144,7 +144,7 @@ class PrimaryDuties:
             self.preempt_since = None
             return
         me = roles.self_candidate(now, incumbent=True)
-        cands = [me] + [roles.peer_candidate(p, now, True) for p in in_sync]
+        cands = [me] + [p.candidate(now, True) for p in in_sync]
         decision = elect(cands, roles.rules(), None if self.s.override else self.s.name)
         winner = decision.winner
         if winner is None or winner == self.s.name:
@@ -217,7 +217,7 @@ class PrimaryDuties:
                 primary=self.handover.target,
             )
         roles = self.roles
-        cands = [roles.peer_candidate(p, now, True) for p in self.in_sync_peers()]
+        cands = [p.candidate(now, True) for p in self.in_sync_peers()]
         decision = elect(cands, roles.rules())
         if decision.winner is None:
             why = "no eligible secondary is in sync" if cands else "no secondary is in sync"

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from hasyncd.core.damping import FlapDamper
 from hasyncd.core.election import Candidate, Rules, elect
+from hasyncd.core.epochs import minter, next_epoch
 from hasyncd.core.events import (
     FaultChanged,
     HandoverFinished,
@@ -41,7 +42,7 @@ from hasyncd.core.events import (
     SyncChanged,
 )
 from hasyncd.core.follower import Follower, FollowState
-from hasyncd.core.merge import MergeSender, record_split
+from hasyncd.core.merge import MergeSender, catch_up_floor, record_split
 from hasyncd.core.peers import Fence, HandoverState, Peer
 from hasyncd.core.primary import PrimaryDuties
 from hasyncd.core.promotion import PromotionWork
@@ -66,24 +67,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hasyncd.roles")
 
-TAG_BITS = 16
-TAG_MASK = (1 << TAG_BITS) - 1
 INF = float("inf")
-TERMS_PER_SECOND = 10
-
-
-def next_epoch(current: int, tag: int, wall: float) -> int:
-    """The epoch a node with ``tag`` mints when it promotes: a higher term, its own tag.
-
-    The term is at least the wall clock in tenths of a second: a node
-    remembers nothing across a restart, and without this it would mint its
-    first epoch again, and with it versions that collide with writes of its
-    earlier life.  Tenths keep a restarted node clear of its earlier terms
-    unless it promoted several times within the last few tenths, and keep
-    epochs below 2^53 (exact in JSON for JavaScript clients) until the 2400s.
-    """
-    term = max((current >> TAG_BITS) + 1, int(wall * TERMS_PER_SECOND))
-    return (term << TAG_BITS) | tag
 
 
 class RoleManager:
@@ -276,8 +260,6 @@ class RoleManager:
         core.recompute_watermark()
         core.send_heartbeats(now)
 
-    # -- replication as a follower ------------------------------------------------------
-
     # -- writes -------------------------------------------------------------------------
 
     def check_writable(self, now: float) -> None:
@@ -392,24 +374,9 @@ class RoleManager:
             self.version,
         )
 
-    @staticmethod
-    def peer_candidate(peer: Peer, now: float, in_sync: bool) -> Candidate:
-        hb = peer.hb
-        assert hb is not None
-        version = pack_version(hb.applied_epoch, hb.applied_seq)
-        return Candidate(
-            peer.name,
-            hb.priority,
-            peer.uptime(now),
-            hb.monitors_down,
-            in_sync,
-            peer.eligible,
-            version,
-        )
-
     def _candidates(self, now: float) -> list[Candidate]:
         return [self.self_candidate(now)] + [
-            self.peer_candidate(peer, now, peer.in_sync_flag)
+            peer.candidate(now, peer.in_sync_flag)
             for peer in self.core.peers.values()
             if peer.up and peer.hb is not None and peer.role is not Role.PRIMARY
         ]
@@ -493,7 +460,8 @@ class RoleManager:
 
     def _follow(self, leader: Peer, now: float) -> None:
         f = Follower(leader.name)
-        floor = self._merge_floor(leader)
+        hb = leader.hb
+        floor = None if hb is None else catch_up_floor(self.applied, leader.hb_epoch, hb)
         if self.merge_pending or floor is not None:
             # Before a resync replaces our store, offer the new primary what it
             # may lack.  A former primary always does (possibly nothing): the
@@ -513,24 +481,6 @@ class RoleManager:
             Role.SECONDARY, leader.name, f"following {leader.name}, primary in epoch {self.epoch}"
         )
         self.core.request_pump()
-
-    def _merge_floor(self, leader: Peer) -> int | None:
-        """What to offer a new primary: records newer than this version, or None.
-
-        Our data comes from the history of the epoch our applied version was
-        minted in.  If the new primary promoted from that same history (its
-        base is in that epoch), it holds everything up to its base and we only
-        offer the newer tail; if it is that primary, nothing; if its history is
-        another one (a cold start during a partition, a split brain), all.
-        """
-        hb = leader.hb
-        ours = self.applied >> 64
-        if hb is None or self.applied == 0 or ours == leader.hb_epoch:
-            return None
-        if ours == hb.base_epoch:
-            base = pack_version(hb.base_epoch, hb.base_seq)
-            return base if self.applied > base else None
-        return 0
 
     def _unfollow(self, reason: str) -> None:
         # A complete copy stays complete (as of the loss) for the election;
@@ -586,7 +536,7 @@ class RoleManager:
             self.core.count("suspended")
 
     def _epoch_owner(self, epoch: int) -> str | None:
-        tag = epoch & TAG_MASK
+        tag = minter(epoch)
         if tag == self.s.tag:
             return self.s.name
         peer = self.core.peer_by_tag(tag)
