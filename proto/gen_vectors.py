@@ -48,6 +48,7 @@ GROUP_ID = 5
 TAG_A = 0x1234
 TAG_B = 0x5678
 EPOCH_A = (7 << 16) | TAG_A  # gw-a is primary in term 7
+EPOCH_B_OLD = (6 << 16) | TAG_B  # gw-b was primary in term 6
 
 HELLO_A = m.Hello("gw-a", BOOT_A, TAG_A, 1 << 20, "192.0.2.1:7410")
 HELLO_B = m.Hello("gw-b", BOOT_B, TAG_B, 4 << 20, "192.0.2.2:7410")
@@ -194,7 +195,6 @@ def message_samples() -> list[tuple[str, m.Message, int]]:
     sa_blob = _blob("ipsec_sa", sa_id, sa)
     ike_blob = _blob("ike_sa", ike_id, ike)
     web_blob = _blob("sslvpn_web_session", web_id, web)
-    old_epoch = (6 << 16) | TAG_B
     u64, u32 = m.U64, m.U32
     return [
         ("HELLO gw-a", HELLO_A, EPOCH_A),
@@ -213,7 +213,7 @@ def message_samples() -> list[tuple[str, m.Message, int]]:
                 86_400_123,
                 86_399_987,
                 12,
-                (6 << 16) | TAG_B,
+                EPOCH_B_OLD,
                 4700,
             ),
             EPOCH_A,
@@ -251,7 +251,7 @@ def message_samples() -> list[tuple[str, m.Message, int]]:
                 (
                     m.Change(1, sa_id, EPOCH_A, 1, sa_blob),
                     m.Change(2, ike_id, EPOCH_A, 2, ike_blob),
-                    m.Change(3, web_id, old_epoch, 77, web_blob),
+                    m.Change(3, web_id, EPOCH_B_OLD, 77, web_blob),
                 ),
             ),
             EPOCH_A,
@@ -270,7 +270,7 @@ def message_samples() -> list[tuple[str, m.Message, int]]:
         ("RECORDS stream, empty", m.Records(m.Phase.STREAM, ()), EPOCH_A),
         (
             "RECORDS merge",
-            m.Records(m.Phase.MERGE, (m.Change(2, ike_id, old_epoch, 9, ike_blob),)),
+            m.Records(m.Phase.MERGE, (m.Change(2, ike_id, EPOCH_B_OLD, 9, ike_blob),)),
             EPOCH_A,
         ),
         ("BULK_END", m.BulkEnd(1, 3, EPOCH_A, 4711), EPOCH_A),
@@ -290,7 +290,7 @@ def message_samples() -> list[tuple[str, m.Message, int]]:
             m.Goodbye("tag_conflict", "peer gw-c uses this node's tag 4660"),
             0,
         ),
-        ("MERGE_END", m.MergeEnd(1, old_epoch), EPOCH_A),
+        ("MERGE_END", m.MergeEnd(1, EPOCH_B_OLD), EPOCH_A),
     ]
 
 
@@ -337,10 +337,6 @@ def _channel(initiator: bool) -> Channel:
             INITIATOR_EPHEMERAL if initiator else RESPONDER_EPHEMERAL
         ),
     )
-
-
-def _hello_json(hello: m.Hello) -> dict[str, Any]:
-    return message_fields(hello)
 
 
 def build_handshake() -> dict[str, Any]:
@@ -407,14 +403,14 @@ def build_handshake() -> dict[str, Any]:
             "ephemeral_private": INITIATOR_EPHEMERAL.hex(),
             "ephemeral_public": _pub(INITIATOR_EPHEMERAL).hex(),
             "epoch": EPOCH_A,
-            "hello": _hello_json(HELLO_A),
+            "hello": message_fields(HELLO_A),
             "hello_plaintext": m.encode(HELLO_A, EPOCH_A).hex(),
         },
         "responder": {
             "ephemeral_private": RESPONDER_EPHEMERAL.hex(),
             "ephemeral_public": _pub(RESPONDER_EPHEMERAL).hex(),
             "epoch": 0,
-            "hello": _hello_json(HELLO_B),
+            "hello": message_fields(HELLO_B),
             "hello_plaintext": m.encode(HELLO_B, 0).hex(),
         },
         "init_preamble": preamble.hex(),
@@ -459,32 +455,20 @@ REJECT_TEXTS = {
 
 
 def build_reject() -> dict[str, Any]:
-    vectors: list[dict[str, Any]] = []
-    for code in hs.RejectCode:
-        text = REJECT_TEXTS[code]
-        vectors.append(
-            {
-                "code": int(code),
-                "label": code.label,
-                "version": m.PROTOCOL_VERSION,
-                "text": text,
-                "sent_text": text,
-                "frame": frame(hs.reject_body(m.PROTOCOL_VERSION, code, text)).hex(),
-            }
-        )
+    # Every code with its usual text, then one whose text is cut to MAX_REJECT_TEXT.
     long_text = "x" * 150 + "y" * 100
-    vectors.append(
+    cases = [(c, REJECT_TEXTS[c]) for c in hs.RejectCode] + [(hs.RejectCode.MALFORMED, long_text)]
+    vectors = [
         {
-            "code": int(hs.RejectCode.MALFORMED),
-            "label": hs.RejectCode.MALFORMED.label,
+            "code": int(code),
+            "label": code.label,
             "version": m.PROTOCOL_VERSION,
-            "text": long_text,
-            "sent_text": long_text[: hs.MAX_REJECT_TEXT],
-            "frame": frame(
-                hs.reject_body(m.PROTOCOL_VERSION, hs.RejectCode.MALFORMED, long_text)
-            ).hex(),
+            "text": text,
+            "sent_text": text[: hs.MAX_REJECT_TEXT],
+            "frame": frame(hs.reject_body(m.PROTOCOL_VERSION, code, text)).hex(),
         }
-    )
+        for code, text in cases
+    ]
     return {
         "description": 'REJECT frames: "HSYN" | u8 version | u8 3 | u8 code | UTF-8 text, '
         "with the 4-byte length prefix; text is cut to 200 bytes (sent_text).",
@@ -498,7 +482,7 @@ def build_epochs() -> dict[str, Any]:
     pairs = [
         (0, TAG_A, 1_700_000_000.0),
         ((1 << 16) | TAG_A, TAG_B, 0.0),
-        ((6 << 16) | TAG_B, TAG_A, 0.0),
+        (EPOCH_B_OLD, TAG_A, 0.0),
         (EPOCH_A, TAG_B, 1_700_000_000.25),
         ((17_000_000_009 << 16) | TAG_A, TAG_B, 1_700_000_000.25),
         (((1 << 48) - 2) << 16 | 1, 0xFFFF, 0.0),

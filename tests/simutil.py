@@ -8,6 +8,7 @@ from hasyncd import samples
 from hasyncd.records import KINDS
 from hasyncd.sim import WALL_BASE, Sim
 from hasyncd.store import Entry
+from hasyncd.wire.messages import Role
 
 SA = KINDS["ipsec_sa"].code
 IKE = KINDS["ike_sa"].code
@@ -62,10 +63,6 @@ def snapshot(sim: Sim, node: str) -> dict[tuple[int, str], tuple[int, bytes | No
     return out
 
 
-def settle(sim: Sim, seconds: float = 1.0) -> None:
-    sim.run_for(seconds)
-
-
 def pair(sim: Sim, **kw: Any) -> tuple[str, str]:
     """A two-node cluster a (priority 200) and b (100), settled; returns (primary, secondary)."""
     sim.add("a", ["a", "b"], priority=200, **kw)
@@ -77,3 +74,13 @@ def pair(sim: Sim, **kw: Any) -> tuple[str, str]:
 def in_sync(sim: Sim, node: str) -> bool:
     n = sim.nodes[node]
     return n.alive and n.core.roles.in_sync and n.core.roles.primary is not None
+
+
+def role(sim: Sim, name: str) -> Role:
+    return sim.nodes[name].role
+
+
+def settled(sim: Sim, names: list[str]) -> bool:
+    """One primary, every other named node in sync with it."""
+    primaries = sim.primaries()
+    return len(primaries) == 1 and all(in_sync(sim, n) for n in names if n != primaries[0])

@@ -194,7 +194,6 @@ def test_manual_failover_through_the_api_and_the_cli(make_cluster: Any) -> None:
     code, body = primary.client.post("/v1/failover")
     assert code == 409, body
     assert body["error"] == "no_in_sync_secondary"
-    code, body = primary.client.post("/v1/failover")
     assert primary.role() == "primary"
 
 

@@ -38,6 +38,7 @@ from .product import REPLICATED as KINDS
 REASONS = {p.kind: p.reason for p in POLICY}
 
 Written = dict[tuple[str, str], tuple[dict[str, Any], dict[str, int]]]
+Samples = list[tuple[str, dict[str, Any]]]  # (id, API record)
 
 
 # --- fixtures and helpers ------------------------------------------------------------
@@ -183,7 +184,7 @@ def check_records(node: LabNode, written: Written) -> None:
     assert not bad, f"{node.name}: {len(bad)}/{len(written)} records differ, first: {bad[:3]}"
 
 
-def put_ops(kind: str, items: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+def put_ops(kind: str, items: Samples) -> list[dict[str, Any]]:
     return [{"op": "put", "kind": kind, "id": rid, "record": rec} for rid, rec in items]
 
 
@@ -204,13 +205,7 @@ def msgpack_batch(node: LabNode, ops: list[dict[str, Any]]) -> tuple[int, Any]:
     )
 
 
-def sample_sets(
-    n_sa: int, n_ike: int, n_web: int, now: float
-) -> tuple[
-    list[tuple[str, dict[str, Any]]],
-    list[tuple[str, dict[str, Any]]],
-    list[tuple[str, dict[str, Any]]],
-]:
+def sample_sets(n_sa: int, n_ike: int, n_web: int, now: float) -> tuple[Samples, Samples, Samples]:
     """n_sa child SAs (both directions: 2 * n_sa records), IKE SAs and web sessions."""
     sas = [samples.ipsec_sa(i, d, now) for i in range(n_sa) for d in ("out", "in")]
     ikes = [samples.ike_sa(i, now) for i in range(n_ike)]
@@ -222,6 +217,17 @@ def write_via_batch(node: LabNode, written: Written, ops: list[dict[str, Any]]) 
     code, body = node.client.batch(ops)
     assert code == 200, body
     record_batch(written, ops, body)
+
+
+def write_samples(
+    node: LabNode, n_sa: int, n_ike: int, n_web: int, now: float
+) -> tuple[Written, Samples, Samples, Samples]:
+    """``sample_sets`` written to ``node`` in one batch: what was written, and the sets."""
+    sas, ikes, webs = sample_sets(n_sa, n_ike, n_web, now)
+    written: Written = {}
+    ops = put_ops("ipsec_sa", sas) + put_ops("ike_sa", ikes) + put_ops("sslvpn_web_session", webs)
+    write_via_batch(node, written, ops)
+    return written, sas, ikes, webs
 
 
 def counts(written: Written) -> dict[str, int]:
@@ -327,13 +333,7 @@ def test_updates_and_deletes_replicate(make_cluster: Any) -> None:
     cluster = make_cluster()
     primary, secondary = start_pair(cluster)
     now = time.time()
-    sas, ikes, webs = sample_sets(20, 5, 10, now)
-    written: Written = {}
-    write_via_batch(
-        primary,
-        written,
-        put_ops("ipsec_sa", sas) + put_ops("ike_sa", ikes) + put_ops("sslvpn_web_session", webs),
-    )
+    written, sas, ikes, webs = write_samples(primary, 20, 5, 10, now)
     wait(cluster, caught_up(primary, secondary), "the initial writes to replicate")
 
     # updates: a PUT of a changed record answers 200 (not 201) with a higher version
@@ -416,13 +416,7 @@ def test_late_secondary_catches_up_by_snapshot(lab: Callable[..., LabCluster]) -
     assert time.monotonic() - t0 >= 0.9, "promoted before its hello hold-down (1000 ms)"
 
     now = time.time()
-    sas, ikes, webs = sample_sets(300, 30, 300, now)
-    written: Written = {}
-    write_via_batch(
-        primary,
-        written,
-        put_ops("ipsec_sa", sas) + put_ops("ike_sa", ikes) + put_ops("sslvpn_web_session", webs),
-    )
+    written, sas, _, _ = write_samples(primary, 300, 30, 300, now)
     # a few deletes: their tombstones must not reach the late node as records
     for rid, _ in sas[:4]:
         code, body = primary.client.delete(f"/v1/records/ipsec_sa/{rid}")
@@ -499,13 +493,7 @@ def test_wrong_key_and_wrong_group_never_pair(lab: Callable[..., LabCluster]) ->
     )
 
     now = time.time()
-    sas, ikes, webs = sample_sets(50, 10, 50, now)
-    written: Written = {}
-    write_via_batch(
-        a,
-        written,
-        put_ops("ipsec_sa", sas) + put_ops("ike_sa", ikes) + put_ops("sslvpn_web_session", webs),
-    )
+    written, sas, _, _ = write_samples(a, 50, 10, 50, now)
     wait(cluster, caught_up(a, b), "fw-b to receive the writes")
     check_records(b, written)
 
@@ -702,7 +690,8 @@ def test_api_input_errors(make_cluster: Any) -> None:
         got = metric(primary, "hasyncd_api_errors_total", error=error)
         assert got == n, (error, got)
     assert metric(secondary, "hasyncd_api_errors_total", error="not_primary") == 2
-    assert status(secondary)["records"]["ipsec_sa"] <= 1  # only the batch's good op
+    wait(cluster, caught_up(primary, secondary), "the batch's good op to replicate")
+    assert status(secondary)["records"]["ipsec_sa"] == 1  # only the batch's good op
 
     # the daemons keep working
     code, body = primary.client.put(path, rec)
@@ -857,13 +846,7 @@ def test_late_secondary_is_not_resynced_by_duplicate_link_cleanup(
     wait_api(cluster, a)
     wait(cluster, lambda: a.role() == "primary", "fw-a to become primary alone")
     now = time.time()
-    sas, ikes, webs = sample_sets(150, 30, 300, now)
-    written: Written = {}
-    write_via_batch(
-        a,
-        written,
-        put_ops("ipsec_sa", sas) + put_ops("ike_sa", ikes) + put_ops("sslvpn_web_session", webs),
-    )
+    write_samples(a, 150, 30, 300, now)
     b.start()
     wait_api(cluster, b)
     wait(cluster, caught_up(a, b), "fw-b to catch up")

@@ -55,7 +55,7 @@ from hasyncd.sim import Sim, SimNode
 from hasyncd.store import Entry, unpack_version
 from hasyncd.wire.messages import Role
 
-from .simutil import IKE, NOW, SA, WEB, in_sync, pair, put, record, snapshot
+from .simutil import IKE, NOW, SA, WEB, in_sync, pair, put, record, role, settled, snapshot
 
 # --- knobs ----------------------------------------------------------------------------
 
@@ -788,15 +788,6 @@ def test_a_campaign_replays_exactly_from_its_printed_schedule() -> None:
 
 
 # --- regressions for what the campaign found -----------------------------------------------
-
-
-def role(sim: Sim, name: str) -> Role:
-    return sim.nodes[name].role
-
-
-def settled(sim: Sim, names: list[str]) -> bool:
-    primaries = sim.primaries()
-    return len(primaries) == 1 and all(in_sync(sim, n) for n in names if n != primaries[0])
 
 
 def promotions(sim: Sim, name: str, after: float = 0.0) -> list[RoleChanged]:

@@ -169,7 +169,7 @@ def test_wrong_key_and_wrong_group_never_pair() -> None:
     sim.run_for(2.0)
     for bad in ("c", "d"):
         core = sim.nodes[bad].core
-        assert snapshot(sim, bad) == {} or sim.nodes[bad].role is Role.PRIMARY
+        assert snapshot(sim, bad) == {}  # nothing was written to c or d themselves
         assert all(snapshot(sim, bad).get(k) is None for k in snapshot(sim, "a"))
         assert core.peers == {} or all(not p.up for p in core.peers.values())
     assert sim.nodes["c"].core.stats["link_errors"]["psk_mismatch"] > 0

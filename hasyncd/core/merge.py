@@ -22,13 +22,14 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from hasyncd.core.epochs import minter
 from hasyncd.core.events import MergeApplied, Reannounce, SplitBrain
 from hasyncd.core.peers import Peer
 from hasyncd.core.replication import Mark, MarkKind, Position, Walker, decode_change
 from hasyncd.errors import RecordError
 from hasyncd.policy import KIND_BY_CODE
 from hasyncd.records import KINDS_BY_CODE
-from hasyncd.store import Entry, Store, pack_version
+from hasyncd.store import Entry, Store, pack_version, unpack_version
 from hasyncd.wire.messages import Change, Heartbeat, MergeEnd, Message, Phase, Records
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ def catch_up_floor(applied: int, leader_epoch: int, leader: Heartbeat) -> int | 
     tail; if it is that primary, nothing; if its history is another one (a
     cold start during a partition, a split brain), all (floor 0).
     """
-    ours = applied >> 64
+    ours = unpack_version(applied)[0]
     if applied == 0 or ours == leader_epoch:
         return None
     if ours == leader.base_epoch:
@@ -126,7 +127,7 @@ def merge_one(mine: Entry | None, theirs: Change, loser_tag: int) -> MergeDecisi
         merged = kind.merge(kind.decode(theirs.blob), kind.decode(mine.blob))
         return MergeDecision(kind.encode(merged), True, False)
     # Ours is newer: keep ours, with counters that never go back.
-    conflict = theirs.epoch & 0xFFFF == loser_tag
+    conflict = minter(theirs.epoch) == loser_tag
     if theirs.blob is None or mine.blob is None:
         return MergeDecision(None, False, conflict)
     merged = kind.merge(kind.decode(mine.blob), kind.decode(theirs.blob))

@@ -122,9 +122,6 @@ class NodeCore(Outputs):
     def now_ms(self, now: float) -> int:
         return int((now - self.started) * 1000)
 
-    def up_peers(self) -> list[Peer]:
-        return [p for p in self.peers.values() if p.up]
-
     def peer_by_tag(self, tag: int) -> Peer | None:
         for p in self.peers.values():
             if p.tag == tag:
@@ -498,7 +495,7 @@ class NodeCore(Outputs):
                     if nxt is None:
                         break
                     self.send_tracked(peer, nxt[0], nxt[1])
-            self.roles.check_handover_ready(now)
+            self.roles.duties.check_handover_ready()
         else:
             self.roles.pump_follower(now)
 

@@ -85,16 +85,17 @@ class PrimaryDuties:
                 f"handing the primary role to {self.handover.target}",
                 primary=self.handover.target,
             )
-        silent = now - self.core.last_heartbeat_sent
-        if self.fence is None and silent > self.fence_threshold:
-            self.enter_fence(now, f"no heartbeat sent for {silent * 1000:.0f} ms")
+        self._fence_if_silent(now, "")
         if self.fence is not None:
             raise WriteRefused("fenced", f"re-verifying primacy after {self.fence.reason}")
 
     def after_stall(self, now: float) -> None:
+        self._fence_if_silent(now, "own stall: ")
+
+    def _fence_if_silent(self, now: float, cause: str) -> None:
         silent = now - self.core.last_heartbeat_sent
         if self.fence is None and silent > self.fence_threshold:
-            self.enter_fence(now, f"own stall: no heartbeat sent for {silent * 1000:.0f} ms")
+            self.enter_fence(now, f"{cause}no heartbeat sent for {silent * 1000:.0f} ms")
 
     def confirm(self, peer: Peer, primary: str | None, epoch: int, echo_ms: int) -> None:
         fence = self.fence

@@ -78,7 +78,6 @@ class RoleManager:
         self.epoch = 0
         self.primary: str | None = None
         self.seq = 0
-        self.minted_max = 0  # newest version this node assigned, in any epoch
         self.applied = 0  # newest version applied from a primary
         self.in_sync = False  # holds a complete copy (as of its last primary)
         self.holddown_until = now + self.s.holddown
@@ -91,7 +90,6 @@ class RoleManager:
         self.split_brain: dict[str, object] | None = None
         self.merge_pending = False
         self.primary_epoch = 0  # the last epoch this node was primary in
-        self.base_version = 0  # as primary: what it held from its predecessor
         self.shutting_down = False
         self.duties = PrimaryDuties(self)
 
@@ -159,7 +157,9 @@ class RoleManager:
             t_ms,
             peer.echo_t_ms,
             max(0, min(hold, U32)),
-            *(unpack_version(self.base_version) if self.is_primary else (0, 0)),
+            # A primary's applied version stays what it held from its predecessor
+            # when it promoted: its base (section 11.1 of PROTOCOL.md).
+            *(unpack_version(self.applied) if self.is_primary else (0, 0)),
         )
 
     # -- inputs from the node core ---------------------------------------------------
@@ -269,10 +269,6 @@ class RoleManager:
             )
         self.duties.check_writable(now)
 
-    def check_handover_ready(self, now: float) -> None:
-        if self.is_primary:
-            self.duties.check_handover_ready()
-
     def request_failover(self, now: float, reason: str = "manual failover") -> str:
         if not self.is_primary:
             raise WriteRefused(
@@ -291,8 +287,7 @@ class RoleManager:
 
     def next_version(self) -> int:
         self.seq += 1
-        self.minted_max = pack_version(self.epoch, self.seq)
-        return self.minted_max
+        return pack_version(self.epoch, self.seq)
 
     # -- the decision loop ------------------------------------------------------------------
 
@@ -328,8 +323,7 @@ class RoleManager:
         if seen is not None:
             self.reason = f"no link to primary {seen[0]}, which {seen[1]} still follows"
             return
-        failover = Rules(self.s.override, self.s.uptime_margin, prefer_newest=True)
-        decision = elect(self._candidates(now), failover)
+        decision = elect(self._candidates(now), self.rules(prefer_newest=True))
         if decision.winner == self.s.name:
             cause = "cold start" if self.role is Role.STARTING else "no primary reachable"
             self._promote(now, f"{cause}: {decision.reason}")
@@ -359,8 +353,8 @@ class RoleManager:
                 return hb.primary, peer.name
         return None
 
-    def rules(self) -> Rules:
-        return Rules(override=self.s.override, uptime_margin_s=self.s.uptime_margin)
+    def rules(self, *, prefer_newest: bool = False) -> Rules:
+        return Rules(self.s.override, self.s.uptime_margin, prefer_newest)
 
     def self_candidate(self, now: float, *, incumbent: bool = False) -> Candidate:
         eligible = self.fence is None and (incumbent or self.suspended_since is None)
@@ -406,8 +400,6 @@ class RoleManager:
             log.warning("promoting with an incomplete snapshot: some records may be missing")
         if not self.in_sync and self.role is Role.SECONDARY:
             log.warning("promoting although this node was not in sync with the lost primary")
-        # What this node holds from its predecessor: its data's history.
-        self.base_version = self.applied
         self.epoch = self.primary_epoch = next_epoch(self.epoch, self.s.tag, self.core.wall())
         self.seq = 0
         self.duties.reset()

@@ -83,6 +83,11 @@ def _internal(exc: Exception) -> ApiError:
     return ApiError(500, "internal_error", "internal error (logged)")
 
 
+def _api_error(exc: Exception) -> ApiError:
+    """The API error for any exception: ours mapped by kind, anything else a logged bug."""
+    return _error_from(exc) if isinstance(exc, HasyncdError) else _internal(exc)
+
+
 def _check_id(rid: str) -> None:
     if not 0 < len(rid) <= MAX_ID_LEN or not rid.isprintable():
         raise ApiError(
@@ -147,21 +152,17 @@ class Api:
         name = route.canonical if route is not None else "unmatched"
         try:
             resp: web.StreamResponse = await handler(request)
-        except HasyncdError as exc:
-            err = _error_from(exc)
-            self.d.metrics.api_errors.labels(err.code).inc()
-            body = {"error": err.code, "message": err.message}
-            body.update({k: v for k, v in err.extra.items() if v is not None or k == "primary"})
-            resp = web.json_response(body, status=err.status)
         except web.HTTPException as exc:
             self.d.metrics.api_errors.labels(f"http_{exc.status}").inc()
             resp = web.json_response(
                 {"error": f"http_{exc.status}", "message": exc.reason}, status=exc.status
             )
-        except Exception as exc:  # a bug: answer in JSON, log it, keep serving
-            err = _internal(exc)
+        except Exception as exc:  # ours, or a bug: answer in JSON either way, keep serving
+            err = _api_error(exc)
             self.d.metrics.api_errors.labels(err.code).inc()
-            resp = web.json_response({"error": err.code, "message": err.message}, status=500)
+            body = {"error": err.code, "message": err.message}
+            body.update({k: v for k, v in err.extra.items() if v is not None or k == "primary"})
+            resp = web.json_response(body, status=err.status)
         self.d.metrics.api_requests.labels(name, str(resp.status)).inc()
         return resp
 
@@ -343,7 +344,7 @@ class Api:
         try:
             status, version = self._apply_op(op)
         except Exception as exc:  # one op's failure must not abort the rest of the batch
-            err = _error_from(exc) if isinstance(exc, HasyncdError) else _internal(exc)
+            err = _api_error(exc)
             self.d.metrics.api_errors.labels(err.code).inc()
             res: dict[str, Any] = {"status": err.status, "error": err.code, "message": err.message}
             if isinstance(rid, str):

@@ -45,6 +45,9 @@ from hasyncd.store import Store
 log = logging.getLogger("hasyncd.daemon")
 
 
+BOOTTIME = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
 def core_clock() -> float:
     """The core's clock: monotonic, and counting time the machine was suspended.
 
@@ -54,9 +57,6 @@ def core_clock() -> float:
     after a SIGSTOP, instead of taking writes as if no time had passed.
     """
     return time.clock_gettime(BOOTTIME)
-
-
-BOOTTIME = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
 
 
 def core_settings(config: Config) -> CoreSettings:

@@ -191,11 +191,9 @@ class Channel:
         if self.state is State.OPEN:
             events.append(self._on_transport(body))
             return
-        if self.state is State.AWAIT_CONFIRM:
-            if _is_reject(body):  # the initiator refused our RESP, and says why
-                self.state = State.CLOSED
-                code, text = hs.parse_reject(body)
-                raise PeerRejected(code, f"peer refused the link: {code}: {text}")
+        # A REJECT while awaiting the confirmation (the initiator refused our
+        # RESP, and says why) falls through to the handshake parsing below.
+        if self.state is State.AWAIT_CONFIRM and not _is_reject(body):
             received = self._on_transport(body)
             assert self._pending_open is not None
             # The confirming frame proves the initiator; it is a message too.
