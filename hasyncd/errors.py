@@ -44,6 +44,12 @@ class IdMismatch(RecordError):
     code = "id_mismatch"
 
 
+class RecordExpired(RecordError):
+    """A write of a record whose expiry has already passed on this node's clock."""
+
+    code = "expired"
+
+
 class UnknownKind(RecordError):
     code = "unknown_kind"
 

@@ -1,40 +1,55 @@
 """The replicated record kinds: schemas, ids, expiry, merge and promotion rules.
 
 A record lives in three forms: the JSON object of the local API, the wire
-value (a positional list, see ``hasyncd.schema``) and the blob (the wire
-value's msgpack encoding), which is what the store keeps and the link sends.
-A ``Kind`` converts between them and owns the kind's domain rules:
+value (a frozen msgspec Struct, positional, see ``hasyncd.schema``) and the
+blob (the wire value's msgpack encoding), which is what the store keeps and
+the link sends.  A ``Kind`` converts between them and owns the kind's domain
+rules:
 
 * its id, derived from its fields (an id that does not match is refused);
 * when it expires (each node expires records on its own clock);
 * how two versions merge after a split brain (counters never go backwards);
 * what a promotion changes (outbound ESP sequence jump, IKE message-ID sync).
+
+Every path into the store goes through a ``Record``: the only way to make
+one is a validating constructor of its ``Kind`` (``parse_json`` and
+``from_json`` for the API, ``from_blob`` for the link, ``from_wire`` for
+merges and promotions), which computes the blob, the id check and the
+expiry once.  ``NodeCore.write`` accepts nothing else.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import msgpack
+import msgspec
 
 from hasyncd.errors import IdMismatch, RecordError
 from hasyncd.policy import KIND_CODES, require_replicated
 from hasyncd.schema import (
     IP,
+    Bad,
     Bool,
+    CachedList,
     Enum,
     Field,
     Hex,
     Int,
-    ListOf,
     Nullable,
     Num,
     Prefix,
     Str,
     Struct,
+    check_ip,
+    conversion_error,
+    find_unencodable,
+    format_ip,
+    name_path,
+    prefix_error,
+    prefix_ok,
+    validation_error,
 )
 
 U32 = 2**32 - 1
@@ -45,7 +60,7 @@ MAX_KEY_BYTES = 128  # longest IPsec/IKE key: 64-byte HMAC-SHA512 key plus salt,
 MAX_SELECTORS = 64  # strongSwan's traffic selector lists are far shorter in practice
 MAX_GROUPS = 64
 # 64 ASCII groups of 128 characters encode to ~8.5 KiB, below MAX_RECORD_BYTES;
-# multi-byte characters can pass it, which encode() refuses with a clear error.
+# multi-byte characters can pass it, which the encoder refuses with a clear error.
 MAX_GROUP_LEN = 128
 # A record's encoded size limit: the largest legal record (an inbound SA with
 # an 8 KiB replay bitmap and 64 selectors) encodes to about 12 KiB; 16 KiB
@@ -54,32 +69,41 @@ MAX_RECORD_BYTES = 16 * 1024
 MAX_REPLAY_WINDOW = 65536  # packets; Linux caps ESN replay bitmaps well below this
 ALG = r"[a-z0-9][a-z0-9()_.,+-]{0,63}"  # xfrm ("rfc4106(gcm(aes))") and IKE names
 
-_unpack_limits: dict[str, Any] = {
-    "raw": False,
-    "max_str_len": 4096,
-    "max_bin_len": 8192,
-    "max_array_len": 256,
-    "max_map_len": 0,
-    "max_ext_len": 0,
-}
-
-_KEY = Struct(Field("alg", Str(1, 64, ALG)), Field("key", Hex(1, MAX_KEY_BYTES)))
+_KEY = Struct("Key", Field("alg", Str(1, 64, ALG)), Field("key", Hex(1, MAX_KEY_BYTES)))
 _LIFETIME = Struct(
+    "Lifetime",
     *(
         Field(name, Nullable(Int(0, U64)), None)
         for name in ("soft_s", "hard_s", "soft_bytes", "hard_bytes", "soft_packets", "hard_packets")
-    )
+    ),
 )
 _SELECTOR = Struct(
+    "Selector",
     Field("src", Prefix()),
     Field("dst", Prefix()),
     Field("proto", Int(0, 255), 0),
     Field("sport", Int(0, 65535), 0),
     Field("dport", Int(0, 65535), 0),
 )
-_ENDPOINT = Struct(Field("addr", IP()), Field("port", Int(1, 65535)))
+
+
+def _check_selectors(selectors: list[Any], path: str) -> None:
+    for i, sel in enumerate(selectors):
+        for end in ("src", "dst"):
+            if not prefix_ok(getattr(sel, end)):
+                raise prefix_error(f"{path}[{i}].{end}")
+        if len(sel.src.net) != len(sel.dst.net):
+            raise RecordError(
+                f"{path}[{i}]: src and dst must be of one family", field=f"{path}[{i}]"
+            )
+
+
+_SELECTORS = CachedList("selectors", _SELECTOR, MAX_SELECTORS, _check_selectors)
+_GROUPS = CachedList("groups", Str(1, MAX_GROUP_LEN), MAX_GROUPS)
+_ENDPOINT = Struct("Endpoint", Field("addr", IP()), Field("port", Int(1, 65535)))
 
 IPSEC_SA = Struct(
+    "IpsecSa",
     Field("tunnel", Str(1, 128)),
     Field("direction", Enum("in", "out")),
     Field("proto", Enum("esp", "ah")),
@@ -94,6 +118,7 @@ IPSEC_SA = Struct(
         "encap",
         Nullable(
             Struct(
+                "Encap",
                 Field("type", Enum("espinudp")),
                 Field("sport", Int(1, 65535)),
                 Field("dport", Int(1, 65535)),
@@ -109,12 +134,13 @@ IPSEC_SA = Struct(
     Field("created_at", Num(0, MAX_TIME)),
     Field("bytes", Int(0, U64), 0),
     Field("packets", Int(0, U64), 0),
-    Field("selectors", ListOf(_SELECTOR, MAX_SELECTORS), []),
+    Field("selectors", _SELECTORS, []),
     Field("ike_sa", Nullable(Hex(16, 16)), None),
     Field("rekey_required", Bool(), False),
 )
 
 IKE_SA = Struct(
+    "IkeSa",
     Field("tunnel", Str(1, 128)),
     Field("version", Int(1, 2)),
     Field("ispi", Hex(8, 8)),
@@ -127,6 +153,7 @@ IKE_SA = Struct(
     Field(
         "algs",
         Struct(
+            "Algs",
             Field("enc", Str(1, 64, ALG)),
             Field("integ", Nullable(Str(1, 64, ALG)), None),
             Field("prf", Str(1, 64, ALG)),
@@ -136,6 +163,7 @@ IKE_SA = Struct(
     Field(
         "keys",
         Struct(
+            "IkeKeys",
             Field("sk_d", Hex(1, MAX_KEY_BYTES)),
             Field("sk_ai", Nullable(Hex(1, MAX_KEY_BYTES)), None),
             Field("sk_ar", Nullable(Hex(1, MAX_KEY_BYTES)), None),
@@ -153,8 +181,9 @@ IKE_SA = Struct(
 )
 
 WEB_SESSION = Struct(
+    "WebSession",
     Field("user", Str(1, 255)),
-    Field("groups", ListOf(Str(1, MAX_GROUP_LEN), MAX_GROUPS), []),
+    Field("groups", _GROUPS, []),
     Field("realm", Str(0, 255), ""),
     Field("auth_method", Str(1, 64)),
     Field("portal", Str(1, 255)),
@@ -165,38 +194,131 @@ WEB_SESSION = Struct(
     Field("expires_at", Num(0, MAX_TIME)),
 )
 
+_TOKEN = object()
+_encode = msgspec.msgpack.Encoder().encode
 
-@dataclass(frozen=True)
+
+class Record:
+    """A validated record: its wire value, blob, id and expiry, computed once.
+
+    Made only by a ``Kind``'s validating constructors; ``NodeCore.write``
+    takes nothing else, so nothing unchecked reaches the store.
+    """
+
+    __slots__ = ("blob", "expires", "id", "kind", "value")
+
+    def __init__(
+        self, token: object, kind: Kind, rid: str, *, value: Any, blob: bytes, expires: float | None
+    ) -> None:
+        if token is not _TOKEN:
+            raise TypeError("a Record is made by a Kind's validating constructors only")
+        self.kind, self.id, self.value, self.blob, self.expires = kind, rid, value, blob, expires
+
+    def __repr__(self) -> str:  # the value holds key material
+        return f"Record({self.kind.name} {self.id}, {len(self.blob)} bytes)"
+
+
 class Kind:
-    name: str
-    code: int
-    schema: Struct
-    make_id: Callable[[list[Any]], str | None]  # None: the id is not derived (web sessions)
-    id_pattern: re.Pattern[str]
-    check: Callable[[list[Any]], None]
-    expiry: Callable[[list[Any]], float | None]
-    merge: Callable[[list[Any], list[Any]], list[Any]]  # (winner, loser) -> merged
+    def __init__(
+        self,
+        name: str,
+        schema: Struct,
+        *,
+        make_id: Callable[[Any], str | None],  # None: the id is not derived (web sessions)
+        id_pattern: str,
+        check: Callable[[Any], None],
+        expiry: Callable[[Any], float | None],
+        merge: Callable[[Any, Any], Any],  # (winner, loser) -> merged
+    ) -> None:
+        self.name = name
+        self.code = KIND_CODES[name]
+        self.schema = schema
+        self.make_id = make_id
+        self.id_pattern = re.compile(id_pattern + r"\Z")
+        self.check = check
+        self.expiry = expiry
+        self.merge = merge
+        self._json_decoder = msgspec.json.Decoder(schema.api)
+        self._wire_decoder = msgspec.msgpack.Decoder(schema.wire)
+        assert schema.to_wire is not None and schema.to_json is not None
+        self._to_wire = schema.to_wire
+        self._to_json = schema.to_json
 
-    def from_json(self, body: Any, rid: str) -> list[Any]:
-        """Validate an API body for record ``rid``; returns the wire value."""
-        if not self.id_pattern.match(rid):
-            raise RecordError(f"invalid {self.name} id", field="id")
-        wire: list[Any] = self.schema.from_json(body, "")
+    def __repr__(self) -> str:
+        return f"Kind({self.name})"
+
+    # -- validating constructors ------------------------------------------------------
+
+    def parse_json(self, raw: bytes, rid: str) -> Record:
+        """Validate one record's API JSON text (bytes) for record ``rid``."""
+        try:
+            api = self._json_decoder.decode(raw)
+        except msgspec.ValidationError as exc:
+            raise validation_error(exc) from None
+        except msgspec.DecodeError:
+            raise RecordError("record is not valid JSON", field="record") from None
+        return self._from_api(api, rid)
+
+    def from_json(self, body: Any, rid: str) -> Record:
+        """Validate an API body already decoded to Python values (a msgpack batch, tests)."""
+        try:
+            api = msgspec.convert(body, self.schema.api)
+        except msgspec.ValidationError as exc:
+            raise validation_error(exc) from None
+        return self._from_api(api, rid)
+
+    def from_api(self, api: Any, rid: str) -> Record:
+        """Validate a value of the kind's API Struct (decoded as part of a batch)."""
+        return self._from_api(api, rid)
+
+    def _from_api(self, api: Any, rid: str) -> Record:
+        self.check_id_pattern(rid)
+        try:
+            wire = self._to_wire(api)
+        except Bad as exc:
+            raise conversion_error(exc) from None
         self.check(wire)
-        expected = self.make_id(wire)
-        if expected is not None and expected != rid:
-            raise IdMismatch(
-                f"id {rid!r} does not match the record's fields (expected {expected!r})",
-                field="id",
+        self._check_derived_id(wire, rid)
+        return Record(
+            _TOKEN, self, rid, value=wire, blob=self.encode(wire), expires=self.expiry(wire)
+        )
+
+    def from_blob(self, blob: bytes, rid: str) -> Record:
+        """Validate a blob (from a peer): types, ranges, rules and id; the link's check."""
+        wire = self.decode(blob)
+        self.check_id(wire, rid)
+        return Record(_TOKEN, self, rid, value=wire, blob=blob, expires=self.expiry(wire))
+
+    def validate_blob(self, blob: bytes, rid: str) -> float | None:
+        """The link's check of a replicated blob for record ``rid``; returns its expiry."""
+        wire = self.decode(blob)
+        self.check_id(wire, rid)
+        return self.expiry(wire)
+
+    def from_wire(self, wire: Any, rid: str) -> Record:
+        """Validate a wire value made by a rule (merge, promotion) and encode it.
+
+        The value is checked by decoding its encoding, exactly like a blob from
+        a peer: a Struct built in Python is not checked by msgspec on its own.
+        """
+        return self.from_blob(self.encode(wire), rid)
+
+    # -- conversions ------------------------------------------------------------------
+
+    def to_json(self, wire: Any) -> dict[str, Any]:
+        return self._to_json(wire)  # type: ignore[no-any-return]
+
+    def encode(self, wire: Any) -> bytes:
+        try:
+            blob = _encode(wire)
+        except (OverflowError, UnicodeEncodeError) as exc:
+            path = find_unencodable(wire) or "record"
+            what = (
+                f"an integer in [0, {U64}]"
+                if isinstance(exc, OverflowError)
+                else "a string of valid Unicode (no lone surrogates)"
             )
-        return wire
-
-    def to_json(self, wire: list[Any]) -> dict[str, Any]:
-        out: dict[str, Any] = self.schema.to_json(wire)
-        return out
-
-    def encode(self, wire: list[Any]) -> bytes:
-        blob: bytes = msgpack.packb(wire, use_bin_type=True)
+            raise RecordError(f"field {path}: expected {what}", field=path) from None
         if len(blob) > MAX_RECORD_BYTES:
             raise RecordError(
                 f"{self.name} encodes to {len(blob)} bytes, more than the limit of "
@@ -205,82 +327,97 @@ class Kind:
             )
         return blob
 
-    def decode(self, blob: bytes) -> list[Any]:
+    def decode(self, blob: bytes) -> Any:
         """Decode and fully validate a blob (from a peer or the store)."""
         try:
-            wire = msgpack.unpackb(blob, **_unpack_limits)
-        except (ValueError, TypeError, msgpack.UnpackException):
+            wire = self._wire_decoder.decode(blob)
+        except msgspec.ValidationError as exc:
+            err = validation_error(exc)
+            path = name_path(self.schema, err.field or "")
+            detail = err.message.split(": ", 1)[-1]
+            raise RecordError(
+                f"{self.name}: invalid record blob: field {path}: {detail}", field=path
+            ) from None
+        except msgspec.DecodeError:
             raise RecordError(f"{self.name}: undecodable record blob") from None
-        self.schema.check_wire(wire, "")
         self.check(wire)
-        return wire  # type: ignore[no-any-return]
+        return wire
 
-    def check_id(self, wire: list[Any], rid: str) -> None:
+    # -- ids ----------------------------------------------------------------------------
+
+    def check_id_pattern(self, rid: str) -> None:
         if not self.id_pattern.match(rid):
             raise RecordError(f"invalid {self.name} id", field="id")
+
+    def _check_derived_id(self, wire: Any, rid: str) -> None:
         expected = self.make_id(wire)
         if expected is not None and expected != rid:
             raise IdMismatch(
-                f"id {rid!r} does not match the record (expected {expected!r})", field="id"
+                f"id {rid!r} does not match the record's fields (expected {expected!r})",
+                field="id",
             )
+
+    def check_id(self, wire: Any, rid: str) -> None:
+        self.check_id_pattern(rid)
+        self._check_derived_id(wire, rid)
 
 
 # --- ipsec_sa ----------------------------------------------------------------
 
-_sa = IPSEC_SA.pos
-_sa_hard_s = IPSEC_SA.getter("lifetime.hard_s")
 _DIR_IN, _DIR_OUT = 0, 1
 _ESP, _AH = 0, 1
 _PROTO_NAMES = ("esp", "ah")
 
 
-def _sa_id(w: list[Any]) -> str:
-    return f"{_PROTO_NAMES[w[_sa['proto']]]}-{w[_sa['spi']]:08x}@{IP().to_json(w[_sa['dst']])}"
+def _sa_id(w: Any) -> str:
+    return f"{_PROTO_NAMES[w.proto]}-{w.spi:08x}@{format_ip(w.dst)}"
 
 
-def _sa_check(w: list[Any]) -> None:
-    if len(w[_sa["src"]]) != len(w[_sa["dst"]]):
+def _sa_check(w: Any) -> None:
+    src, dst = w.src, w.dst
+    check_ip(src, "src")
+    check_ip(dst, "dst")
+    if len(src) != len(dst):
         raise RecordError("src and dst must be addresses of one family", field="dst")
-    if w[_sa["proto"]] == _ESP:
-        if w[_sa["enc"]] is None:
+    if w.proto == _ESP:
+        if w.enc is None:
             raise RecordError("an ESP SA needs enc ({alg, key})", field="enc")
     else:
-        if w[_sa["enc"]] is not None:
+        if w.enc is not None:
             raise RecordError("an AH SA has no encryption: enc must be null", field="enc")
-        if w[_sa["auth"]] is None:
+        if w.auth is None:
             raise RecordError("an AH SA needs auth ({alg, key})", field="auth")
-        if w[_sa["encap"]] is not None:
+        if w.encap is not None:
             raise RecordError("UDP encapsulation applies to ESP only", field="encap")
-    if w[_sa["replay_bitmap"]] is not None and w[_sa["direction"]] != _DIR_IN:
+    if w.replay_bitmap is not None and w.direction != _DIR_IN:
         raise RecordError("replay_bitmap applies to inbound SAs only", field="replay_bitmap")
-    if not w[_sa["esn"]] and w[_sa["seq"]] > U32:
+    if not w.esn and w.seq > U32:
         raise RecordError("seq exceeds 2^32-1 on an SA without ESN", field="seq")
-    for i, sel in enumerate(w[_sa["selectors"]]):
-        if Prefix.family(sel[0]) != Prefix.family(sel[1]):
-            raise RecordError(
-                f"selectors[{i}]: src and dst must be of one family", field=f"selectors[{i}]"
-            )
+    _SELECTORS.check(w.selectors, "selectors")
 
 
-def _sa_expiry(w: list[Any]) -> float | None:
-    hard = _sa_hard_s(w)
-    return None if hard is None else float(w[_sa["created_at"]] + hard)
+def _sa_expiry(w: Any) -> float | None:
+    hard = w.lifetime.hard_s
+    return None if hard is None else float(w.created_at + hard)
 
 
-def _sa_merge(winner: list[Any], loser: list[Any]) -> list[Any]:
+_replace = msgspec.structs.replace
+
+
+def _sa_merge(winner: Any, loser: Any) -> Any:
     """Counters never go backwards: keep the winner's fields, the larger counters."""
-    out = list(winner)
-    seq = _sa["seq"]
-    if loser[seq] > winner[seq]:
-        out[seq] = loser[seq]
-        out[_sa["replay_bitmap"]] = loser[_sa["replay_bitmap"]]
-    for name in ("bytes", "packets"):
-        out[_sa[name]] = max(winner[_sa[name]], loser[_sa[name]])
-    out[_sa["rekey_required"]] = winner[_sa["rekey_required"]] or loser[_sa["rekey_required"]]
-    return out
+    changes: dict[str, Any] = {
+        "bytes": max(winner.bytes, loser.bytes),
+        "packets": max(winner.packets, loser.packets),
+        "rekey_required": winner.rekey_required or loser.rekey_required,
+    }
+    if loser.seq > winner.seq:
+        changes["seq"] = loser.seq
+        changes["replay_bitmap"] = loser.replay_bitmap
+    return _replace(winner, **changes)
 
 
-def advance_outbound_seq(wire: list[Any], margin: int) -> list[Any] | None:
+def advance_outbound_seq(wire: Any, margin: int) -> Any | None:
     """The promotion's replay-counter jump for one SA; None if it does not apply.
 
     The old primary sent packets past the last replicated ``seq``; the peer's
@@ -289,119 +426,104 @@ def advance_outbound_seq(wire: list[Any], margin: int) -> list[Any] | None:
     first packets of the new primary acceptable.  Without ESN a counter that
     would pass 2^32-1 is pinned there and the SA marked for rekeying.
     """
-    if wire[_sa["direction"]] != _DIR_OUT:
+    if wire.direction != _DIR_OUT:
         return None
-    out = list(wire)
-    limit = U64 if wire[_sa["esn"]] else U32
-    seq = wire[_sa["seq"]] + margin
+    limit = U64 if wire.esn else U32
+    seq = wire.seq + margin
     if seq > limit:
-        seq = limit
-        out[_sa["rekey_required"]] = True
-    out[_sa["seq"]] = seq
-    return out
+        return _replace(wire, seq=limit, rekey_required=True)
+    return _replace(wire, seq=seq)
 
 
 # --- ike_sa ------------------------------------------------------------------
 
-_ike = IKE_SA.pos
-_ike_local_addr = IKE_SA.getter("local.addr")
-_ike_remote_addr = IKE_SA.getter("remote.addr")
+
+def _ike_id(w: Any) -> str:
+    return str(w.ispi.hex() + w.rspi.hex())
 
 
-def _ike_id(w: list[Any]) -> str:
-    return str(w[_ike["ispi"]].hex() + w[_ike["rspi"]].hex())
-
-
-def _ike_check(w: list[Any]) -> None:
-    if w[_ike["ispi"]] == bytes(8):
+def _ike_check(w: Any) -> None:
+    if w.ispi == bytes(8):
         raise RecordError("ispi must not be zero", field="ispi")
-    if len(_ike_local_addr(w)) != len(_ike_remote_addr(w)):
+    check_ip(w.local.addr, "local.addr")
+    check_ip(w.remote.addr, "remote.addr")
+    if len(w.local.addr) != len(w.remote.addr):
         raise RecordError("local and remote must be addresses of one family", field="remote")
-    if w[_ike["expires_at"]] < w[_ike["established_at"]]:
+    if w.expires_at < w.established_at:
         raise RecordError("expires_at is before established_at", field="expires_at")
 
 
-def _ike_expiry(w: list[Any]) -> float | None:
-    return float(w[_ike["expires_at"]])
+def _ike_expiry(w: Any) -> float | None:
+    return float(w.expires_at)
 
 
-def _ike_merge(winner: list[Any], loser: list[Any]) -> list[Any]:
-    out = list(winner)
-    differs = False
-    for name in ("msgid_send", "msgid_recv"):
-        i = _ike[name]
-        differs |= winner[i] != loser[i]
-        out[i] = max(winner[i], loser[i])
+def _ike_merge(winner: Any, loser: Any) -> Any:
+    differs = winner.msgid_send != loser.msgid_send or winner.msgid_recv != loser.msgid_recv
     # Both sides used the SA during the split: the IKE daemon must resynchronize.
-    out[_ike["mid_sync_required"]] = (
-        differs or winner[_ike["mid_sync_required"]] or loser[_ike["mid_sync_required"]]
+    return _replace(
+        winner,
+        msgid_send=max(winner.msgid_send, loser.msgid_send),
+        msgid_recv=max(winner.msgid_recv, loser.msgid_recv),
+        mid_sync_required=differs or winner.mid_sync_required or loser.mid_sync_required,
     )
-    return out
 
 
-def require_mid_sync(wire: list[Any]) -> list[Any] | None:
+def require_mid_sync(wire: Any) -> Any | None:
     """Promotion: flag the IKE SA for RFC 6311 message-ID sync (None if already flagged)."""
-    if wire[_ike["mid_sync_required"]]:
+    if wire.mid_sync_required:
         return None
-    out = list(wire)
-    out[_ike["mid_sync_required"]] = True
-    return out
+    return _replace(wire, mid_sync_required=True)
 
 
 # --- sslvpn_web_session -----------------------------------------------------
 
-_web = WEB_SESSION.pos
 
-
-def _web_check(w: list[Any]) -> None:
-    if w[_web["last_seen"]] < w[_web["created_at"]]:
+def _web_check(w: Any) -> None:
+    _GROUPS.check(w.groups, "groups")
+    if w.client_ip is not None:
+        check_ip(w.client_ip, "client_ip")
+    if w.last_seen < w.created_at:
         raise RecordError("last_seen is before created_at", field="last_seen")
-    if w[_web["expires_at"]] < w[_web["created_at"]]:
+    if w.expires_at < w.created_at:
         raise RecordError("expires_at is before created_at", field="expires_at")
 
 
-def _web_expiry(w: list[Any]) -> float | None:
-    return float(min(w[_web["expires_at"]], w[_web["last_seen"]] + w[_web["idle_timeout_s"]]))
+def _web_expiry(w: Any) -> float | None:
+    return float(min(w.expires_at, w.last_seen + w.idle_timeout_s))
 
 
-def _web_merge(winner: list[Any], loser: list[Any]) -> list[Any]:
-    out = list(winner)
-    i = _web["last_seen"]
-    out[i] = max(winner[i], loser[i])
-    return out
+def _web_merge(winner: Any, loser: Any) -> Any:
+    return _replace(winner, last_seen=max(winner.last_seen, loser.last_seen))
 
 
 KINDS: dict[str, Kind] = {
     "ipsec_sa": Kind(
         "ipsec_sa",
-        KIND_CODES["ipsec_sa"],
         IPSEC_SA,
-        _sa_id,
-        re.compile(r"(esp|ah)-[0-9a-f]{8}@[0-9a-f.:]{2,45}\Z"),
-        _sa_check,
-        _sa_expiry,
-        _sa_merge,
+        make_id=_sa_id,
+        id_pattern=r"(esp|ah)-[0-9a-f]{8}@[0-9a-f.:]{2,45}",
+        check=_sa_check,
+        expiry=_sa_expiry,
+        merge=_sa_merge,
     ),
     "ike_sa": Kind(
         "ike_sa",
-        KIND_CODES["ike_sa"],
         IKE_SA,
-        _ike_id,
-        re.compile(r"[0-9a-f]{32}\Z"),
-        _ike_check,
-        _ike_expiry,
-        _ike_merge,
+        make_id=_ike_id,
+        id_pattern=r"[0-9a-f]{32}",
+        check=_ike_check,
+        expiry=_ike_expiry,
+        merge=_ike_merge,
     ),
     "sslvpn_web_session": Kind(
         "sslvpn_web_session",
-        KIND_CODES["sslvpn_web_session"],
         WEB_SESSION,
-        lambda _w: None,
+        make_id=lambda _w: None,
         # The id is the SHA-256 of the cookie: the raw cookie never reaches hasyncd.
-        re.compile(r"[0-9a-f]{64}\Z"),
-        _web_check,
-        _web_expiry,
-        _web_merge,
+        id_pattern=r"[0-9a-f]{64}",
+        check=_web_check,
+        expiry=_web_expiry,
+        merge=_web_merge,
     ),
 }
 KINDS_BY_CODE: dict[int, Kind] = {k.code: k for k in KINDS.values()}

@@ -31,6 +31,7 @@ from hasyncd.core.events import Close, Dial, Event, RoleChanged
 from hasyncd.core.node import NodeCore
 from hasyncd.core.settings import CoreSettings
 from hasyncd.errors import WriteRefused
+from hasyncd.records import KINDS_BY_CODE, Record
 from hasyncd.secret import Secret
 from hasyncd.store import Store
 from hasyncd.wire.messages import Role
@@ -376,19 +377,32 @@ class Sim:
 
     # -- operations ----------------------------------------------------------------------
 
-    def write(
-        self, name: str, kind: int, rid: str, blob: bytes | None, expires: float | None = None
-    ) -> int | None:
-        """A local API write on ``name``; returns the version, None for a missing delete."""
+    def write(self, name: str, kind: int, rid: str, content: Record | bytes | None) -> int | None:
+        """A local API write on ``name``; returns the version, None for a missing delete.
+
+        ``content`` is a validated Record, a blob (validated here exactly like
+        one from the link: the simulator cannot store what the API refuses) or
+        None for a delete.
+        """
         node = self.nodes[name]
         assert node.alive and not node.frozen
-        result = node.core.write(kind, rid, blob, expires, self.now)
+        if content is None:
+            result = node.core.delete(kind, rid, self.now)
+        else:
+            record = (
+                content
+                if isinstance(content, Record)
+                else KINDS_BY_CODE[kind].from_blob(content, rid)
+            )
+            result = node.core.write(record, self.now)
         self._after(node)
         return None if result is None else result.version
 
-    def try_write(self, name: str, kind: int, rid: str, blob: bytes | None) -> int | str:
+    def try_write(
+        self, name: str, kind: int, rid: str, content: Record | bytes | None
+    ) -> int | str:
         try:
-            v = self.write(name, kind, rid, blob)
+            v = self.write(name, kind, rid, content)
         except WriteRefused as exc:
             return exc.code
         return v if v is not None else "absent"

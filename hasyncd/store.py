@@ -3,13 +3,18 @@
 An entry is ``(version, expires, blob)``:
 
 * ``version`` packs the primary-assigned ``(epoch, seq)`` into one integer
-  (``epoch << 64 | seq``) so comparisons are single integer comparisons and
-  an entry stays small;
+  (``epoch << 64 | seq``) so comparisons are single integer comparisons;
 * ``expires`` is the wall-clock time after which the record reads as absent
   (each node expires on its own clock, no replication traffic), or, for a
   tombstone, when the tombstone itself may be purged;
 * ``blob`` is the record's msgpack encoding, exactly what the link sends; a
   tombstone has ``None``.
+
+Compactness: a table maps each id to ONE bytes object, a 24-byte header
+(seq, epoch, expires as two u64 and a float64; no expiry is +inf) followed
+by the blob (nothing for a tombstone).  That is one object per record
+instead of a tuple, a 128-bit int, a float and the blob, and the collector
+never tracks it.  ``Entry`` tuples are built only when a caller reads.
 
 Tombstones are kept for a while after a delete so that a split-brain merge
 can tell "deleted on the other side" from "never existed".  Ids are also kept
@@ -22,7 +27,8 @@ pass the wall-clock time where expiry matters.
 
 from __future__ import annotations
 
-import functools
+import math
+import struct
 from collections.abc import Iterator
 from itertools import islice
 from typing import NamedTuple
@@ -57,18 +63,48 @@ class Entry(NamedTuple):
         return self.blob is not None and (self.expires is None or self.expires > wall)
 
 
-# Entries are kept as plain tuples: CPython's collector stops tracking an exact
-# tuple of atomic values (ints, floats, bytes), but never a tuple subclass.  A
-# million tracked NamedTuples made every full collection walk a million
-# objects (130 ms measured), a stall of the order of the failure detection.
-_entry = functools.partial(tuple.__new__, Entry)
+# One stored value: header (seq, epoch, expires) then the blob.
+HEADER = struct.Struct("<QQd")
+HEADER_LEN = HEADER.size
+_pack, _unpack_from = HEADER.pack, HEADER.unpack_from
+_INF = math.inf
+
+
+def pack_value(version: int, expires: float | None, blob: bytes | None) -> bytes:
+    head = _pack(version & SEQ_MASK, version >> SEQ_BITS, _INF if expires is None else expires)
+    if blob is None:
+        return head
+    if not blob:
+        raise ValueError("a record blob is never empty (an empty value is a tombstone)")
+    return head + blob
+
+
+def unpack_value(value: bytes) -> Entry:
+    seq, epoch, expires = _unpack_from(value)
+    return tuple.__new__(
+        Entry,
+        (
+            epoch << SEQ_BITS | seq,
+            None if expires == _INF else expires,
+            value[HEADER_LEN:] if len(value) > HEADER_LEN else None,
+        ),
+    )
+
+
+def value_expires(value: bytes) -> float:
+    """The expiry in a stored value (+inf: none)."""
+    return _unpack_from(value)[2]  # type: ignore[no-any-return]
+
+
+def value_is_record(value: bytes) -> bool:
+    return len(value) > HEADER_LEN
 
 
 class Table:
     __slots__ = ("entries", "live", "order", "sweep_cursor")
 
     def __init__(self) -> None:
-        self.entries: dict[str, tuple[int, float | None, bytes | None]] = {}
+        self.entries: dict[str, bytes] = {}
         self.order = SortedList()
         self.live = 0  # entries that are not tombstones (expired ones included until swept)
         self.sweep_cursor: str | None = None
@@ -86,15 +122,18 @@ class Store:
     def get(self, kind: int, rid: str, wall: float) -> Entry | None:
         """The live entry (not deleted, not expired) or None."""
         raw = self.tables[kind].entries.get(rid)
-        if raw is None:
+        if raw is None or len(raw) <= HEADER_LEN or _unpack_from(raw)[2] <= wall:
             return None
-        entry = _entry(raw)
-        return entry if entry.live(wall) else None
+        return unpack_value(raw)
 
     def get_raw(self, kind: int, rid: str) -> Entry | None:
         """The entry as stored, tombstones and expired records included."""
         raw = self.tables[kind].entries.get(rid)
-        return None if raw is None else _entry(raw)
+        return None if raw is None else unpack_value(raw)
+
+    def get_value(self, kind: int, rid: str) -> bytes | None:
+        """The stored value (see ``pack_value``) as is: the cheap read of the hot paths."""
+        return self.tables[kind].entries.get(rid)
 
     def page(
         self, kind: int, after: str | None, limit: int, wall: float
@@ -106,9 +145,9 @@ class Store:
         out: list[tuple[str, Entry]] = []
         ids = table.order.irange(minimum=after, inclusive=(False, True)) if after else table.order
         for rid in ids:
-            entry = _entry(table.entries[rid])
-            if entry.live(wall):
-                out.append((rid, entry))
+            raw = table.entries[rid]
+            if len(raw) > HEADER_LEN and _unpack_from(raw)[2] > wall:
+                out.append((rid, unpack_value(raw)))
                 if len(out) >= limit:
                     break
         return out
@@ -132,21 +171,26 @@ class Store:
     def items(self, kind: int) -> Iterator[tuple[str, Entry]]:
         table = self.tables[kind]
         for rid in table.order:
-            yield rid, _entry(table.entries[rid])
+            yield rid, unpack_value(table.entries[rid])
 
     # -- writes ------------------------------------------------------------------
 
     def put(self, kind: int, rid: str, entry: Entry) -> Entry | None:
         """Store ``entry`` (a record or a tombstone); returns the previous entry."""
+        old = self.put_value(kind, rid, pack_value(entry[0], entry[1], entry[2]))
+        return None if old is None else unpack_value(old)
+
+    def put_value(self, kind: int, rid: str, value: bytes) -> bytes | None:
+        """Store a packed value (``pack_value``); returns the previous one."""
         table = self.tables[kind]
-        raw = table.entries.get(rid)
-        old = None if raw is None else _entry(raw)
-        table.entries[rid] = (entry[0], entry[1], entry[2])
+        entries = table.entries
+        old = entries.get(rid)
+        entries[rid] = value
         if old is None:
             table.order.add(rid)
-        elif old.blob is not None:
+        elif len(old) > HEADER_LEN:
             table.live -= 1
-        if entry.blob is not None:
+        if len(value) > HEADER_LEN:
             table.live += 1
         if self._unseen is not None:
             self._unseen[kind].discard(rid)
@@ -156,12 +200,12 @@ class Store:
         """Remove an entry without leaving a tombstone (local expiry, resync purge)."""
         table = self.tables[kind]
         raw = table.entries.pop(rid, None)
-        old = None if raw is None else _entry(raw)
-        if old is not None:
-            table.order.remove(rid)
-            if old.blob is not None:
-                table.live -= 1
-        return old
+        if raw is None:
+            return None
+        table.order.remove(rid)
+        if len(raw) > HEADER_LEN:
+            table.live -= 1
+        return unpack_value(raw)
 
     def sweep(self, wall: float, budget: int) -> int:
         """Look at up to ``budget`` entries per kind; drop expired records and old tombstones."""
@@ -172,8 +216,7 @@ class Store:
             ids = self.ids_after(kind, table.sweep_cursor, budget)
             table.sweep_cursor = ids[-1] if len(ids) == budget else None
             for rid in ids:
-                expires = table.entries[rid][1]
-                if expires is not None and expires <= wall:
+                if _unpack_from(table.entries[rid])[2] <= wall:
                     self.discard(kind, rid)
                     removed += 1
         return removed

@@ -32,14 +32,13 @@ def record(kind: int, i: int, **changes: Any) -> tuple[str, bytes, float | None]
     """Sample record ``i`` of ``kind`` as (id, blob, expiry), with fields changed."""
     rid, rec = _GEN[kind](i)
     rec.update(changes)
-    k = _KIND_BY_CODE[kind]
-    wire = k.from_json(rec, rid)
-    return rid, k.encode(wire), k.expiry(wire)
+    r = _KIND_BY_CODE[kind].from_json(rec, rid)
+    return rid, r.blob, r.expires
 
 
 def put(sim: Sim, node: str, kind: int, i: int, **changes: Any) -> tuple[str, int]:
-    rid, blob, expires = record(kind, i, **changes)
-    version = sim.write(node, kind, rid, blob, expires)
+    rid, blob, _expires = record(kind, i, **changes)
+    version = sim.write(node, kind, rid, blob)
     assert version is not None
     return rid, version
 

@@ -482,7 +482,7 @@ class Campaign:
         core = sim.nodes[n].core
         epoch = core.roles.epoch
         try:
-            version = sim.write(n, key[0], key[1], blob, expires)
+            version = sim.write(n, key[0], key[1], blob)
         except WriteRefused as exc:
             self.count(f"refused_{exc.code}")
             return
@@ -892,8 +892,8 @@ def test_a_restarted_node_mints_a_new_epoch_and_its_split_write_survives() -> No
     sim = Sim(seed=33)
     primary, secondary = pair(sim)
     first_epoch = sim.nodes[primary].core.roles.epoch
-    rid, blob_x, exp = record(WEB, 1, last_seen=int(NOW) - 100)
-    v_x = sim.write(primary, WEB, rid, blob_x, exp)
+    rid, blob_x, _exp = record(WEB, 1, last_seen=int(NOW) - 100)
+    v_x = sim.write(primary, WEB, rid, blob_x)
     sim.run_for(0.1)
     sim.kill(primary)
     sim.run_until_true(lambda: role(sim, secondary) is Role.PRIMARY, limit=5)
@@ -902,7 +902,7 @@ def test_a_restarted_node_mints_a_new_epoch_and_its_split_write_survives() -> No
     sim.run_until_true(lambda: role(sim, primary) is Role.PRIMARY, limit=5)
     reborn_epoch = sim.nodes[primary].core.roles.epoch
     _, blob_y, _ = record(WEB, 1, last_seen=int(NOW) - 1)  # newer content, same record
-    v_y = sim.write(primary, WEB, rid, blob_y, exp)
+    v_y = sim.write(primary, WEB, rid, blob_y)
     sim.heal(primary, secondary)
     sim.run_until_true(lambda: settled(sim, [primary, secondary]), limit=10)
     sim.run_for(0.2)

@@ -33,9 +33,9 @@ def test_cold_start_elects_by_priority_and_replicates_writes() -> None:
 def test_writes_are_refused_on_a_secondary() -> None:
     sim = Sim(seed=2)
     primary, secondary = pair(sim)
-    rid, blob, exp = record(WEB, 1)
+    rid, blob, _exp = record(WEB, 1)
     with pytest.raises(WriteRefused) as err:
-        sim.write(secondary, WEB, rid, blob, exp)
+        sim.write(secondary, WEB, rid, blob)
     assert err.value.code == "not_primary"
     assert err.value.primary == primary
 

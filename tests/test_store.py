@@ -521,7 +521,8 @@ class StoreModel(RuleBasedStateMachine):
         self.version += 1
         return Entry(self.version, None if delta is None else self.wall + delta, blob)
 
-    @rule(kind=KINDS_ST, rid=IDS, delta=EXPIRY, blob=st.binary(max_size=4))
+    # A blob is 1..MAX_RECORD_BYTES bytes (PROTOCOL.md 7.5.5); the store refuses an empty one.
+    @rule(kind=KINDS_ST, rid=IDS, delta=EXPIRY, blob=st.binary(min_size=1, max_size=4))
     def put_record(self, kind: int, rid: str, delta: int | None, blob: bytes) -> None:
         e = self._entry(delta, blob)
         assert self.store.put(kind, rid, e) == self.model[kind].get(rid)

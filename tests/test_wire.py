@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
+import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -1135,7 +1136,7 @@ def test_reprs_never_contain_key_material_or_blobs() -> None:
 
     sa_id, sa = samples.ipsec_sa(7, "in", now=NOW)
     kind = KINDS["ipsec_sa"]
-    blob = kind.encode(kind.from_json(sa, sa_id))
+    blob = kind.from_json(sa, sa_id).blob
     records = m.Records(m.Phase.STREAM, (m.Change(1, sa_id, EPOCH_A, 1, blob),))
     a.send(records, EPOCH_A)
     events = b.receive_data(a.take_output())
@@ -1199,9 +1200,9 @@ def test_every_schema_valid_record_fits_in_a_records_message() -> None:
     epoch = (1 << 16) | 1
     for kind, key, rec in ((web, rid, body), (sa, sa_id, sa_body)):
         assert len(json.dumps(rec)) < MAX_RECORD_BODY  # the API takes it
-        wire = kind.from_json(rec, key)  # the schema takes it
-        blob = kind.encode(wire)
-        assert kind.decode(blob) == wire
+        record = kind.from_json(rec, key)  # the schema takes it
+        blob = record.blob
+        assert kind.decode(blob) == record.value
         msg = m.Records(m.Phase.STREAM, (m.Change(kind.code, key, epoch, 1, blob),))
         assert m.decode(m.encode(msg, epoch)) == (epoch, msg)
 
@@ -1209,10 +1210,12 @@ def test_every_schema_valid_record_fits_in_a_records_message() -> None:
 def test_a_record_above_the_size_limit_is_refused_at_encode() -> None:
     kind = KINDS["sslvpn_web_session"]
     rid, body = samples.web_session(1, now=NOW)
-    wire = kind.from_json(body, rid)
-    wire[kind.schema.pos["groups"]] = ["g" * 300] * 64  # bypasses the schema on purpose
+    wire = kind.from_json(body, rid).value
+    groups = msgspec.Raw(msgspec.msgpack.encode(["g" * 300] * 64))  # bypasses the schema
     with pytest.raises(RecordError, match="more than the limit"):
-        kind.encode(wire)
+        kind.encode(msgspec.structs.replace(wire, groups=groups))
+    with pytest.raises(RecordError, match="more than the limit"):
+        kind.from_wire(msgspec.structs.replace(wire, groups=groups), rid)
 
 
 def _big_inbound_sa_store(n: int, bitmap_bytes: int) -> tuple[Store, int]:
@@ -1223,7 +1226,7 @@ def _big_inbound_sa_store(n: int, bitmap_bytes: int) -> tuple[Store, int]:
         rid, body = samples.ipsec_sa(i, "in", now=NOW)
         body["replay_window"] = 65536
         body["replay_bitmap"] = "ab" * bitmap_bytes  # schema: Hex(0, 8192)
-        blob = kind.encode(kind.from_json(body, rid))
+        blob = kind.from_json(body, rid).blob
         store.put(kind.code, rid, Entry(pack_version(epoch, i + 1), None, blob))
     return store, pack_version(epoch, n)
 

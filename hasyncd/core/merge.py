@@ -28,8 +28,8 @@ from hasyncd.core.peers import Peer
 from hasyncd.core.replication import Mark, MarkKind, Position, Walker, decode_change
 from hasyncd.errors import RecordError
 from hasyncd.policy import KIND_BY_CODE
-from hasyncd.records import KINDS_BY_CODE
-from hasyncd.store import Entry, Store, pack_version, unpack_version
+from hasyncd.records import KINDS_BY_CODE, Record
+from hasyncd.store import HEADER, Entry, Store, pack_version, unpack_version
 from hasyncd.wire.messages import Change, Heartbeat, MergeEnd, Message, Phase, Records
 
 if TYPE_CHECKING:
@@ -60,8 +60,9 @@ class MergeSender:
         self.sent = 0
         self.finished = False
 
-    def _wanted(self, entry: Entry) -> bool:
-        return entry.version > self.floor
+    def _wanted(self, value: bytes) -> bool:
+        seq, epoch, _ = HEADER.unpack_from(value)
+        return bool((epoch << 64 | seq) > self.floor)
 
     def next_message(self, store: Store) -> tuple[Message, Mark | None] | None:
         if self.finished:
@@ -99,7 +100,7 @@ def catch_up_floor(applied: int, leader_epoch: int, leader: Heartbeat) -> int | 
 class MergeDecision:
     """What the survivor does with one offered change."""
 
-    blob: bytes | None  # the content to write (None: delete)
+    record: Record | None  # the content to write (None: delete)
     write: bool  # False: keep ours untouched
     conflict: bool  # both sides changed the record during the split
 
@@ -112,27 +113,29 @@ def merge_one(mine: Entry | None, theirs: Change, loser_tag: int) -> MergeDecisi
     by the loser itself, both sides changed the record during the split: a
     conflict.  The survivor's content wins, but counters (ESP sequence, IKE
     message IDs, last_seen) take the larger value so they never go backwards.
-    An older offer minted by anyone else is just a stale copy.
+    An older offer minted by anyone else is just a stale copy.  Every record
+    written is validated (``Kind.from_blob`` / ``from_wire``), merged ones too.
     """
     kind = KINDS_BY_CODE[theirs.kind]
+    rid = theirs.id
     v_theirs = pack_version(theirs.epoch, theirs.seq)
+    offered = None if theirs.blob is None else kind.from_blob(theirs.blob, rid)
     if mine is None:
-        return MergeDecision(theirs.blob, theirs.blob is not None, False)
+        return MergeDecision(offered, offered is not None, False)
     if mine.version == v_theirs:
         return MergeDecision(None, False, False)
     theirs_newer = v_theirs > mine.version
     if theirs_newer:
-        if theirs.blob is None or mine.blob is None:
-            return MergeDecision(theirs.blob, True, False)
-        merged = kind.merge(kind.decode(theirs.blob), kind.decode(mine.blob))
-        return MergeDecision(kind.encode(merged), True, False)
+        if offered is None or mine.blob is None:
+            return MergeDecision(offered, True, False)
+        merged = kind.merge(offered.value, kind.decode(mine.blob))
+        return MergeDecision(kind.from_wire(merged, rid), True, False)
     # Ours is newer: keep ours, with counters that never go back.
     conflict = minter(theirs.epoch) == loser_tag
-    if theirs.blob is None or mine.blob is None:
+    if offered is None or mine.blob is None:
         return MergeDecision(None, False, conflict)
-    merged = kind.merge(kind.decode(mine.blob), kind.decode(theirs.blob))
-    blob = kind.encode(merged)
-    return MergeDecision(blob, blob != mine.blob, conflict)
+    record = kind.from_wire(kind.merge(kind.decode(mine.blob), offered.value), rid)
+    return MergeDecision(record, record.blob != mine.blob, conflict)
 
 
 def receive_merge(core: NodeCore, peer: Peer, epoch: int, msg: Records) -> bool:
@@ -162,11 +165,7 @@ def receive_merge(core: NodeCore, peer: Peer, epoch: int, msg: Records) -> bool:
         if decision.write:
             peer.merge_merged += 1
             core.count("merged_records")
-            expires = None
-            if decision.blob is not None:
-                kind = KINDS_BY_CODE[change.kind]
-                expires = kind.expiry(kind.decode(decision.blob))
-            core.local_write(change.kind, change.id, decision.blob, expires)
+            core.local_write(change.kind, change.id, decision.record)
     return True
 
 

@@ -43,9 +43,10 @@ from hasyncd.core.replication import (
 from hasyncd.core.roles import RoleManager
 from hasyncd.core.settings import CoreSettings
 from hasyncd.core.status import node_status
-from hasyncd.errors import ProtocolError
+from hasyncd.errors import HasyncdError, ProtocolError, RecordError, RecordExpired
 from hasyncd.policy import KIND_BY_CODE
-from hasyncd.store import Entry, Store, unpack_version
+from hasyncd.records import KINDS_BY_CODE, Record
+from hasyncd.store import Store, pack_value, unpack_version, value_is_record
 from hasyncd.wire.channel import Channel, Opened, State
 from hasyncd.wire.messages import (
     ACK_ELICITING,
@@ -71,6 +72,17 @@ log = logging.getLogger("hasyncd.core")
 MAX_HANDSHAKING = 16
 # Expired records and old tombstones are swept this many per kind per second.
 SWEEP_BUDGET = 4096
+
+
+def _validated(record: Record) -> Record:
+    if type(record) is not Record:
+        raise TypeError("NodeCore writes take a hasyncd.records.Record (validated), nothing else")
+    return record
+
+
+def _check_expiry(record: Record, wall: float) -> None:
+    if record.expires is not None and record.expires <= wall:
+        raise RecordExpired("the record has already expired", field="expires")
 
 
 class WriteResult:
@@ -398,25 +410,58 @@ class NodeCore(Outputs):
 
     # -- local writes (primary) ---------------------------------------------------
 
-    def write(
-        self, kind: int, rid: str, blob: bytes | None, expires: float | None, now: float
-    ) -> WriteResult | None:
-        """An API write: a put (``blob``) or a delete (None: returns None if absent)."""
+    def write(self, record: Record, now: float) -> WriteResult:
+        """An API write of a validated record (made by ``hasyncd.records``, nothing else)."""
+        self.now = now
+        _validated(record)
+        self.roles.check_writable(now)
+        _check_expiry(record, self.wall())
+        return self.local_write(record.kind.code, record.id, record)
+
+    def delete(self, kind: int, rid: str, now: float) -> WriteResult | None:
+        """An API delete; None if there is no live record ``rid``."""
+        self.now = now
+        KINDS_BY_CODE[kind].check_id_pattern(rid)
+        self.roles.check_writable(now)
+        if self.store.get(kind, rid, self.wall()) is None:
+            return None
+        return self.local_write(kind, rid, None)
+
+    def write_batch(
+        self, ops: list[tuple[int, str, Record | None]], now: float
+    ) -> list[WriteResult | HasyncdError | None]:
+        """Puts (a Record) and deletes (None) in one store pass; a result per op, in order.
+
+        Writability is checked once (nothing can change it within one call);
+        an op that fails (expired record, refused id) fails alone, a delete of
+        an absent record gives None.
+        """
         self.now = now
         self.roles.check_writable(now)
-        if blob is None and self.store.get(kind, rid, self.wall()) is None:
-            return None
-        return self.local_write(kind, rid, blob, expires)
+        wall = self.wall()
+        out: list[WriteResult | HasyncdError | None] = []
+        for kind, rid, record in ops:
+            try:
+                if record is None:
+                    KINDS_BY_CODE[kind].check_id_pattern(rid)
+                    if self.store.get(kind, rid, wall) is None:
+                        out.append(None)
+                        continue
+                else:
+                    _check_expiry(_validated(record), wall)
+                out.append(self.local_write(kind, rid, record))
+            except RecordError as exc:
+                out.append(exc)
+        return out
 
-    def local_write(
-        self, kind: int, rid: str, blob: bytes | None, expires: float | None
-    ) -> WriteResult:
+    def local_write(self, kind: int, rid: str, record: Record | None) -> WriteResult:
+        """Store and replicate a validated record (or a delete) in this node's epoch."""
         version = self.roles.next_version()
-        if blob is None:
-            entry = Entry(version, self.wall() + self.s.tombstone_ttl, None)
+        if record is None:
+            value = pack_value(version, self.wall() + self.s.tombstone_ttl, None)
         else:
-            entry = Entry(version, expires, blob)
-        old = self.store.put(kind, rid, entry)
+            value = pack_value(version, record.expires, record.blob)
+        old = self.store.put_value(kind, rid, value)
         for peer in self.peers.values():
             if peer.session is not None:
                 peer.session.enqueue(kind, rid, version)
@@ -424,9 +469,9 @@ class NodeCore(Outputs):
         if self.record_events:
             epoch, seq = unpack_version(version)
             self.emit(
-                RecordChanged(KIND_BY_CODE[kind], rid, "put" if blob else "delete", epoch, seq)
+                RecordChanged(KIND_BY_CODE[kind], rid, "put" if record else "delete", epoch, seq)
             )
-        return WriteResult(version, old is None or old.blob is None)
+        return WriteResult(version, old is None or not value_is_record(old))
 
     def recompute_watermark(self) -> None:
         wm: int | None = None

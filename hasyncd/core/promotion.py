@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from hasyncd.core.events import PromotionDone
 from hasyncd.policy import KIND_CODES
-from hasyncd.records import KINDS_BY_CODE, advance_outbound_seq, require_mid_sync
+from hasyncd.records import KINDS_BY_CODE, Record, advance_outbound_seq, require_mid_sync
 from hasyncd.store import Store
 
 log = logging.getLogger("hasyncd.roles")
@@ -31,9 +31,8 @@ SLICE = 2048  # records per slice: a few milliseconds of work
 
 SA = KIND_CODES["ipsec_sa"]
 IKE = KIND_CODES["ike_sa"]
-_SA_REKEY = KINDS_BY_CODE[SA].schema.pos["rekey_required"]
 
-Write = Callable[[int, str, bytes | None, float | None], object]
+Write = Callable[[int, str, Record], object]
 
 
 @dataclass
@@ -74,14 +73,14 @@ class PromotionWork:
                 if new is None:
                     continue
                 self.esp_advanced += 1
-                if new[_SA_REKEY] and not wire[_SA_REKEY]:
+                if new.rekey_required and not wire.rekey_required:
                     self.esp_rekey_required += 1
             else:
                 new = require_mid_sync(wire)
                 if new is None:
                     continue
                 self.ike_flagged += 1
-            write(kind_code, rid, kind.encode(new), kind.expiry(new))
+            write(kind_code, rid, kind.from_wire(new, rid))
         if len(ids) < SLICE:
             self._kinds.pop(0)
             self._cursor = None

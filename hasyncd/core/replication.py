@@ -20,7 +20,10 @@ window.  Heartbeats and acks bypass it, so they never wait behind more than
 one window of bulk data: that is how heartbeats stay prompt during a
 million-record snapshot.
 
-Secondary side: ``apply_changes`` validates every record before it is stored.
+Secondary side: ``apply_changes`` validates every record before it is stored
+(``Kind.validate_blob``: one msgspec decode of the blob into the kind's wire
+Struct, the kind's rules and the id; the blob is then stored as received,
+with the expiry computed by that check).
 A former primary offering its writes to the survivor after a split brain
 uses ``hasyncd.core.merge``.
 """
@@ -34,7 +37,8 @@ from enum import Enum
 
 from hasyncd.errors import RecordError
 from hasyncd.records import KINDS_BY_CODE
-from hasyncd.store import Entry, Store, pack_version, unpack_version
+from hasyncd.store import HEADER, Store, pack_value, unpack_version
+from hasyncd.store import HEADER_LEN as VALUE_HEADER
 from hasyncd.wire.framing import MAX_TRANSPORT_FRAME
 from hasyncd.wire.messages import (
     HEADER_LEN,
@@ -126,20 +130,21 @@ class Walker:
     def done(self) -> bool:
         return self.kind_idx >= len(REPLICATED_KIND_CODES)
 
-    def collect(self, store: Store, want: Callable[[Entry], bool], max_scan: int) -> list[Change]:
-        """Changes for wanted entries, up to one batch or ``max_scan`` ids looked at."""
+    def collect(self, store: Store, want: Callable[[bytes], bool], max_scan: int) -> list[Change]:
+        """Changes for wanted stored values, up to one batch or ``max_scan`` ids looked at."""
         changes: list[Change] = []
         size = scanned = 0
         while not self.done and scanned < max_scan:
             kind = REPLICATED_KIND_CODES[self.kind_idx]
             ids = store.ids_after(kind, self.cursor, SCAN_STEP)
+            entries = store.tables[kind].entries
             for rid in ids:
-                entry = store.get_raw(kind, rid)
-                if entry is not None and want(entry):
-                    cost = _cost(rid, entry)
+                value = entries.get(rid)
+                if value is not None and want(value):
+                    cost = CHANGE_OVERHEAD - VALUE_HEADER + len(rid) + len(value)
                     if changes and not _fits(size, cost, len(changes)):
                         return changes  # the batch is full: resume at this id
-                    changes.append(_change(kind, rid, entry))
+                    changes.append(change_from_value(kind, rid, value))
                     size += cost
                 self.cursor = rid
                 scanned += 1
@@ -149,13 +154,14 @@ class Walker:
         return changes
 
 
-def _change(kind: int, rid: str, entry: Entry) -> Change:
-    epoch, seq = unpack_version(entry.version)
-    return Change(kind, rid, epoch, seq, entry.blob)
+_unpack_header = HEADER.unpack_from
 
 
-def _cost(rid: str, entry: Entry) -> int:
-    return CHANGE_OVERHEAD + len(rid) + (len(entry.blob) if entry.blob is not None else 0)
+def change_from_value(kind: int, rid: str, value: bytes) -> Change:
+    """The Change carrying a stored value (see ``hasyncd.store.pack_value``)."""
+    seq, epoch, _ = _unpack_header(value)
+    blob = value[VALUE_HEADER:] if len(value) > VALUE_HEADER else None
+    return Change(kind, rid, epoch, seq, blob)
 
 
 def _fits(size: int, cost: int, count: int) -> bool:
@@ -163,8 +169,8 @@ def _fits(size: int, cost: int, count: int) -> bool:
     return size + cost <= BATCH_BYTES and count < MAX_CHANGES
 
 
-def _is_record(entry: Entry) -> bool:
-    return entry.blob is not None
+def _is_record(value: bytes) -> bool:
+    return len(value) > VALUE_HEADER
 
 
 class SessionState(Enum):
@@ -231,12 +237,12 @@ class OutboundSession:
         pending = self.pending
         while pending:
             kind, rid = next(iter(pending))
-            entry = store.get_raw(kind, rid)
-            if entry is not None:
-                cost = _cost(rid, entry)
+            value = store.get_value(kind, rid)
+            if value is not None:
+                cost = CHANGE_OVERHEAD - VALUE_HEADER + len(rid) + len(value)
                 if changes and not _fits(size, cost, len(changes)):
                     break  # full: this record leads the next message
-                changes.append(_change(kind, rid, entry))
+                changes.append(change_from_value(kind, rid, value))
                 size += cost
             # else: expired and swept locally; the peer expires it on its own.
             pending.popitem(last=False)
@@ -253,16 +259,18 @@ class ApplyResult:
     first_error: str | None = None
 
 
-def decode_change(change: Change) -> tuple[list[object] | None, float | None]:
-    """Validate a change's record; returns (wire value or None for a tombstone, expiry)."""
-    kind = KINDS_BY_CODE[change.kind]
+def _check_tombstone_id(kind_code: int, rid: str) -> None:
+    kind = KINDS_BY_CODE[kind_code]
+    if not kind.id_pattern.match(rid):
+        raise RecordError(f"invalid {kind.name} id in a tombstone", field="id")
+
+
+def decode_change(change: Change) -> float | None:
+    """Validate a change (record or tombstone); returns the record's expiry."""
     if change.blob is None:
-        if not kind.id_pattern.match(change.id):
-            raise RecordError(f"invalid {kind.name} id in a tombstone", field="id")
-        return None, None
-    wire = kind.decode(change.blob)
-    kind.check_id(wire, change.id)
-    return wire, kind.expiry(wire)
+        _check_tombstone_id(change.kind, change.id)
+        return None
+    return KINDS_BY_CODE[change.kind].validate_blob(change.blob, change.id)
 
 
 def apply_changes(
@@ -275,19 +283,24 @@ def apply_changes(
     corrupt what this node would serve after a failover.
     """
     result = ApplyResult()
-    for change in changes:
+    put = store.put_value
+    kinds = KINDS_BY_CODE
+    max_version = 0
+    for kind_code, rid, epoch, seq, blob in changes:
+        version = epoch << 64 | seq
         try:
-            _wire, expires = decode_change(change)
+            if blob is None:
+                _check_tombstone_id(kind_code, rid)
+                value = pack_value(version, wall + tombstone_ttl, None)
+            else:
+                value = pack_value(version, kinds[kind_code].validate_blob(blob, rid), blob)
         except RecordError as exc:
             result.invalid += 1
             if result.first_error is None:
-                result.first_error = f"{change.id}: {exc.message}"
+                result.first_error = f"{rid}: {exc.message}"
             continue
-        version = pack_version(change.epoch, change.seq)
-        if change.blob is None:
-            store.put(change.kind, change.id, Entry(version, wall + tombstone_ttl, None))
-        else:
-            store.put(change.kind, change.id, Entry(version, expires, change.blob))
+        put(kind_code, rid, value)
         result.applied += 1
-        result.max_version = max(result.max_version, version)
+        max_version = max(max_version, version)
+    result.max_version = max_version
     return result
