@@ -35,9 +35,7 @@ import msgspec
 from hasyncd.errors import RecordError, UnknownField
 
 # No C0/C1 control characters and no Unicode line/paragraph separators:
-# these strings end up in logs and data-plane hook input.
-# (\Z, not $: msgspec searches with re, and $ also matches before a final newline.)
-NO_CONTROL = r"\A[^\x00-\x1f\x7f-\x9f\u2028\u2029]*\Z"
+# these strings end up in logs and data-plane hook input (``Str.ok``).
 # Distinct address and prefix texts remembered with their packed form: the
 # same gateway addresses and site subnets recur in most records.  Bounds the
 # cache's memory (about 200 B an entry); it is emptied when full.
@@ -85,16 +83,48 @@ class Codec:
     to_json: Callable[[Any], Any] | None = None
 
 
+_NO_CONTROL_RE = re.compile(r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]*\Z")
+# Distinct pattern-checked strings (algorithm names) remembered as valid.
+PATTERN_CACHE_SIZE = 4096
+
+
 class Str(Codec):
+    """A string; length checked by msgspec, characters by ``ok`` (see ``Struct.check_strings``).
+
+    msgspec's own pattern check costs more than half of a blob's decode, so
+    the characters are checked in Python: printable ASCII (the common case)
+    needs no regex, and pattern-checked names (algorithms) come from a small
+    vocabulary that is remembered.
+    """
+
     def __init__(self, min_len: int = 1, max_len: int = 255, pattern: str | None = None) -> None:
         self.min_len, self.max_len = min_len, max_len
-        self.pattern = re.compile(pattern + r"\Z") if pattern else re.compile(NO_CONTROL)
-        meta = msgspec.Meta(
-            min_length=min_len,
-            max_length=max_len,
-            pattern=rf"\A(?:{pattern})\Z" if pattern else NO_CONTROL,
-        )
-        self.wire_type = self.json_type = Annotated[str, meta]
+        self.pattern = re.compile(pattern + r"\Z") if pattern else _NO_CONTROL_RE
+        what = f"matching {pattern}" if pattern else "without control characters"
+        self.expected = f"a string of {min_len}..{max_len} characters {what}"
+        self.wire_type = self.json_type = Annotated[
+            str, msgspec.Meta(min_length=min_len, max_length=max_len)
+        ]
+        if pattern:
+            seen: set[str] = set()
+            rx = self.pattern
+
+            def ok(v: str) -> bool:
+                if v in seen:
+                    return True
+                if rx.match(v) is None:
+                    return False
+                if len(seen) >= PATTERN_CACHE_SIZE:
+                    seen.clear()
+                seen.add(v)
+                return True
+
+        else:
+
+            def ok(v: str) -> bool:
+                return (v.isascii() and v.isprintable()) or _NO_CONTROL_RE.match(v) is not None
+
+        self.ok = ok
 
 
 # msgspec bounds must fit an int64.  Larger upper bounds (u64 counters) are
@@ -204,11 +234,21 @@ def parse_ip(v: str) -> bytes:
     return out
 
 
+_text_of_ip: dict[bytes, str] = {}
+
+
 def format_ip(packed: bytes) -> str:
     """Python's ``ipaddress`` text form (dotted quad; RFC 5952 for IPv6)."""
-    if len(packed) == 4:
-        return _inet_ntop(_AF_INET, packed)
-    return str(ipaddress.IPv6Address(packed))
+    out = _text_of_ip.get(packed)
+    if out is None:
+        if len(packed) == 4:
+            out = _inet_ntop(_AF_INET, packed)
+        else:
+            out = str(ipaddress.IPv6Address(packed))
+        if len(_text_of_ip) >= TEXT_CACHE_SIZE:
+            _text_of_ip.clear()
+        _text_of_ip[packed] = out
+    return out
 
 
 def check_ip(packed: bytes, path: str) -> None:
@@ -243,6 +283,8 @@ _V4_MASKS, _V6_MASKS = _HOST_MASKS[4], _HOST_MASKS[16]
 def _host_bits_clear(net: bytes, plen: int) -> bool:
     """The prefix length fits the address (4 or 16 bytes) and no host bit is set."""
     n = len(net)
+    if not 0 <= plen <= 128:
+        return False
     if n == 4:
         mask = _V4_MASKS[plen]
     elif n == 16:
@@ -414,6 +456,18 @@ class CachedList(ListOf):
         return items
 
     def _checked(self, data: bytes, items: list[Any], path: str) -> bytes:
+        inner = self.inner
+        if isinstance(inner, Str):
+            for i, x in enumerate(items):
+                if not inner.ok(x):
+                    raise _err(f"{path}[{i}]", inner.expected)
+        elif isinstance(inner, Struct):
+            for i, x in enumerate(items):
+                try:
+                    inner.check_strings(x)
+                except RecordError as exc:
+                    where = f"{path}[{i}].{exc.field}"
+                    raise _err(where, exc.message.split(": expected ", 1)[-1]) from None
         if self._check_items is not None:
             self._check_items(items, path)
         if len(self._seen) >= LIST_CACHE_SIZE:
@@ -485,6 +539,7 @@ class Struct(Codec):
         )
         self.wire_type = self.wire = wire
         self.json_type = self.api = api
+        self.check_strings = _compile_string_checks(self)
         plan = [(f.name, f.codec.to_wire) for f in fields]
         back = [(f.name, f.codec.to_json) for f in fields]
 
@@ -533,6 +588,61 @@ def _compile_to_wire(
     src = f"def fast(v):\n    return wire({', '.join(args)})\n"
     exec(src, env)  # noqa: S102 - generated from the schema's own field names, not from input
     return env["fast"]  # type: ignore[no-any-return]
+
+
+def _string_fail(path: str, codec: Str) -> None:
+    raise _err(path, codec.expected)
+
+
+def _compile_string_checks(struct: Struct) -> Callable[[Any], None]:
+    """One straight-line function checking every string of a wire value (``Str.ok``).
+
+    Lists kept raw (``CachedList``) check their items themselves.
+    """
+    env: dict[str, Any] = {"fail": _string_fail}
+    lines = ["def check(w):"]
+    counter = iter(range(10_000))
+
+    def gen(codec: Struct, expr: str, path: str, depth: int) -> None:
+        pad = "    " * depth
+        for f in codec.fields:
+            c = f.codec
+            nullable = isinstance(c, Nullable)
+            while isinstance(c, Nullable):
+                c = c.inner
+            here = f"{path}.{f.name}" if path else f.name
+            if isinstance(c, Str):
+                k = next(counter)
+                env[f"s{k}"] = c
+                env[f"ok{k}"] = c.ok
+                var = f"v{k}"
+                lines.append(f"{pad}{var} = {expr}.{f.name}")
+                cond = f"{var} is not None and " if nullable else ""
+                lines.append(f"{pad}if {cond}not ok{k}({var}):")
+                lines.append(f"{pad}    fail({here!r}, s{k})")
+            elif isinstance(c, Struct) and _has_strings(c):
+                var = f"n{next(counter)}"
+                lines.append(f"{pad}{var} = {expr}.{f.name}")
+                if nullable:
+                    lines.append(f"{pad}if {var} is not None:")
+                    gen(c, var, here, depth + 1)
+                else:
+                    gen(c, var, here, depth)
+            else:
+                assert not isinstance(c, ListOf) or isinstance(c, CachedList)
+
+    gen(struct, "w", "", 1)
+    lines.append("    return None")
+    exec("\n".join(lines) + "\n", env)  # noqa: S102 - generated from the schema, not from input
+    return env["check"]  # type: ignore[no-any-return]
+
+
+def _has_strings(codec: Codec) -> bool:
+    while isinstance(codec, Nullable):
+        codec = codec.inner
+    if isinstance(codec, Str):
+        return True
+    return isinstance(codec, Struct) and any(_has_strings(f.codec) for f in codec.fields)
 
 
 def _json_default(f: Field) -> Any:

@@ -265,6 +265,9 @@ class Change(NamedTuple):
         return f"Change(kind={self.kind}, id={self.id!r}, v={self.epoch}.{self.seq}, {size})"
 
 
+_new_tuple = tuple.__new__
+
+
 @dataclass(frozen=True, slots=True)
 class Records:
     TYPE: ClassVar[MsgType] = MsgType.RECORDS
@@ -285,18 +288,26 @@ class Records:
         if not b or (len(b) - 1) % 5:
             raise MalformedMessage("RECORDS: expected a phase and groups of 5 fields")
         phase = Phase(_int(b[0], 0, 2, "phase"))
-        changes = []
-        for i in range(1, len(b), 5):
-            kind, rid, epoch, seq, blob = b[i : i + 5]
+        changes: list[Change] = []
+        append = changes.append
+        it = iter(b)
+        next(it)
+        # The hot loop of a secondary (once per replicated record): checks inline.
+        # msgpack integers never exceed 2^64-1, so the u64 checks are ">= 0".
+        for kind, rid, epoch, seq, blob in zip(it, it, it, it, it, strict=True):
             if type(kind) is not int or kind not in KIND_BY_CODE:
                 raise MalformedMessage(f"RECORDS: unknown record kind code {kind!r}")
             if type(rid) is not str or not 0 < len(rid) <= MAX_ID_LEN:
                 raise MalformedMessage(f"RECORDS: record id must be 1..{MAX_ID_LEN} chars")
-            _int(epoch, 0, U64, "epoch")
-            _int(seq, 0, U64, "seq")
-            if blob is not None:
+            if type(epoch) is not int or epoch < 0:
+                _int(epoch, 0, U64, "epoch")
+            if type(seq) is not int or seq < 0:
+                _int(seq, 0, U64, "seq")
+            if blob is not None and (
+                type(blob) is not bytes or not 0 < len(blob) <= MAX_RECORD_BYTES
+            ):
                 _bin(blob, 1, MAX_RECORD_BYTES, "blob")
-            changes.append(Change(kind, rid, epoch, seq, blob))
+            append(_new_tuple(Change, (kind, rid, epoch, seq, blob)))
         return cls(phase, tuple(changes))
 
 

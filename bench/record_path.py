@@ -1,0 +1,142 @@
+"""CPU per record on the record path, in process (no sockets): where the time goes.
+
+    .venv/bin/python bench/record_path.py [--records 20000] [--repeat 5]
+
+Uses records of the issue-8 shape (``bench/shapes.py``) and reports, per record,
+the best of ``--repeat`` runs of process CPU time (the least disturbed by other
+load on the machine) (``time.process_time``):
+
+* ``primary_api_us``: API validation, JSON text of one record to what is stored
+  (id check, blob, expiry);
+* ``secondary_check_us``: the link check of one replicated blob (decode, rules,
+  id, expiry), what ``apply_changes`` runs per record;
+* ``secondary_apply_us``: a RECORDS(BULK) message plaintext to stored entries:
+  message decode, the check and the store write, per record (what a secondary
+  spends per replicated record, less framing, decryption and asyncio);
+* ``primary_snapshot_us``: the primary's snapshot walk of a stored table into
+  RECORDS plaintexts, per record.
+
+It writes bench/out/record_path.json.  The same command runs on the code before
+the msgspec record path (it adapts to the older ``Kind`` API), for comparison.
+These are measurements, not assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from shapes import sa_pair
+
+from hasyncd.core.replication import OutboundSession, apply_changes, decode_change
+from hasyncd.records import KINDS
+from hasyncd.store import Entry, Store, pack_version
+from hasyncd.wire import messages as m
+
+SA = KINDS["ipsec_sa"]
+EPOCH = (17_000_000_000 << 16) | 1
+NEW_API = hasattr(SA, "parse_json")
+
+
+def validate_api(rid: str, text: bytes) -> tuple[bytes, float | None]:
+    """One record's API JSON text to (blob, expiry), as the API does it."""
+    if NEW_API:
+        record = SA.parse_json(text, rid)
+        return record.blob, record.expires
+    wire = SA.from_json(json.loads(text), rid)  # the code before: json.loads, then schema.py
+    return SA.encode(wire), SA.expiry(wire)
+
+
+def cpu_per_record(fn: Callable[[], Any], n: int, repeat: int) -> float:
+    runs = []
+    for _ in range(repeat):
+        t0 = time.process_time()
+        fn()
+        runs.append((time.process_time() - t0) / n * 1e6)
+    return round(min(runs), 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--records", type=int, default=20_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "out" / "record_path.json"
+    )
+    args = parser.parse_args()
+    n, repeat = args.records, args.repeat
+    now = time.time()
+    texts = [(rid, json.dumps(rec).encode()) for rid, rec in (sa_pair(i, now) for i in range(n))]
+
+    stored: list[tuple[str, bytes, float | None]] = []
+
+    def primary() -> None:
+        stored.clear()
+        for rid, text in texts:
+            blob, expires = validate_api(rid, text)
+            stored.append((rid, blob, expires))
+
+    primary_us = cpu_per_record(primary, n, repeat)
+    changes = tuple(m.Change(SA.code, rid, EPOCH, i + 1, b) for i, (rid, b, _) in enumerate(stored))
+
+    def check() -> None:
+        for c in changes:
+            decode_change(c)
+
+    check_us = cpu_per_record(check, n, repeat)
+
+    source = Store()
+    for i, (rid, blob, expires) in enumerate(stored):
+        source.put(SA.code, rid, Entry(pack_version(EPOCH, i + 1), expires, blob))
+    plaintexts: list[bytes] = []
+
+    def snapshot() -> None:
+        plaintexts.clear()
+        session = OutboundSession(1)
+        while True:
+            nxt = session.next_message(source, pack_version(EPOCH, n))
+            if nxt is None or isinstance(nxt[0], m.BulkEnd):
+                break
+            plaintexts.append(m.encode(nxt[0], EPOCH))
+
+    snapshot_us = cpu_per_record(snapshot, n, repeat)
+
+    def apply() -> None:
+        store = Store()
+        wall = time.time()
+        for text in plaintexts:
+            _epoch, msg = m.decode(text)
+            if isinstance(msg, m.Records):
+                result = apply_changes(store, msg.changes, wall, 3600.0)
+                assert result.invalid == 0
+        assert sum(store.counts().values()) == n
+
+    apply_us = cpu_per_record(apply, n, repeat)
+    result = {
+        "records": n,
+        "record_api_json_bytes": round(sum(len(t) for _, t in texts) / n),
+        "record_blob_bytes": round(sum(len(b) for _, b, _ in stored) / n),
+        "primary_api_us": primary_us,
+        "secondary_check_us": check_us,
+        "secondary_apply_us": apply_us,
+        "primary_snapshot_us": snapshot_us,
+        "code": "msgspec record path" if NEW_API else "schema.py record path",
+        "machine": f"{platform.machine()} {platform.python_implementation()} "
+        f"{platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
