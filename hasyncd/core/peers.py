@@ -126,3 +126,6 @@ class HandoverState:
     reason: str
     deadline: float
     sent: bool = False
+    # Chosen (manual failover, shutdown, preemption), not forced by a failure
+    # (link failover): only a forced one counts as a flap.
+    planned: bool = True

@@ -153,7 +153,7 @@ class PrimaryDuties:
             return
         best = next(c for c in cands if c.name == winner)
         if best.monitors_down < me.monitors_down:
-            self.begin_handover(winner, f"link failover: {decision.reason}", now)
+            self.begin_handover(winner, f"link failover: {decision.reason}", now, planned=False)
         elif self.s.override:
             if self.preempt_since is None:
                 self.preempt_since = now
@@ -168,8 +168,10 @@ class PrimaryDuties:
 
     # -- handover -----------------------------------------------------------------------
 
-    def begin_handover(self, target: str, reason: str, now: float) -> None:
-        self.handover = HandoverState(target, reason, now + self.s.handover_timeout)
+    def begin_handover(self, target: str, reason: str, now: float, *, planned: bool = True) -> None:
+        self.handover = HandoverState(
+            target, reason, now + self.s.handover_timeout, planned=planned
+        )
         self.preempt_since = None
         self.roles.reason = f"handing over to {target}: {reason}"
         log.warning("handing the primary role to %s: %s", target, reason)
@@ -205,10 +207,10 @@ class PrimaryDuties:
         if self.core.send(target, Handover(h.target, epoch, seq, h.reason[:64])) is not None:
             h.sent = True
 
-    def handed_to(self, owner: str) -> bool:
-        """Whether a new epoch minted by ``owner`` is the end of our own handover."""
+    def handed_to(self, owner: str) -> HandoverState | None:
+        """Our own handover, if a new epoch minted by ``owner`` is its end."""
         h = self.handover
-        return h is not None and h.sent and h.target == owner
+        return h if h is not None and h.sent and h.target == owner else None
 
     def request_failover(self, now: float, reason: str) -> str:
         if self.handover is not None:

@@ -170,7 +170,8 @@ class RoleManager:
         old, self.epoch = self.epoch, epoch
         if self.is_primary:
             owner = self._epoch_owner(epoch) or peer.name
-            split = not self.duties.handed_to(owner)
+            handover = self.duties.handed_to(owner)
+            split = handover is None
             if split:
                 record_split(self.core, peer.name, old, epoch, survivor=owner)
             self._step_down(
@@ -178,6 +179,7 @@ class RoleManager:
                 f"{peer.name} reports a newer epoch {epoch} (own {old})",
                 merge=split,
                 owner=owner,
+                planned=handover is not None and handover.planned,
             )
         elif self.follower is not None:
             self._unfollow(f"{peer.name} reports a newer epoch {epoch}")
@@ -325,8 +327,10 @@ class RoleManager:
             return
         decision = elect(self._candidates(now), self.rules(prefer_newest=True))
         if decision.winner == self.s.name:
-            cause = "cold start" if self.role is Role.STARTING else "no primary reachable"
-            self._promote(now, f"{cause}: {decision.reason}")
+            cold = self.role is Role.STARTING
+            cause = "cold start" if cold else "no primary reachable"
+            # A node's first role is not a flap; taking over from a lost primary is.
+            self._promote(now, f"{cause}: {decision.reason}", planned=cold)
         elif decision.winner is None:
             self.reason = f"no primary: {decision.reason}"
         else:
@@ -391,7 +395,7 @@ class RoleManager:
             records = sum(self.core.store.counts().values())
             self.core.emit(SyncChanged(value, self.primary, records))
 
-    def _promote(self, now: float, reason: str) -> None:
+    def _promote(self, now: float, reason: str, *, planned: bool) -> None:
         core = self.core
         if self.follower is not None:
             self._unfollow("promoting")
@@ -405,7 +409,7 @@ class RoleManager:
         self.duties.reset()
         for peer in core.peers.values():
             peer.session = None
-        self._note_role_change(now)
+        self._note_role_change(now, planned=planned)
         self._set_role(Role.PRIMARY, self.s.name, reason)
         self.in_sync = True
         self.promotion = PromotionWork(self.epoch, reason, now, self.s.esp_seq_margin)
@@ -426,7 +430,9 @@ class RoleManager:
             self.last_promotion = work.summary(now)
             core.emit(done)
 
-    def _step_down(self, now: float, reason: str, *, merge: bool, owner: str | None) -> None:
+    def _step_down(
+        self, now: float, reason: str, *, merge: bool, owner: str | None, planned: bool
+    ) -> None:
         core = self.core
         if self.promotion is not None:
             log.warning("promotion to epoch %d interrupted", self.promotion.epoch)
@@ -438,7 +444,7 @@ class RoleManager:
         # It holds everything it wrote: its data's history is now its own epoch.
         self.applied = max(self.applied, pack_version(self.primary_epoch, self.seq))
         self.in_sync = False
-        self._note_role_change(now)
+        self._note_role_change(now, planned=planned)
         # Name the new epoch's owner if we can see it: a third node that cannot
         # (a partial partition) then knows a primary exists and does not elect.
         linked = owner is not None and owner in self.core.peers and self.core.peers[owner].up
@@ -506,7 +512,7 @@ class RoleManager:
                 "refused a handover from %s: not in sync with it in epoch %d", peer.name, self.epoch
             )
             return
-        self._promote(now, f"handover from {peer.name}: {msg.reason}")
+        self._promote(now, f"handover from {peer.name}: {msg.reason}", planned=True)
 
     # -- health and flap damping -------------------------------------------------------------
 
@@ -523,7 +529,12 @@ class RoleManager:
             self.core.emit(FaultChanged(bool(down), down))
         self.core.send_heartbeats(now)
 
-    def _note_role_change(self, now: float) -> None:
+    def _note_role_change(self, now: float, *, planned: bool) -> None:
+        # Only unplanned changes are flaps: a manual failover, a handover at
+        # shutdown, a preemption or a link failover is the operator's (or the
+        # configuration's) choice, and must not switch off automatic failover.
+        if planned:
+            return
         if self.damper.note(now):
             self.core.count("suspended")
 
