@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,6 +42,9 @@ def _load(path: Path) -> Config | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # Until the daemon's own handler is installed, a reload request (SIGHUP,
+    # whose default action is to terminate) must not kill a starting node.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from hasyncd.daemon.shell import Daemon
 
     cfg = _load(args.config)

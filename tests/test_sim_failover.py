@@ -497,7 +497,7 @@ def test_preemption_and_shutdown_handovers_are_not_flaps() -> None:
     sim.run_until_true(lambda: in_sync(sim, secondary), limit=10)
     assert len(sim.nodes[secondary].core.roles.damper.changes) == 1
     # A planned stop of the primary hands over: not a flap for the target either.
-    sim.call(primary, lambda core: core.begin_shutdown(sim.now))
+    sim.call(primary, lambda core: core.begin_shutdown(sim.now, 5.0))
     sim.run_until_true(lambda: role(sim, secondary) is Role.PRIMARY, limit=5)
     assert suspended(sim) == []
     assert len(sim.nodes[secondary].core.roles.damper.changes) == 1

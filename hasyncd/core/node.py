@@ -3,7 +3,8 @@
 Inputs (each carries the monotonic time ``now``):
 
     connection_made / connect_failed / receive_data / connection_lost
-    handle_timer, write, request_failover, set_monitors, begin_shutdown
+    handle_timer, write, request_failover, set_monitors, reconfigure,
+    begin_shutdown, finish_shutdown
 
 Outputs:
 
@@ -354,6 +355,9 @@ class NodeCore(Outputs):
             session = peer.session
             if session is None:
                 continue
+            if mark.kind is MarkKind.BULK_PROGRESS:
+                session.bulk_acked = mark.count
+                continue
             session.acked = max(session.acked, mark.version)
             if mark.kind is MarkKind.BULK_END and not session.in_sync:
                 session.in_sync = True
@@ -515,12 +519,31 @@ class NodeCore(Outputs):
         self.roles.set_monitors(down, now)
         self._after_input(now)
 
-    def begin_shutdown(self, now: float) -> str | None:
-        """Start a graceful stop: a primary hands over first.  Returns the target or None."""
+    def begin_shutdown(self, now: float, snapshot_wait: float) -> None:
+        """Start a planned stop (``hasyncd.core.stopping``); ``StopReady`` says when to close.
+
+        ``snapshot_wait`` bounds how long a primary keeps serving for a
+        secondary that is still loading its snapshot, before it hands over.
+        """
         self.now = now
-        target = self.roles.begin_shutdown(now)
+        self.roles.begin_shutdown(now, snapshot_wait)
         self._after_input(now)
-        return target
+
+    def reconfigure(self, settings: CoreSettings, now: float) -> None:
+        """Take reloaded settings; only live ones may differ (``hasyncd.daemon.reload``)."""
+        self.now = now
+        old, self.s = self.s, settings
+        assert (old.name, old.tag, old.listen, old.peers, old.window) == (
+            settings.name,
+            settings.tag,
+            settings.listen,
+            settings.peers,
+            settings.window,
+        ), "identity settings change only with a restart"
+        self.dialer.s = settings
+        self.roles.reconfigure(settings)
+        self._next_hb = now  # tell the peers a new priority at once
+        self._after_input(now)
 
     def finish_shutdown(self, now: float) -> None:
         self.now = now

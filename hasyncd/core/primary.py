@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from hasyncd.core.election import elect
 from hasyncd.core.events import HandoverFinished
 from hasyncd.core.peers import Fence, HandoverState, Peer
+from hasyncd.core.stopping import loading_peers
 from hasyncd.errors import WriteRefused
 from hasyncd.store import unpack_version
 from hasyncd.wire.messages import F_FENCED, F_HANDING_OVER, Handover
@@ -224,6 +225,13 @@ class PrimaryDuties:
         decision = elect(cands, roles.rules())
         if decision.winner is None:
             why = "no eligible secondary is in sync" if cands else "no secondary is in sync"
+            loading = loading_peers(self.core.peers.values())
+            if loading and loading[0].session is not None:
+                why += (
+                    f" ({loading[0].name} is loading its snapshot: "
+                    f"{loading[0].session.bulk_acked} records acknowledged so far; "
+                    "retry once it is in sync)"
+                )
             raise WriteRefused("no_in_sync_secondary", f"{why}: a handover now would lose data")
         self.begin_handover(decision.winner, reason, now)
         return decision.winner

@@ -39,6 +39,7 @@ from hasyncd.core.events import (
     HandoverFinished,
     PeerChanged,
     RoleChanged,
+    StopReady,
     SyncChanged,
 )
 from hasyncd.core.follower import Follower, FollowState
@@ -47,6 +48,8 @@ from hasyncd.core.peers import Fence, HandoverState, Peer
 from hasyncd.core.primary import PrimaryDuties
 from hasyncd.core.promotion import PromotionWork
 from hasyncd.core.replication import Position
+from hasyncd.core.settings import CoreSettings
+from hasyncd.core.stopping import StopState, least_unreplicated, loading_peers
 from hasyncd.errors import WriteRefused
 from hasyncd.store import pack_version, unpack_version
 from hasyncd.wire.messages import (
@@ -91,6 +94,7 @@ class RoleManager:
         self.merge_pending = False
         self.primary_epoch = 0  # the last epoch this node was primary in
         self.shutting_down = False
+        self.stop: StopState | None = None
         self.duties = PrimaryDuties(self)
 
     # -- views --------------------------------------------------------------------
@@ -130,6 +134,8 @@ class RoleManager:
         """The earliest future moment a role rule may fire (past ones wait for the next tick)."""
         candidates = [self.holddown_until if self.role is Role.STARTING else INF]
         candidates += self.duties.deadlines()
+        if self.stop is not None and not self.stop.ready:
+            candidates.append(self.stop.deadline)
         flap_deadline = self.damper.deadline()
         if flap_deadline is not None:
             candidates.append(flap_deadline)
@@ -278,14 +284,65 @@ class RoleManager:
             )
         return self.duties.request_failover(now, reason)
 
-    def begin_shutdown(self, now: float) -> str | None:
+    def begin_shutdown(self, now: float, snapshot_wait: float) -> None:
+        if self.stop is not None:
+            return
         self.shutting_down = True
+        self.stop = StopState(now, now + snapshot_wait)
         if not self.is_primary:
-            return None
-        try:
-            return self.request_failover(now, "primary shutting down")
-        except WriteRefused:
-            return None
+            self._stop_ready(None, 0, f"stopping as {self.role.name.lower()}")
+
+    def _stop_step(self, now: float) -> None:
+        """A stopping primary: hand over, wait for a loading secondary, or give up (once)."""
+        st = self.stop
+        if st is None or st.ready or self.duties.handover is not None:
+            return
+        core = self.core
+        if not st.handover_tried and self.duties.in_sync_peers():
+            st.handover_tried = True
+            try:
+                target = self.duties.request_failover(now, "primary shutting down")
+            except WriteRefused as exc:
+                log.warning("cannot hand over before stopping: %s", exc.message)
+            else:
+                st.waiting_for = f"handover to {target}"
+                return
+        live = sum(core.store.counts().values())
+        lost, best = least_unreplicated(core.peers.values(), live, self.version)
+        st.unreplicated = lost
+        loading = loading_peers(core.peers.values())
+        if loading and not st.handover_tried and now < st.deadline:
+            p = loading[0]
+            assert p.session is not None
+            st.waiting_for = (
+                f"{p.name} to finish loading its snapshot "
+                f"({p.session.bulk_acked} of {live} records acknowledged)"
+            )
+            self.reason = f"stopping: waiting for {st.waiting_for}"
+            return
+        if best is None:
+            why = "no secondary is linked"
+        elif loading and now >= st.deadline:
+            why = f"{best.name} did not finish loading its snapshot in time"
+        else:
+            why = f"the handover to {best.name} did not complete"
+        self._stop_ready(None, lost, why)
+
+    def _stop_ready(self, handed_to: str | None, lost: int, why: str) -> None:
+        st = self.stop
+        assert st is not None
+        st.ready, st.handed_to, st.unreplicated, st.waiting_for = True, handed_to, lost, None
+        if lost:
+            log.error(
+                "STOPPING WITHOUT A HANDOVER: %s; up to %d of %d records exist only on this "
+                "node and are lost with it",
+                why,
+                lost,
+                sum(self.core.store.counts().values()),
+            )
+        else:
+            log.info("ready to stop: %s", why)
+        self.core.emit(StopReady(handed_to, lost, why))
 
     def next_version(self) -> int:
         self.seq += 1
@@ -297,6 +354,7 @@ class RoleManager:
         self.damper.expire(now)
         if self.is_primary:
             self.duties.run(now)
+            self._stop_step(now)
             return
         leader = self._leader()
         if leader is not None:
@@ -453,6 +511,11 @@ class RoleManager:
             core.emit(HandoverFinished(h.target, True, reason))
         core.count("step_downs")
         log.warning("stepped down to secondary: %s", reason)
+        if self.stop is not None and not self.stop.ready:
+            if planned:
+                self._stop_ready(owner, 0, f"handed the primary role to {owner}")
+            else:
+                self._stop_ready(None, 0, f"stepped down: {reason}")
         core.recompute_watermark()
         core.send_heartbeats(now)
 
@@ -513,6 +576,10 @@ class RoleManager:
             )
             return
         self._promote(now, f"handover from {peer.name}: {msg.reason}", planned=True)
+
+    def reconfigure(self, settings: CoreSettings) -> None:
+        self.s = self.duties.s = settings
+        self.damper.max_flaps = settings.max_flaps
 
     # -- health and flap damping -------------------------------------------------------------
 

@@ -39,6 +39,7 @@ def node_status(core: NodeCore, now: float) -> dict[str, object]:
     ]
     out: dict[str, object] = {
         "node": core.s.name,
+        "priority": core.s.priority,
         "peers": peers,
         "records": {KIND_BY_CODE[k]: n for k, n in core.store.counts().items()},
         "version": version_json(core.version),
@@ -71,6 +72,7 @@ def role_status(roles: RoleManager, now: float) -> dict[str, object]:
         "monitors": {"configured": list(roles.s.monitors), "down": list(roles.monitors_down)},
         "split_brain": roles.split_brain,
         "promotion": promo,
+        "stopping": None if roles.stop is None else roles.stop.status(now),
     }
 
 

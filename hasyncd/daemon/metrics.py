@@ -115,6 +115,14 @@ class Metrics:
             "hasyncd_sync_writes", "sync-mode writes by outcome", ["replicated"], registry=r
         )
         self.events = Counter("hasyncd_events", "core events", ["type"], registry=r)
+        self.reloads = Counter(
+            "hasyncd_reloads",
+            "configuration reloads (SIGHUP) by outcome: applied or refused",
+            ["result"],
+            registry=r,
+        )
+        for result in ("applied", "refused"):
+            self.reloads.labels(result)
         self.hooks = Counter(
             "hasyncd_hook_runs", "hook runs by result", ["hook", "result"], registry=r
         )
