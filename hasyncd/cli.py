@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -20,14 +18,6 @@ if TYPE_CHECKING:
 
 EXIT_CONFIG = 2
 EXIT_RUNTIME = 1
-
-
-def _setup_logging(level: str) -> None:
-    # Under systemd the journal adds its own timestamps.
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    if "JOURNAL_STREAM" not in os.environ:
-        fmt = "%(asctime)s " + fmt
-    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
 
 
 def _load(path: Path) -> Config | None:
@@ -50,7 +40,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return EXIT_CONFIG
-    _setup_logging(cfg.log.level)
+    from hasyncd.daemon import logs
+
+    logs.setup(cfg.log.level)
 
     async def main() -> None:
         daemon = Daemon(cfg)

@@ -202,6 +202,7 @@ class NodeCore(Outputs):
         )
         conn = Conn(conn_id, channel, initiator, address, now)
         self.conns[conn_id] = conn
+        log.debug("link %d %s %s: handshake", conn_id, "to" if initiator else "from", address)
         if initiator:
             self.dialer.connected(address, now)
             channel.start()
@@ -289,6 +290,13 @@ class NodeCore(Outputs):
             why = "replaced: peer restarted" if restarted else "duplicate link"
             self.close(peer.conn, why, code="replaced" if restarted else "duplicate")
         peer.boot_id, peer.tag, peer.window = hello.boot_id, hello.tag, hello.window
+        log.debug(
+            "link %d authenticated: %s (%s, epoch %d)",
+            conn.id,
+            peer.name,
+            "dialed" if conn.initiator else "accepted",
+            epoch,
+        )
         peer.conn = conn
         peer.hb = None  # what it said on an earlier link is stale: wait for a fresh heartbeat
         peer.reset_link_state()
@@ -387,6 +395,12 @@ class NodeCore(Outputs):
     def apply_from_primary(self, changes: tuple[Change, ...]) -> int:
         result = apply_changes(self.store, changes, self.wall(), self.s.tombstone_ttl)
         self.count("records_applied", "", result.applied)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "applied %d replicated changes, newest %s",
+                result.applied,
+                unpack_version(result.max_version),
+            )
         if result.invalid:
             self.count("records_invalid", "replicated", result.invalid)
             log.error(
@@ -478,6 +492,7 @@ class NodeCore(Outputs):
         if self.roles.shutting_down:
             return
         for address in self.dialer.due(now, self.conns.values(), self.peers):
+            log.debug("dialing %s", address)
             self.emit(Dial(address))
 
     def _after_input(self, now: float) -> None:
@@ -499,6 +514,8 @@ class NodeCore(Outputs):
                     if nxt is None:
                         break
                     self.send_tracked(peer, nxt[0], nxt[1])
+                    if log.isEnabledFor(logging.DEBUG):
+                        log.debug("replication to %s: %s", peer.name, _describe(nxt[0]))
             self.roles.duties.check_handover_ready()
         else:
             self.roles.pump_follower(now)
@@ -554,3 +571,10 @@ class NodeCore(Outputs):
 
     def status(self, now: float) -> dict[str, object]:
         return node_status(self, now)
+
+
+def _describe(msg: Message) -> str:
+    """A replication message for a debug line: its type and size, never its records."""
+    if isinstance(msg, Records):
+        return f"{msg.phase.name.lower()} records x{len(msg.changes)}"
+    return type(msg).__name__

@@ -95,6 +95,7 @@ class RoleManager:
         self.primary_epoch = 0  # the last epoch this node was primary in
         self.shutting_down = False
         self.stop: StopState | None = None
+        self._last_decision = ""  # logged at debug when it changes
         self.duties = PrimaryDuties(self)
 
     # -- views --------------------------------------------------------------------
@@ -384,6 +385,9 @@ class RoleManager:
             self.reason = f"no link to primary {seen[0]}, which {seen[1]} still follows"
             return
         decision = elect(self._candidates(now), self.rules(prefer_newest=True))
+        if decision.reason != self._last_decision:
+            self._last_decision = decision.reason
+            log.debug("election: winner %s: %s", decision.winner, decision.reason)
         if decision.winner == self.s.name:
             cold = self.role is Role.STARTING
             cause = "cold start" if cold else "no primary reachable"

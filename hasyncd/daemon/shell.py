@@ -27,14 +27,17 @@ from hasyncd.core.events import (
     Dial,
     Event,
     FaultChanged,
+    PeerChanged,
     PromotionDone,
     Reannounce,
     RoleChanged,
     StopReady,
+    SyncChanged,
     Watermark,
 )
 from hasyncd.core.node import NodeCore
 from hasyncd.core.settings import CoreSettings
+from hasyncd.daemon import logs
 from hasyncd.daemon.api import API_DRAIN_S, Api
 from hasyncd.daemon.eventhub import EventHub
 from hasyncd.daemon.hooks import HookRunner
@@ -58,6 +61,8 @@ STOP_BUDGET_S = 12.0
 LINK_DRAIN_S = 0.5
 # Margin on top of the core's own bounds (snapshot wait + handover timeout).
 STOP_SLACK_S = 0.5
+# How often systemd's STATUS= is looked at again (sent only when it changed).
+STATUS_REFRESH_S = 1.0
 
 
 def core_clock() -> float:
@@ -157,6 +162,7 @@ class Daemon:
         self._links_closed = asyncio.Event()
         self._stopped = False
         self._monitor_task: asyncio.Task[None] | None = None
+        self._status_sent = ""
         self._tasks: set[asyncio.Task[None]] = set()
         self.metrics = Metrics(self)
         self.hub = EventHub(on_subscribers=self._record_events_wanted)
@@ -227,8 +233,9 @@ class Daemon:
         self.metrics.on_event(ev)
         self.hub.publish(ev)
         core = self.core
+        if isinstance(ev, RoleChanged | PeerChanged | SyncChanged):
+            self._update_status()
         if isinstance(ev, RoleChanged):
-            self.notifier.status(f"{ev.new} in epoch {ev.epoch}: {ev.reason}")
             if ev.new == "secondary":
                 self.hooks.submit("on_secondary", self._hook_doc(ev.old, ev.new, ev.reason))
             self.spawn(self._notify_role_waiters())
@@ -240,6 +247,31 @@ class Daemon:
             role = core.roles.role.name.lower()
             reason = "monitored interfaces down: " + ", ".join(ev.monitors_down)
             self.hooks.submit("on_fault", self._hook_doc(role, role, reason))
+
+    def _update_status(self) -> None:
+        line = self._status_line()
+        if line != self._status_sent:
+            self._status_sent = line
+            self.notifier.status(line)
+
+    async def _refresh_status(self) -> None:
+        # A peer's in-sync state reaches the primary in heartbeats, not as an
+        # event: look again once a second, and send only what changed.
+        while True:
+            await asyncio.sleep(STATUS_REFRESH_S)
+            self._update_status()
+
+    def _status_line(self) -> str:
+        """systemd's STATUS=: role, sync state and every peer, as ``systemctl status`` shows."""
+        st = self.core.status(self.clock())
+        role = str(st["role"])
+        sync = "" if role == "primary" else (" in sync" if st["in_sync"] else " not in sync")
+        peers = []
+        for p in st["peers"]:  # type: ignore[attr-defined]
+            name = p["node"] or p["address"]
+            state = p["link"] + (", in sync" if p["in_sync"] else "")
+            peers.append(f"{name} {state}")
+        return f"{role}{sync} in epoch {st['epoch']}; peers: {'; '.join(peers) or 'none'}"
 
     async def _notify_role_waiters(self) -> None:
         async with self.role_changed:
@@ -346,7 +378,7 @@ class Daemon:
         self.metrics.reloads.labels("applied").inc()
         if not change.applied:
             return
-        logging.getLogger().setLevel(self.config.log.level.upper())
+        logs.set_level(self.config.log.level)
         self.hooks.reconfigure(self.config.hooks)
         self.core.reconfigure(core_settings(self.config), self.clock())
         self._start_monitor()
@@ -386,6 +418,8 @@ class Daemon:
                 await self._close()  # a partial start: undo what was started, quietly
                 raise
             self.spawn(self.notifier.watchdog())
+            if self.notifier.enabled:
+                self.spawn(self._refresh_status())
             await self._stopping.wait()
             await self.stop()
         finally:
