@@ -370,6 +370,8 @@ class NodeCore(Outputs):
             if mark.kind is MarkKind.BULK_END and not session.in_sync:
                 session.in_sync = True
                 log.info("%s is in sync (%d records in snapshot)", peer.name, session.bulk_sent)
+        if peer.session is not None:
+            peer.lag.acked(peer.session.acked)
         self.recompute_watermark()
         self._pump_needed = True
 
@@ -438,6 +440,7 @@ class NodeCore(Outputs):
         for peer in self.peers.values():
             if peer.session is not None:
                 peer.session.enqueue(kind, rid, version)
+                peer.lag.wrote(version, self.now)
         self._pump_needed = True
         if self.record_events:
             epoch, seq = unpack_version(version)

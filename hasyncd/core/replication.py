@@ -259,10 +259,15 @@ def unacknowledged(session: OutboundSession, live: int, current: int) -> int:
     bound, never an underestimate).
     """
     if session.in_sync:
-        epoch, seq = unpack_version(current)
-        acked_epoch, acked_seq = unpack_version(session.acked)
-        return seq - acked_seq if acked_epoch == epoch else seq
+        return writes_behind(session.acked, current)
     return max(0, live - session.bulk_acked) + len(session.pending)
+
+
+def writes_behind(acked: int, current: int) -> int:
+    """Writes of the current epoch not covered by ``acked`` (each changed one record)."""
+    epoch, seq = unpack_version(current)
+    acked_epoch, acked_seq = unpack_version(acked)
+    return max(0, seq - acked_seq) if acked_epoch == epoch else seq
 
 
 @dataclass(slots=True)

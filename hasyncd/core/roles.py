@@ -43,6 +43,7 @@ from hasyncd.core.events import (
     SyncChanged,
 )
 from hasyncd.core.follower import Follower, FollowState
+from hasyncd.core.history import RoleChange, RoleHistory
 from hasyncd.core.merge import MergeSender, catch_up_floor, record_split
 from hasyncd.core.peers import Fence, HandoverState, Peer
 from hasyncd.core.primary import PrimaryDuties
@@ -96,6 +97,7 @@ class RoleManager:
         self.shutting_down = False
         self.stop: StopState | None = None
         self._last_decision = ""  # logged at debug when it changes
+        self.history = RoleHistory()
         self.duties = PrimaryDuties(self)
 
     # -- views --------------------------------------------------------------------
@@ -447,6 +449,16 @@ class RoleManager:
         old = self.role
         self.role, self.primary, self.reason = new, primary, reason
         if old is not new:
+            self.history.add(
+                RoleChange(
+                    self.core.wall(),
+                    old.name.lower(),
+                    new.name.lower(),
+                    self.epoch,
+                    primary,
+                    reason,
+                )
+            )
             self.core.emit(
                 RoleChanged(old.name.lower(), new.name.lower(), self.epoch, primary, reason)
             )

@@ -109,6 +109,7 @@ class Api:
         r = self.app.router
         r.add_get("/v1/status", self.status)
         r.add_get("/v1/policy", self.policy)
+        r.add_get("/v1/history", self.history)
         r.add_post("/v1/records:batch", self.batch)
         r.add_get("/v1/records/{kind}", self.list)
         r.add_put("/v1/records/{kind}/{id}", self.put)
@@ -378,6 +379,12 @@ class Api:
         }
         st["sync_mode"] = self.d.config.sync.mode
         return web.json_response(st)
+
+    async def history(self, request: web.Request) -> web.Response:
+        roles = self.d.core.roles
+        return web.json_response(
+            {"node": self.d.config.node.name, "history": roles.history.recent()}
+        )
 
     async def policy(self, request: web.Request) -> web.Response:
         return web.json_response({"policy": policy_table()})

@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 from hasyncd import __version__
 from hasyncd.core.counters import COUNTERS
 from hasyncd.core.events import Event
+from hasyncd.core.replication import writes_behind
 from hasyncd.policy import KIND_BY_CODE, POLICY
 from hasyncd.wire.messages import Role
 
@@ -101,6 +102,17 @@ class _CoreCollector(Collector):
         insync = GaugeMetricFamily(
             "hasyncd_peer_in_sync", "1 when the secondary is in sync", labels=["peer"]
         )
+        lag_s = GaugeMetricFamily(
+            "hasyncd_replication_lag_seconds",
+            "how long the oldest write the secondary has not acknowledged has waited",
+            labels=["peer"],
+        )
+        lag_n = GaugeMetricFamily(
+            "hasyncd_replication_lag_records",
+            "writes of the current epoch the secondary has not acknowledged",
+            labels=["peer"],
+        )
+        current = core.version
         for p in core.peers.values():
             up.add_metric([p.name], 1.0 if p.up else 0.0)
             link.add_metric([p.name], 1.0 if p.conn is not None else 0.0)
@@ -110,8 +122,10 @@ class _CoreCollector(Collector):
             if p.session is not None:
                 pending.add_metric([p.name], len(p.session.pending))
                 insync.add_metric([p.name], 1.0 if p.session.in_sync else 0.0)
+                lag_s.add_metric([p.name], p.lag.lag(now))
+                lag_n.add_metric([p.name], writes_behind(p.session.acked, current))
             inflight.add_metric([p.name], p.flow.in_flight)
-        yield from (up, link, silence, rtt, pending, inflight, insync)
+        yield from (up, link, silence, rtt, pending, inflight, insync, lag_s, lag_n)
 
 
 class Metrics:
