@@ -57,7 +57,16 @@ def test_install_stages_the_venv_units_user_and_config(staged: Path) -> None:
         ).read_text()
     assert "u hasyncd" in (staged / "usr/lib/sysusers.d/hasyncd.conf").read_text()
     assert "/etc/hasyncd" in (staged / "usr/lib/tmpfiles.d/hasyncd.conf").read_text()
-    assert (staged / "etc/hasyncd/hasyncd.toml.example").exists()
+    # The example config passes check-config once the hooks are installed (paths
+    # resolved inside the staging root) and a key exists.
+    example = (staged / "etc/hasyncd/hasyncd.toml.example").read_text()
+    for hook in ("vip", "record"):
+        assert os.access(staged / "etc/hasyncd/hooks" / hook, os.X_OK)
+    config = staged / "etc/hasyncd/hasyncd.toml"
+    config.write_text(example.replace('"/etc/hasyncd/', f'"{staged}/etc/hasyncd/'))
+    assert run(str(binary), "keygen", str(staged / "etc/hasyncd/psk")).returncode == 0
+    checked = run(str(binary), "check-config", "--config", str(config))
+    assert checked.returncode == 0, checked.stderr
 
 
 def installed_unit(tmp_path: Path, staged: Path, unit: str) -> Path:
