@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
-import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,14 +20,6 @@ EXIT_CONFIG = 2
 EXIT_RUNTIME = 1
 
 
-def _setup_logging(level: str) -> None:
-    # Under systemd the journal adds its own timestamps.
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    if "JOURNAL_STREAM" not in os.environ:
-        fmt = "%(asctime)s " + fmt
-    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
-
-
 def _load(path: Path) -> Config | None:
     """The validated config, or None after printing the one-line reason."""
     from hasyncd import config as config_mod
@@ -41,12 +32,17 @@ def _load(path: Path) -> Config | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # Until the daemon's own handler is installed, a reload request (SIGHUP,
+    # whose default action is to terminate) must not kill a starting node.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from hasyncd.daemon.shell import Daemon
 
     cfg = _load(args.config)
     if cfg is None:
         return EXIT_CONFIG
-    _setup_logging(cfg.log.level)
+    from hasyncd.daemon import logs
+
+    logs.setup(cfg.log.level)
 
     async def main() -> None:
         daemon = Daemon(cfg)

@@ -7,6 +7,7 @@ sockets.  The integration tests use the same launcher.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -43,6 +44,7 @@ class LabNode:
     priority: int = 100
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
     prefix: Sequence[str] = ()  # e.g. ("ip", "netns", "exec", "ns-a")
+    env: dict[str, str] | None = None  # extra environment variables for the process
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -75,7 +77,8 @@ class LabNode:
     def start(self) -> None:
         cmd = [*self.prefix, sys.executable, "-m", "hasyncd", "run", "--config", str(self.config)]
         log = self.log.open("ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        env = {**os.environ, **self.env} if self.env else None
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env)
         log.close()
 
     @property

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from hasyncd import samples
 from hasyncd.lab import LabCluster, LabNode
@@ -277,14 +278,15 @@ def test_event_stream_follows_records_and_roles(make_cluster: Any) -> None:
         resumed.close()
 
 
-def metric(node: LabNode, name: str, label: str = "") -> float:
+def metric(node: LabNode, name: str) -> float:
+    """An unlabelled sample of /metrics (every core counter is present from start-up)."""
     code, text = node.client.get("/metrics")
     assert code == 200
-    want = f'{name}{{label="{label}"}}'
-    for line in text.splitlines():
-        if line.startswith(want + " "):
-            return float(line.split()[-1])
-    return 0.0
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            if sample.name == name and not sample.labels:
+                return float(sample.value)
+    raise AssertionError(f"{name} missing from /metrics")
 
 
 @pytest.mark.slow

@@ -508,8 +508,8 @@ def test_wrong_key_and_wrong_group_never_pair(lab: Callable[..., LabCluster]) ->
     ast = status(a)
     up = [p["node"] for p in ast["peers"] if p["link"] == "up"]
     assert up == ["fw-b"], ast["peers"]
-    assert metric(a, "hasyncd_link_errors_total", label="psk_mismatch") >= 1
-    assert metric(a, "hasyncd_link_errors_total", label="group_mismatch") >= 1
+    assert metric(a, "hasyncd_link_errors_total", code="psk_mismatch") >= 1
+    assert metric(a, "hasyncd_link_errors_total", code="group_mismatch") >= 1
 
     # the reason names the key id at most, never the key (nor record keys)
     secrets = [cluster.psk.read_text().strip(), other_psk.read_text().strip()]
@@ -853,7 +853,7 @@ def test_late_secondary_is_not_resynced_by_duplicate_link_cleanup(
     # fw-a retries its dial within reconnect_max (1 s) plus jitter: watch 2.5 s.
     deadline = time.monotonic() + 2.5
     while time.monotonic() < deadline:
-        snapshots = metric(a, "hasyncd_snapshots_started_total", label="")
+        snapshots = metric(a, "hasyncd_snapshots_started_total")
         st = status(b)
         assert snapshots == 1, (
             f"fw-a sent {snapshots:.0f} full snapshots to an fw-b that was already in sync:\n"

@@ -417,27 +417,42 @@ def test_monitored_interface_down_hands_over_to_a_healthy_secondary() -> None:
     assert role(sim, secondary) is Role.PRIMARY
 
 
+def _swap_by_freezing(sim: Sim) -> None:
+    """An unplanned role swap: the primary stalls (SIGSTOP), the secondary takes over, the
+    old primary resumes, steps down and resyncs."""
+    cur = sim.primaries()[0]
+    other = "b" if cur == "a" else "a"
+    sim.freeze(cur)
+    sim.run_until_true(lambda: role(sim, other) is Role.PRIMARY, limit=5)
+    sim.thaw(cur)
+    sim.run_until_true(lambda: role(sim, cur) is Role.SECONDARY and in_sync(sim, cur), limit=10)
+
+
+def suspended(sim: Sim) -> list[str]:
+    return [n for n in ("a", "b") if sim.nodes[n].core.roles.suspended_since is not None]
+
+
 def test_flap_damping_suspends_automatic_promotion() -> None:
     sim = Sim(seed=28)
-    pair(sim, max_flaps=3)
-
-    def suspended() -> list[str]:
-        return [n for n in ("a", "b") if sim.nodes[n].core.roles.suspended_since is not None]
-
-    # Hand the role back and forth until a node has changed roles more than
-    # max_flaps times within the window.
+    sim.add("a", ["a", "b"], priority=200, max_flaps=3)
+    sim.add("b", ["a", "b"], priority=100, max_flaps=10)
+    sim.run_until_true(lambda: in_sync(sim, "b"), limit=10)
+    # Unplanned swaps until a node has changed roles more than max_flaps times.
     for _ in range(6):
-        if suspended():
+        if suspended(sim):
             break
-        cur = sim.primaries()[0]
-        other = "b" if cur == "a" else "a"
-        sim.run_until_true(lambda o=other: in_sync(sim, o), limit=5)
-        sim.call(cur, lambda core: core.request_failover(sim.now))
-        sim.run_until_true(lambda o=other: role(sim, o) is Role.PRIMARY, limit=5)
-    assert suspended() == ["a"]  # a: cold start, then three handovers
-    assert role(sim, "a") is Role.SECONDARY
+        _swap_by_freezing(sim)
+    # a: promoted (b frozen) twice, stepped down (after its own freeze) twice; its
+    # cold-start promotion is not a flap.
+    assert suspended(sim) == ["a"]
+    assert len(sim.nodes["a"].core.roles.damper.changes) == 4
     status = sim.nodes["a"].core.status(sim.now)
     assert status["suspended"] is not None
+    primary = sim.primaries()[0]
+    if primary == "a":  # a keeps its role while suspended; hand it over to test the rest
+        sim.call("a", lambda core: core.request_failover(sim.now))
+        sim.run_until_true(lambda: role(sim, "b") is Role.PRIMARY, limit=5)
+        sim.run_until_true(lambda: in_sync(sim, "a"), limit=10)
     # A suspended node is not a handover target...
     with pytest.raises(WriteRefused):
         sim.call("b", lambda core: core.request_failover(sim.now))
@@ -446,6 +461,46 @@ def test_flap_damping_suspends_automatic_promotion() -> None:
     sim.run_for(3)
     assert role(sim, "a") is Role.SECONDARY
     assert "no eligible candidate" in str(sim.nodes["a"].core.status(sim.now)["role_reason"])
+
+
+def test_planned_role_changes_are_not_flaps() -> None:
+    # Manual failovers back and forth (maintenance) are not flaps: with
+    # max_flaps = 1 a node would be suspended after its second counted change.
+    sim = Sim(seed=29)
+    pair(sim, max_flaps=1)
+    for _ in range(5):
+        cur = sim.primaries()[0]
+        other = "b" if cur == "a" else "a"
+        sim.run_until_true(lambda o=other: in_sync(sim, o), limit=5)
+        assert sim.call(cur, lambda core: core.request_failover(sim.now)) == other
+        sim.run_until_true(lambda o=other: role(sim, o) is Role.PRIMARY, limit=5)
+    sim.run_until_true(lambda: settled(sim, ["a", "b"]), limit=10)
+    assert suspended(sim) == []
+    for n in ("a", "b"):
+        assert len(sim.nodes[n].core.roles.damper.changes) == 0
+    # Automatic failover still works after all that maintenance.
+    cur = sim.primaries()[0]
+    other = "b" if cur == "a" else "a"
+    sim.kill(cur)
+    sim.run_until_true(lambda: role(sim, other) is Role.PRIMARY, limit=5)
+    assert len(sim.nodes[other].core.roles.damper.changes) == 1
+
+
+def test_preemption_and_shutdown_handovers_are_not_flaps() -> None:
+    sim = Sim(seed=30)
+    kw = {"override": True, "preempt_delay": 1.0, "max_flaps": 1}
+    primary, secondary = pair(sim, **kw)
+    sim.kill(primary)  # unplanned: b takes over (b's first flap)
+    sim.run_until_true(lambda: role(sim, secondary) is Role.PRIMARY, limit=5)
+    sim.restart(primary)  # a has the higher priority: it preempts (planned for both)
+    sim.run_until_true(lambda: role(sim, primary) is Role.PRIMARY, limit=15)
+    sim.run_until_true(lambda: in_sync(sim, secondary), limit=10)
+    assert len(sim.nodes[secondary].core.roles.damper.changes) == 1
+    # A planned stop of the primary hands over: not a flap for the target either.
+    sim.call(primary, lambda core: core.begin_shutdown(sim.now, 5.0))
+    sim.run_until_true(lambda: role(sim, secondary) is Role.PRIMARY, limit=5)
+    assert suspended(sim) == []
+    assert len(sim.nodes[secondary].core.roles.damper.changes) == 1
 
 
 def test_election_is_a_pure_function_with_explained_reasons() -> None:

@@ -1,4 +1,4 @@
-"""Flap damping: too many role changes in a window suspend automatic promotion.
+"""Flap damping: too many unplanned role changes in a window suspend automatic promotion.
 
 Palo Alto suspends a firewall after 3 flaps in 15 minutes; hasyncd does the
 same per node with ``node.max_flaps`` and a 15-minute window.  A suspended

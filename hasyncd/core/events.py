@@ -108,6 +108,15 @@ class RecordChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class StopReady:
+    """A planned stop may proceed: handed over, or not, and how many records are lost."""
+
+    handed_to: str | None
+    unreplicated: int  # records no other node acknowledged (at most): lost with this node
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Watermark:
     """Every in-sync secondary holds every write up to ``version`` (None: no secondary in sync)."""
 
@@ -127,5 +136,6 @@ Event = (
     | MergeApplied
     | HandoverFinished
     | RecordChanged
+    | StopReady
     | Watermark
 )

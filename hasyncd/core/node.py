@@ -3,7 +3,8 @@
 Inputs (each carries the monotonic time ``now``):
 
     connection_made / connect_failed / receive_data / connection_lost
-    handle_timer, write, request_failover, set_monitors, begin_shutdown
+    handle_timer, write, request_failover, set_monitors, reconfigure,
+    begin_shutdown, finish_shutdown
 
 Outputs:
 
@@ -213,6 +214,7 @@ class NodeCore(Outputs):
         )
         conn = Conn(conn_id, channel, initiator, address, now)
         self.conns[conn_id] = conn
+        log.debug("link %d %s %s: handshake", conn_id, "to" if initiator else "from", address)
         if initiator:
             self.dialer.connected(address, now)
             channel.start()
@@ -300,6 +302,13 @@ class NodeCore(Outputs):
             why = "replaced: peer restarted" if restarted else "duplicate link"
             self.close(peer.conn, why, code="replaced" if restarted else "duplicate")
         peer.boot_id, peer.tag, peer.window = hello.boot_id, hello.tag, hello.window
+        log.debug(
+            "link %d authenticated: %s (%s, epoch %d)",
+            conn.id,
+            peer.name,
+            "dialed" if conn.initiator else "accepted",
+            epoch,
+        )
         peer.conn = conn
         peer.hb = None  # what it said on an earlier link is stale: wait for a fresh heartbeat
         peer.reset_link_state()
@@ -366,10 +375,15 @@ class NodeCore(Outputs):
             session = peer.session
             if session is None:
                 continue
+            if mark.kind is MarkKind.BULK_PROGRESS:
+                session.bulk_acked = mark.count
+                continue
             session.acked = max(session.acked, mark.version)
             if mark.kind is MarkKind.BULK_END and not session.in_sync:
                 session.in_sync = True
                 log.info("%s is in sync (%d records in snapshot)", peer.name, session.bulk_sent)
+        if peer.session is not None:
+            peer.lag.acked(peer.session.acked)
         self.recompute_watermark()
         self._pump_needed = True
 
@@ -395,6 +409,12 @@ class NodeCore(Outputs):
     def apply_from_primary(self, changes: tuple[Change, ...]) -> int:
         result = apply_changes(self.store, changes, self.wall(), self.s.tombstone_ttl)
         self.count("records_applied", "", result.applied)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "applied %d replicated changes, newest %s",
+                result.applied,
+                unpack_version(result.max_version),
+            )
         if result.invalid:
             self.count("records_invalid", "replicated", result.invalid)
             log.error(
@@ -465,6 +485,7 @@ class NodeCore(Outputs):
         for peer in self.peers.values():
             if peer.session is not None:
                 peer.session.enqueue(kind, rid, version)
+                peer.lag.wrote(version, self.now)
         self._pump_needed = True
         if self.record_events:
             epoch, seq = unpack_version(version)
@@ -519,6 +540,7 @@ class NodeCore(Outputs):
         if self.roles.shutting_down:
             return
         for address in self.dialer.due(now, self.conns.values(), self.peers):
+            log.debug("dialing %s", address)
             self.emit(Dial(address))
 
     def _after_input(self, now: float) -> None:
@@ -540,6 +562,8 @@ class NodeCore(Outputs):
                     if nxt is None:
                         break
                     self.send_tracked(peer, nxt[0], nxt[1])
+                    if log.isEnabledFor(logging.DEBUG):
+                        log.debug("replication to %s: %s", peer.name, _describe(nxt[0]))
             self.roles.duties.check_handover_ready()
         else:
             self.roles.pump_follower(now)
@@ -560,12 +584,31 @@ class NodeCore(Outputs):
         self.roles.set_monitors(down, now)
         self._after_input(now)
 
-    def begin_shutdown(self, now: float) -> str | None:
-        """Start a graceful stop: a primary hands over first.  Returns the target or None."""
+    def begin_shutdown(self, now: float, snapshot_wait: float) -> None:
+        """Start a planned stop (``hasyncd.core.stopping``); ``StopReady`` says when to close.
+
+        ``snapshot_wait`` bounds how long a primary keeps serving for a
+        secondary that is still loading its snapshot, before it hands over.
+        """
         self.now = now
-        target = self.roles.begin_shutdown(now)
+        self.roles.begin_shutdown(now, snapshot_wait)
         self._after_input(now)
-        return target
+
+    def reconfigure(self, settings: CoreSettings, now: float) -> None:
+        """Take reloaded settings; only live ones may differ (``hasyncd.daemon.reload``)."""
+        self.now = now
+        old, self.s = self.s, settings
+        assert (old.name, old.tag, old.listen, old.peers, old.window) == (
+            settings.name,
+            settings.tag,
+            settings.listen,
+            settings.peers,
+            settings.window,
+        ), "identity settings change only with a restart"
+        self.dialer.s = settings
+        self.roles.reconfigure(settings)
+        self._next_hb = now  # tell the peers a new priority at once
+        self._after_input(now)
 
     def finish_shutdown(self, now: float) -> None:
         self.now = now
@@ -576,3 +619,10 @@ class NodeCore(Outputs):
 
     def status(self, now: float) -> dict[str, object]:
         return node_status(self, now)
+
+
+def _describe(msg: Message) -> str:
+    """A replication message for a debug line: its type and size, never its records."""
+    if isinstance(msg, Records):
+        return f"{msg.phase.name.lower()} records x{len(msg.changes)}"
+    return type(msg).__name__

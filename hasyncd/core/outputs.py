@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, defaultdict
 
+from hasyncd.core.counters import COUNTERS
 from hasyncd.core.events import Event
 from hasyncd.core.peers import Conn
 
@@ -29,6 +30,7 @@ class Outputs:
         self._events.append(event)
 
     def count(self, metric: str, label: str = "", n: int = 1) -> None:
+        assert metric in COUNTERS, f"undeclared counter {metric}"
         self.stats[metric][label] += n
 
     def log_limited(self, key: tuple[str, str], level: int, msg: str, *args: object) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hasyncd.core.election import Candidate
+from hasyncd.core.history import LagClock
 from hasyncd.core.replication import Flow, OutboundSession
 from hasyncd.store import pack_version
 from hasyncd.wire.channel import Channel
@@ -54,6 +55,7 @@ class Peer:
         self.echo_rx_at = 0.0
         self.flow = Flow(window)
         self.session: OutboundSession | None = None  # when we are primary and it follows us
+        self.lag = LagClock()  # how long its oldest unacknowledged write has waited
         self.merge_offered = 0
         self.merge_merged = 0
         self.merge_conflicts = 0
@@ -65,6 +67,7 @@ class Peer:
         """A connection ended or was replaced: in-flight accounting and sessions start over."""
         self.flow = Flow(self.window)
         self.session = None
+        self.lag = LagClock()
 
     @property
     def role(self) -> Role | None:
@@ -126,3 +129,6 @@ class HandoverState:
     reason: str
     deadline: float
     sent: bool = False
+    # Chosen (manual failover, shutdown, preemption), not forced by a failure
+    # (link failover): only a forced one counts as a flap.
+    planned: bool = True

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from hasyncd.core.election import elect
 from hasyncd.core.events import HandoverFinished
 from hasyncd.core.peers import Fence, HandoverState, Peer
+from hasyncd.core.stopping import loading_peers
 from hasyncd.errors import WriteRefused
 from hasyncd.store import unpack_version
 from hasyncd.wire.messages import F_FENCED, F_HANDING_OVER, Handover
@@ -153,7 +154,7 @@ class PrimaryDuties:
             return
         best = next(c for c in cands if c.name == winner)
         if best.monitors_down < me.monitors_down:
-            self.begin_handover(winner, f"link failover: {decision.reason}", now)
+            self.begin_handover(winner, f"link failover: {decision.reason}", now, planned=False)
         elif self.s.override:
             if self.preempt_since is None:
                 self.preempt_since = now
@@ -168,8 +169,10 @@ class PrimaryDuties:
 
     # -- handover -----------------------------------------------------------------------
 
-    def begin_handover(self, target: str, reason: str, now: float) -> None:
-        self.handover = HandoverState(target, reason, now + self.s.handover_timeout)
+    def begin_handover(self, target: str, reason: str, now: float, *, planned: bool = True) -> None:
+        self.handover = HandoverState(
+            target, reason, now + self.s.handover_timeout, planned=planned
+        )
         self.preempt_since = None
         self.roles.reason = f"handing over to {target}: {reason}"
         log.warning("handing the primary role to %s: %s", target, reason)
@@ -205,10 +208,10 @@ class PrimaryDuties:
         if self.core.send(target, Handover(h.target, epoch, seq, h.reason[:64])) is not None:
             h.sent = True
 
-    def handed_to(self, owner: str) -> bool:
-        """Whether a new epoch minted by ``owner`` is the end of our own handover."""
+    def handed_to(self, owner: str) -> HandoverState | None:
+        """Our own handover, if a new epoch minted by ``owner`` is its end."""
         h = self.handover
-        return h is not None and h.sent and h.target == owner
+        return h if h is not None and h.sent and h.target == owner else None
 
     def request_failover(self, now: float, reason: str) -> str:
         if self.handover is not None:
@@ -222,6 +225,13 @@ class PrimaryDuties:
         decision = elect(cands, roles.rules())
         if decision.winner is None:
             why = "no eligible secondary is in sync" if cands else "no secondary is in sync"
+            loading = loading_peers(self.core.peers.values())
+            if loading and loading[0].session is not None:
+                why += (
+                    f" ({loading[0].name} is loading its snapshot: "
+                    f"{loading[0].session.bulk_acked} records acknowledged so far; "
+                    "retry once it is in sync)"
+                )
             raise WriteRefused("no_in_sync_secondary", f"{why}: a handover now would lose data")
         self.begin_handover(decision.winner, reason, now)
         return decision.winner

@@ -66,6 +66,7 @@ REPLICATED_KIND_CODES: tuple[int, ...] = tuple(sorted(KINDS_BY_CODE))
 
 class MarkKind(Enum):
     WATERMARK = "watermark"  # stream message: version the peer will hold once acked
+    BULK_PROGRESS = "bulk_progress"  # snapshot records: how many the peer holds once acked
     BULK_END = "bulk_end"
     MERGE_PROGRESS = "merge_progress"  # merge records: where the merge walk stands
     MERGE_END = "merge_end"
@@ -80,6 +81,7 @@ class Mark:
     kind: MarkKind
     version: int = 0
     position: Position | None = None
+    count: int = 0  # BULK_PROGRESS: snapshot records sent up to this frame
 
 
 class Flow:
@@ -188,6 +190,7 @@ class OutboundSession:
         self.pending: OrderedDict[tuple[int, str], int] = OrderedDict()
         self._walker = Walker()
         self.bulk_sent = 0
+        self.bulk_acked = 0  # snapshot records the peer acknowledged
         self.in_sync = False  # the peer acknowledged BULK_END
         self.acked = 0  # watermark the peer acknowledged
 
@@ -223,7 +226,9 @@ class OutboundSession:
         changes = self._walker.collect(store, _is_record, max_scan=1 << 30)
         if changes:
             self.bulk_sent += len(changes)
-            return Records(Phase.BULK, tuple(changes)), None
+            return Records(Phase.BULK, tuple(changes)), Mark(
+                MarkKind.BULK_PROGRESS, count=self.bulk_sent
+            )
         self.state = SessionState.STREAM
         wm = self.watermark(current)
         epoch, seq = unpack_version(wm)
@@ -249,6 +254,26 @@ class OutboundSession:
         return Records(Phase.STREAM, tuple(changes)), Mark(
             MarkKind.WATERMARK, self.watermark(current)
         )
+
+
+def unacknowledged(session: OutboundSession, live: int, current: int) -> int:
+    """At most how many of the primary's ``live`` records the peer of ``session`` lacks.
+
+    In sync: the writes it has not acknowledged (each changed at most one
+    record).  Loading a snapshot: the records it has not acknowledged yet,
+    plus the writes queued meanwhile (some may be counted twice: an upper
+    bound, never an underestimate).
+    """
+    if session.in_sync:
+        return writes_behind(session.acked, current)
+    return max(0, live - session.bulk_acked) + len(session.pending)
+
+
+def writes_behind(acked: int, current: int) -> int:
+    """Writes of the current epoch not covered by ``acked`` (each changed one record)."""
+    epoch, seq = unpack_version(current)
+    acked_epoch, acked_seq = unpack_version(acked)
+    return max(0, seq - acked_seq) if acked_epoch == epoch else seq
 
 
 @dataclass(slots=True)

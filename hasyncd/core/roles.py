@@ -39,14 +39,18 @@ from hasyncd.core.events import (
     HandoverFinished,
     PeerChanged,
     RoleChanged,
+    StopReady,
     SyncChanged,
 )
 from hasyncd.core.follower import Follower, FollowState
+from hasyncd.core.history import RoleChange, RoleHistory
 from hasyncd.core.merge import MergeSender, catch_up_floor, record_split
 from hasyncd.core.peers import Fence, HandoverState, Peer
 from hasyncd.core.primary import PrimaryDuties
 from hasyncd.core.promotion import PromotionWork
 from hasyncd.core.replication import Position
+from hasyncd.core.settings import CoreSettings
+from hasyncd.core.stopping import StopState, least_unreplicated, loading_peers
 from hasyncd.errors import WriteRefused
 from hasyncd.store import pack_version, unpack_version
 from hasyncd.wire.messages import (
@@ -91,6 +95,9 @@ class RoleManager:
         self.merge_pending = False
         self.primary_epoch = 0  # the last epoch this node was primary in
         self.shutting_down = False
+        self.stop: StopState | None = None
+        self._last_decision = ""  # logged at debug when it changes
+        self.history = RoleHistory()
         self.duties = PrimaryDuties(self)
 
     # -- views --------------------------------------------------------------------
@@ -130,6 +137,8 @@ class RoleManager:
         """The earliest future moment a role rule may fire (past ones wait for the next tick)."""
         candidates = [self.holddown_until if self.role is Role.STARTING else INF]
         candidates += self.duties.deadlines()
+        if self.stop is not None and not self.stop.ready:
+            candidates.append(self.stop.deadline)
         flap_deadline = self.damper.deadline()
         if flap_deadline is not None:
             candidates.append(flap_deadline)
@@ -170,7 +179,8 @@ class RoleManager:
         old, self.epoch = self.epoch, epoch
         if self.is_primary:
             owner = self._epoch_owner(epoch) or peer.name
-            split = not self.duties.handed_to(owner)
+            handover = self.duties.handed_to(owner)
+            split = handover is None
             if split:
                 record_split(self.core, peer.name, old, epoch, survivor=owner)
             self._step_down(
@@ -178,6 +188,7 @@ class RoleManager:
                 f"{peer.name} reports a newer epoch {epoch} (own {old})",
                 merge=split,
                 owner=owner,
+                planned=handover is not None and handover.planned,
             )
         elif self.follower is not None:
             self._unfollow(f"{peer.name} reports a newer epoch {epoch}")
@@ -276,14 +287,65 @@ class RoleManager:
             )
         return self.duties.request_failover(now, reason)
 
-    def begin_shutdown(self, now: float) -> str | None:
+    def begin_shutdown(self, now: float, snapshot_wait: float) -> None:
+        if self.stop is not None:
+            return
         self.shutting_down = True
+        self.stop = StopState(now, now + snapshot_wait)
         if not self.is_primary:
-            return None
-        try:
-            return self.request_failover(now, "primary shutting down")
-        except WriteRefused:
-            return None
+            self._stop_ready(None, 0, f"stopping as {self.role.name.lower()}")
+
+    def _stop_step(self, now: float) -> None:
+        """A stopping primary: hand over, wait for a loading secondary, or give up (once)."""
+        st = self.stop
+        if st is None or st.ready or self.duties.handover is not None:
+            return
+        core = self.core
+        if not st.handover_tried and self.duties.in_sync_peers():
+            st.handover_tried = True
+            try:
+                target = self.duties.request_failover(now, "primary shutting down")
+            except WriteRefused as exc:
+                log.warning("cannot hand over before stopping: %s", exc.message)
+            else:
+                st.waiting_for = f"handover to {target}"
+                return
+        live = sum(core.store.counts().values())
+        lost, best = least_unreplicated(core.peers.values(), live, self.version)
+        st.unreplicated = lost
+        loading = loading_peers(core.peers.values())
+        if loading and not st.handover_tried and now < st.deadline:
+            p = loading[0]
+            assert p.session is not None
+            st.waiting_for = (
+                f"{p.name} to finish loading its snapshot "
+                f"({p.session.bulk_acked} of {live} records acknowledged)"
+            )
+            self.reason = f"stopping: waiting for {st.waiting_for}"
+            return
+        if best is None:
+            why = "no secondary is linked"
+        elif loading and now >= st.deadline:
+            why = f"{best.name} did not finish loading its snapshot in time"
+        else:
+            why = f"the handover to {best.name} did not complete"
+        self._stop_ready(None, lost, why)
+
+    def _stop_ready(self, handed_to: str | None, lost: int, why: str) -> None:
+        st = self.stop
+        assert st is not None
+        st.ready, st.handed_to, st.unreplicated, st.waiting_for = True, handed_to, lost, None
+        if lost:
+            log.error(
+                "STOPPING WITHOUT A HANDOVER: %s; up to %d of %d records exist only on this "
+                "node and are lost with it",
+                why,
+                lost,
+                sum(self.core.store.counts().values()),
+            )
+        else:
+            log.info("ready to stop: %s", why)
+        self.core.emit(StopReady(handed_to, lost, why))
 
     def next_version(self) -> int:
         self.seq += 1
@@ -295,6 +357,7 @@ class RoleManager:
         self.damper.expire(now)
         if self.is_primary:
             self.duties.run(now)
+            self._stop_step(now)
             return
         leader = self._leader()
         if leader is not None:
@@ -324,9 +387,14 @@ class RoleManager:
             self.reason = f"no link to primary {seen[0]}, which {seen[1]} still follows"
             return
         decision = elect(self._candidates(now), self.rules(prefer_newest=True))
+        if decision.reason != self._last_decision:
+            self._last_decision = decision.reason
+            log.debug("election: winner %s: %s", decision.winner, decision.reason)
         if decision.winner == self.s.name:
-            cause = "cold start" if self.role is Role.STARTING else "no primary reachable"
-            self._promote(now, f"{cause}: {decision.reason}")
+            cold = self.role is Role.STARTING
+            cause = "cold start" if cold else "no primary reachable"
+            # A node's first role is not a flap; taking over from a lost primary is.
+            self._promote(now, f"{cause}: {decision.reason}", planned=cold)
         elif decision.winner is None:
             self.reason = f"no primary: {decision.reason}"
         else:
@@ -381,6 +449,16 @@ class RoleManager:
         old = self.role
         self.role, self.primary, self.reason = new, primary, reason
         if old is not new:
+            self.history.add(
+                RoleChange(
+                    self.core.wall(),
+                    old.name.lower(),
+                    new.name.lower(),
+                    self.epoch,
+                    primary,
+                    reason,
+                )
+            )
             self.core.emit(
                 RoleChanged(old.name.lower(), new.name.lower(), self.epoch, primary, reason)
             )
@@ -391,7 +469,7 @@ class RoleManager:
             records = sum(self.core.store.counts().values())
             self.core.emit(SyncChanged(value, self.primary, records))
 
-    def _promote(self, now: float, reason: str) -> None:
+    def _promote(self, now: float, reason: str, *, planned: bool) -> None:
         core = self.core
         if self.follower is not None:
             self._unfollow("promoting")
@@ -405,7 +483,7 @@ class RoleManager:
         self.duties.reset()
         for peer in core.peers.values():
             peer.session = None
-        self._note_role_change(now)
+        self._note_role_change(now, planned=planned)
         self._set_role(Role.PRIMARY, self.s.name, reason)
         self.in_sync = True
         self.promotion = PromotionWork(self.epoch, reason, now, self.s.esp_seq_margin)
@@ -426,7 +504,9 @@ class RoleManager:
             self.last_promotion = work.summary(now)
             core.emit(done)
 
-    def _step_down(self, now: float, reason: str, *, merge: bool, owner: str | None) -> None:
+    def _step_down(
+        self, now: float, reason: str, *, merge: bool, owner: str | None, planned: bool
+    ) -> None:
         core = self.core
         if self.promotion is not None:
             log.warning("promotion to epoch %d interrupted", self.promotion.epoch)
@@ -438,7 +518,7 @@ class RoleManager:
         # It holds everything it wrote: its data's history is now its own epoch.
         self.applied = max(self.applied, pack_version(self.primary_epoch, self.seq))
         self.in_sync = False
-        self._note_role_change(now)
+        self._note_role_change(now, planned=planned)
         # Name the new epoch's owner if we can see it: a third node that cannot
         # (a partial partition) then knows a primary exists and does not elect.
         linked = owner is not None and owner in self.core.peers and self.core.peers[owner].up
@@ -447,6 +527,11 @@ class RoleManager:
             core.emit(HandoverFinished(h.target, True, reason))
         core.count("step_downs")
         log.warning("stepped down to secondary: %s", reason)
+        if self.stop is not None and not self.stop.ready:
+            if planned:
+                self._stop_ready(owner, 0, f"handed the primary role to {owner}")
+            else:
+                self._stop_ready(None, 0, f"stepped down: {reason}")
         core.recompute_watermark()
         core.send_heartbeats(now)
 
@@ -506,7 +591,11 @@ class RoleManager:
                 "refused a handover from %s: not in sync with it in epoch %d", peer.name, self.epoch
             )
             return
-        self._promote(now, f"handover from {peer.name}: {msg.reason}")
+        self._promote(now, f"handover from {peer.name}: {msg.reason}", planned=True)
+
+    def reconfigure(self, settings: CoreSettings) -> None:
+        self.s = self.duties.s = settings
+        self.damper.max_flaps = settings.max_flaps
 
     # -- health and flap damping -------------------------------------------------------------
 
@@ -523,7 +612,12 @@ class RoleManager:
             self.core.emit(FaultChanged(bool(down), down))
         self.core.send_heartbeats(now)
 
-    def _note_role_change(self, now: float) -> None:
+    def _note_role_change(self, now: float, *, planned: bool) -> None:
+        # Only unplanned changes are flaps: a manual failover, a handover at
+        # shutdown, a preemption or a link failover is the operator's (or the
+        # configuration's) choice, and must not switch off automatic failover.
+        if planned:
+            return
         if self.damper.note(now):
             self.core.count("suspended")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from hasyncd.core.peers import Peer
+from hasyncd.core.replication import writes_behind
 from hasyncd.policy import KIND_BY_CODE
 from hasyncd.store import unpack_version
 from hasyncd.wire.messages import Role
@@ -20,7 +21,9 @@ def version_json(version: int) -> dict[str, int]:
 
 
 def node_status(core: NodeCore, now: float) -> dict[str, object]:
-    peers = [peer_status(p, now) for p in sorted(core.peers.values(), key=lambda p: p.name)]
+    peers = [
+        peer_status(p, now, core.version) for p in sorted(core.peers.values(), key=lambda p: p.name)
+    ]
     known = {p.address for p in core.peers.values()}
     # Configured addresses that never answered: an operator wants to see them too.
     peers += [
@@ -39,6 +42,7 @@ def node_status(core: NodeCore, now: float) -> dict[str, object]:
     ]
     out: dict[str, object] = {
         "node": core.s.name,
+        "priority": core.s.priority,
         "peers": peers,
         "records": {KIND_BY_CODE[k]: n for k, n in core.store.counts().items()},
         "version": version_json(core.version),
@@ -71,10 +75,12 @@ def role_status(roles: RoleManager, now: float) -> dict[str, object]:
         "monitors": {"configured": list(roles.s.monitors), "down": list(roles.monitors_down)},
         "split_brain": roles.split_brain,
         "promotion": promo,
+        "stopping": None if roles.stop is None else roles.stop.status(now),
+        "role_history": roles.history.recent(5),
     }
 
 
-def peer_status(p: Peer, now: float) -> dict[str, object]:
+def peer_status(p: Peer, now: float, current: int) -> dict[str, object]:
     session = p.session
     replication = None
     if session is not None:
@@ -84,6 +90,8 @@ def peer_status(p: Peer, now: float) -> dict[str, object]:
             "pending": len(session.pending),
             "in_flight_bytes": p.flow.in_flight,
             "acked_version": version_json(session.acked),
+            "lag_ms": round(p.lag.lag(now) * 1000, 3),
+            "lag_records": writes_behind(session.acked, current),
         }
     return {
         "node": p.name,

@@ -23,7 +23,7 @@ import msgspec
 from aiohttp import web
 
 from hasyncd.core.status import version_json
-from hasyncd.daemon.eventhub import event_type_name
+from hasyncd.daemon.eventhub import SHUTDOWN, event_type_name
 from hasyncd.daemon.metrics import CONTENT_TYPE
 from hasyncd.errors import HasyncdError, NotReplicated, RecordError, UnknownKind, WriteRefused
 from hasyncd.policy import policy_table
@@ -46,6 +46,10 @@ BATCH_APPLY_CHUNK = 1024
 # below the heartbeat interval, so heartbeats and replication keep flowing.
 BATCH_SLICE_S = 0.005
 SSE_KEEPALIVE = 15.0  # seconds between comment lines on an idle event stream
+# At a stop, requests still running get this long to finish (a sync-mode write
+# waits at most sync_timeout_ms) before they are cancelled: part of the stop
+# budget (hasyncd.daemon.shell.STOP_BUDGET_S).  aiohttp applies it twice at most.
+API_DRAIN_S = 1.0
 
 _STATUS_BY_ERROR = {
     "unknown_kind": 404,
@@ -109,6 +113,7 @@ class Api:
         r = self.app.router
         r.add_get("/v1/status", self.status)
         r.add_get("/v1/policy", self.policy)
+        r.add_get("/v1/history", self.history)
         r.add_post("/v1/records:batch", self.batch)
         r.add_get("/v1/records/{kind}", self.list)
         r.add_put("/v1/records/{kind}/{id}", self.put)
@@ -118,17 +123,21 @@ class Api:
         r.add_post("/v1/failover", self.failover)
         r.add_get("/metrics", self.metrics)
         self._runner: web.AppRunner | None = None
+        self._socket: Path | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
         cfg = self.d.config.api
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=API_DRAIN_S
+        )
         await self._runner.setup()
         if cfg.socket is not None:
             _prepare_socket_path(cfg.socket)
             site = web.UnixSite(self._runner, str(cfg.socket))
             await site.start()
+            self._socket = cfg.socket  # ours now: removed by stop()
             os.chmod(cfg.socket, 0o660)
         if cfg.listen is not None:
             try:
@@ -141,10 +150,16 @@ class Api:
                 ) from None
 
     async def stop(self) -> None:
+        """Stop listening; requests still running get API_DRAIN_S, then are cancelled.
+
+        The shell ends the event streams first (``EventHub.close``).  Safe when
+        ``start()`` failed half-way: aiohttp's runner cleanup is.
+        """
         if self._runner is not None:
             await self._runner.cleanup()
-        sock = self.d.config.api.socket
-        if sock is not None:
+            self._runner = None
+        sock, self._socket = self._socket, None
+        if sock is not None:  # never another process's socket (a refused start)
             with contextlib.suppress(OSError):
                 sock.unlink()
 
@@ -407,6 +422,12 @@ class Api:
         st["sync_mode"] = self.d.config.sync.mode
         return web.json_response(st)
 
+    async def history(self, request: web.Request) -> web.Response:
+        roles = self.d.core.roles
+        return web.json_response(
+            {"node": self.d.config.node.name, "history": roles.history.recent()}
+        )
+
     async def policy(self, request: web.Request) -> web.Response:
         return web.json_response({"policy": policy_table()})
 
@@ -434,6 +455,8 @@ class Api:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await resp.prepare(request)
+        if self.d.hub.closed:
+            raise ApiError(503, "shutting_down", "the node is stopping")
         sub, reset = self.d.hub.subscribe(types, last_id)
         try:
             if reset:
@@ -456,6 +479,9 @@ class Api:
                     await resp.write(b"event: overflow\ndata: {}\n\n")
                     break
                 seq, etype, data = item
+                if etype == SHUTDOWN:
+                    await resp.write(f"event: {SHUTDOWN}\ndata: {data}\n\n".encode())
+                    break
                 await resp.write(f"id: {seq}\nevent: {etype}\ndata: {data}\n\n".encode())
         except (ConnectionResetError, asyncio.CancelledError):
             pass

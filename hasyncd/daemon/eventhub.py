@@ -20,11 +20,13 @@ from hasyncd.core.events import Event, RecordChanged
 
 REPLAY = 10_000  # events kept for reconnecting clients
 QUEUE = 100_000  # per-subscriber backlog before it is dropped as too slow
+SHUTDOWN = "shutdown"  # the last event of every stream when the node stops
 
 
 class Subscriber:
     def __init__(self, types: frozenset[str] | None) -> None:
         self.types = types
+        # None: dropped as too slow; an item of type SHUTDOWN ends the stream.
         self.queue: asyncio.Queue[tuple[int, str, str] | None] = asyncio.Queue(QUEUE)
 
     def wants(self, etype: str) -> bool:
@@ -49,6 +51,7 @@ class EventHub:
         self._replay: deque[tuple[int, str, str]] = deque(maxlen=REPLAY)
         self._subs: set[Subscriber] = set()
         self._on_subscribers = on_subscribers
+        self.closed = False
 
     def publish(self, ev: Event) -> None:
         etype = event_type(ev)
@@ -76,6 +79,17 @@ class EventHub:
         self._subs.add(sub)
         self._update()
         return sub, reset
+
+    def close(self, reason: str) -> None:
+        """The node stops: end every stream with a SHUTDOWN event (even a full queue)."""
+        self.closed = True
+        data = json.dumps({"reason": reason})
+        for sub in list(self._subs):
+            while sub.queue.full():
+                sub.queue.get_nowait()
+            sub.queue.put_nowait((0, SHUTDOWN, data))
+        self._subs.clear()
+        self._update()
 
     def unsubscribe(self, sub: Subscriber) -> None:
         self._subs.discard(sub)

@@ -37,6 +37,10 @@ class HookRunner:
         self.history: deque[dict[str, object]] = deque(maxlen=HISTORY)
         self.running: str | None = None
 
+    def reconfigure(self, config: HooksConfig) -> None:
+        """A reload: hooks submitted from now on use the new paths and timeout."""
+        self.config = config
+
     def submit(self, hook: str, doc: dict[str, object]) -> None:
         if getattr(self.config, hook) is None:
             return

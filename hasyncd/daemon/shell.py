@@ -21,31 +21,48 @@ from pathlib import Path
 from typing import Any
 
 from hasyncd.config import Config
+from hasyncd.config import load as load_config
 from hasyncd.core.events import (
     Close,
     Dial,
     Event,
     FaultChanged,
+    PeerChanged,
     PromotionDone,
     Reannounce,
     RoleChanged,
+    StopReady,
+    SyncChanged,
     Watermark,
 )
 from hasyncd.core.node import NodeCore
 from hasyncd.core.settings import CoreSettings
-from hasyncd.daemon.api import Api
+from hasyncd.daemon import logs
+from hasyncd.daemon.api import API_DRAIN_S, Api
 from hasyncd.daemon.eventhub import EventHub
 from hasyncd.daemon.hooks import HookRunner
 from hasyncd.daemon.metrics import Metrics
+from hasyncd.daemon.reload import plan as plan_reload
 from hasyncd.daemon.system import InterfaceMonitor, LoopLagMonitor, SystemdNotifier
 from hasyncd.daemon.waiters import SyncWaiters
-from hasyncd.errors import HasyncdError
+from hasyncd.errors import ConfigError, HasyncdError
 from hasyncd.store import Store
 
 log = logging.getLogger("hasyncd.daemon")
 
 
 BOOTTIME = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+# A planned stop ends within this many seconds whatever peers and API clients
+# do: below systemd's TimeoutStopSec=15 (systemd/hasyncd.service), so a
+# stopping primary is never SIGKILLed in the middle of its handover.
+STOP_BUDGET_S = 12.0
+# How long the GOODBYE frames get to leave before the link sockets are aborted.
+LINK_DRAIN_S = 0.5
+# Margin on top of the core's own bounds (snapshot wait + handover timeout).
+STOP_SLACK_S = 0.5
+# How often systemd's STATUS= is looked at again (sent only when it changed).
+STATUS_REFRESH_S = 1.0
 
 
 def core_clock() -> float:
@@ -116,6 +133,8 @@ class LinkProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         d = self.daemon
         d.transports.pop(self.conn_id, None)
+        if not d.transports:
+            d.links_closed()
         d.core.connection_lost(self.conn_id, d.clock())
         d.flush()
 
@@ -138,6 +157,12 @@ class Daemon:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._stopping = asyncio.Event()
+        self._force = asyncio.Event()  # a second stop signal: no more waiting
+        self._stop_ready = asyncio.Event()  # the core's StopReady
+        self._links_closed = asyncio.Event()
+        self._stopped = False
+        self._monitor_task: asyncio.Task[None] | None = None
+        self._status_sent = ""
         self._tasks: set[asyncio.Task[None]] = set()
         self.metrics = Metrics(self)
         self.hub = EventHub(on_subscribers=self._record_events_wanted)
@@ -148,14 +173,23 @@ class Daemon:
         self._server: asyncio.Server | None = None
         self.role_changed = asyncio.Condition()
 
+    def links_closed(self) -> None:
+        self._links_closed.set()
+
     def new_conn_id(self) -> int:
         self._conn_ids += 1
         return self._conn_ids
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
 
     # -- the core's outputs ----------------------------------------------------------
 
@@ -194,11 +228,14 @@ class Daemon:
         if isinstance(ev, Watermark):
             self.waiters.update(ev.version)
             return
+        if isinstance(ev, StopReady):
+            self._stop_ready.set()
         self.metrics.on_event(ev)
         self.hub.publish(ev)
         core = self.core
+        if isinstance(ev, RoleChanged | PeerChanged | SyncChanged):
+            self._update_status()
         if isinstance(ev, RoleChanged):
-            self.notifier.status(f"{ev.new} in epoch {ev.epoch}: {ev.reason}")
             if ev.new == "secondary":
                 self.hooks.submit("on_secondary", self._hook_doc(ev.old, ev.new, ev.reason))
             self.spawn(self._notify_role_waiters())
@@ -210,6 +247,31 @@ class Daemon:
             role = core.roles.role.name.lower()
             reason = "monitored interfaces down: " + ", ".join(ev.monitors_down)
             self.hooks.submit("on_fault", self._hook_doc(role, role, reason))
+
+    def _update_status(self) -> None:
+        line = self._status_line()
+        if line != self._status_sent:
+            self._status_sent = line
+            self.notifier.status(line)
+
+    async def _refresh_status(self) -> None:
+        # A peer's in-sync state reaches the primary in heartbeats, not as an
+        # event: look again once a second, and send only what changed.
+        while True:
+            await asyncio.sleep(STATUS_REFRESH_S)
+            self._update_status()
+
+    def _status_line(self) -> str:
+        """systemd's STATUS=: role, sync state and every peer, as ``systemctl status`` shows."""
+        st = self.core.status(self.clock())
+        role = str(st["role"])
+        sync = "" if role == "primary" else (" in sync" if st["in_sync"] else " not in sync")
+        peers = []
+        for p in st["peers"]:  # type: ignore[attr-defined]
+            name = p["node"] or p["address"]
+            state = p["link"] + (", in sync" if p["in_sync"] else "")
+            peers.append(f"{name} {state}")
+        return f"{role}{sync} in epoch {st['epoch']}; peers: {'; '.join(peers) or 'none'}"
 
     async def _notify_role_waiters(self) -> None:
         async with self.role_changed:
@@ -249,6 +311,7 @@ class Daemon:
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Listen for the link, start the API and the helpers; ``stop()`` undoes any part."""
         listen = self.config.link.listen
         try:
             self._server = await self.loop.create_server(
@@ -261,8 +324,7 @@ class Daemon:
         await self.api.start()
         self.spawn(self.hooks.run())
         self.spawn(LoopLagMonitor(self.metrics).run())
-        if self.config.node.monitor:
-            self.spawn(InterfaceMonitor(self.config.node.monitor, self._monitors_changed).run())
+        self._start_monitor()
         self.flush()
         self.notifier.ready(f"starting: link {listen}")
         log.info(
@@ -273,12 +335,62 @@ class Daemon:
             ", ".join(str(x) for x in (self.config.api.socket, self.config.api.listen) if x),
         )
 
+    def _start_monitor(self) -> None:
+        if self._monitor_task is not None:
+            self._monitor_task.cancel()
+            self._monitor_task = None
+        names = self.config.node.monitor
+        if names:
+            self._monitor_task = self.spawn(InterfaceMonitor(names, self._monitors_changed).run())
+        elif self.core.roles.monitors_down:
+            self._monitors_changed(())
+
     def _monitors_changed(self, down: tuple[str, ...]) -> None:
         self.core.set_monitors(down, self.clock())
         self.flush()
 
+    # -- signals -----------------------------------------------------------------------
+
     def request_stop(self) -> None:
+        """SIGTERM/SIGINT: a planned stop; a second one forces the exit (no more waiting)."""
+        if self._stopping.is_set():
+            if not self._force.is_set():
+                log.warning("second stop signal: exiting without waiting any longer")
+            self._force.set()
         self._stopping.set()
+
+    def request_reload(self) -> None:
+        """SIGHUP (``systemctl reload``): apply what can change live, name what cannot."""
+        if self._stopping.is_set():
+            return
+        new = self._load_for_reload()
+        if new is None:
+            self.metrics.reloads.labels("refused").inc()
+            return
+        change = plan_reload(self.config, new)
+        for line in change.applied:
+            log.info("reload: %s", line)
+        for key in change.need_restart:
+            log.warning("reload: %s changed: takes effect only after a restart", key)
+        if not change.applied and not change.need_restart:
+            log.info("reload: configuration unchanged")
+        self.config = change.config
+        self.metrics.reloads.labels("applied").inc()
+        if not change.applied:
+            return
+        logs.set_level(self.config.log.level)
+        self.hooks.reconfigure(self.config.hooks)
+        self.core.reconfigure(core_settings(self.config), self.clock())
+        self._start_monitor()
+        self.flush()
+
+    def _load_for_reload(self) -> Config | None:
+        try:
+            return load_config(self.config.path)
+        except ConfigError as exc:
+            # One line naming the key, as at start-up; the traceback would say nothing more.
+            log.error("reload refused, configuration unchanged: %s", exc.message)  # noqa: TRY400
+            return None
 
     async def wait_role(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Wait until ``predicate()`` holds after a role change (or already holds)."""
@@ -290,37 +402,86 @@ class Daemon:
         return True
 
     async def run(self) -> None:
-        await self.start()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(sig, self.request_stop)
-        self.spawn(self.notifier.watchdog())
-        await self._stopping.wait()
-        await self.stop()
+        signals = {
+            signal.SIGTERM: self.request_stop,
+            signal.SIGINT: self.request_stop,
+            signal.SIGHUP: self.request_reload,
+        }
+        # Before anything starts: a signal during start-up must not kill the process
+        # with its default action (SIGHUP's is to terminate, leaving the socket behind).
+        for sig, handler in signals.items():
+            self.loop.add_signal_handler(sig, handler)
+        try:
+            try:
+                await self.start()
+            except BaseException:
+                await self._close()  # a partial start: undo what was started, quietly
+                raise
+            self.spawn(self.notifier.watchdog())
+            if self.notifier.enabled:
+                self.spawn(self._refresh_status())
+            await self._stopping.wait()
+            await self.stop()
+        finally:
+            for sig in signals:
+                self.loop.remove_signal_handler(sig)
+
+    async def _until(self, event: asyncio.Event, timeout: float) -> bool:
+        """Wait for ``event`` for at most ``timeout`` s, or until a second signal forces."""
+        waits = {asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._force.wait())}
+        try:
+            await asyncio.wait(waits, timeout=max(0.0, timeout), return_when="FIRST_COMPLETED")
+        finally:
+            for w in waits:
+                w.cancel()
+        return event.is_set()
 
     async def stop(self) -> None:
+        """A planned stop, bounded by STOP_BUDGET_S whatever peers and API clients do.
+
+        1. the core's planned stop (``hasyncd.core.stopping``): a primary hands
+           over, after waiting (bounded) for a secondary still loading its snapshot;
+        2. the API: event streams end with a ``shutdown`` event, other requests
+           get API_DRAIN_S, then are cancelled;
+        3. GOODBYE on every link; the transports close once their buffers are
+           written (at most LINK_DRAIN_S), then are aborted.
+        Safe after a partial start; a second SIGTERM/SIGINT skips every wait.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
         log.info("stopping")
         self.notifier.stopping()
         core = self.core
-        target = core.begin_shutdown(self.clock())
+        handover = self.config.promotion.handover_timeout_ms / 1000.0
+        snapshot_wait = max(0.0, STOP_BUDGET_S - handover - 2 * API_DRAIN_S - LINK_DRAIN_S)
+        core.begin_shutdown(self.clock(), snapshot_wait)
         self.flush()
-        if target is not None:
-            handed = await self.wait_role(
-                lambda: not core.roles.is_primary,
-                self.config.promotion.handover_timeout_ms / 1000.0,
-            )
-            log.info(
-                "handover to %s before stopping: %s", target, "done" if handed else "timed out"
-            )
-        core.finish_shutdown(self.clock())
-        self.flush()
-        await asyncio.sleep(0.05)  # let the GOODBYE frames leave
+        if not await self._until(self._stop_ready, snapshot_wait + handover + STOP_SLACK_S):
+            log.warning("stop: the handover did not finish in time; stopping anyway")
+        await self._close()
+        log.info("stopped")
+
+    async def _close(self) -> None:
+        """Close everything ``start()`` opened, in order; safe after a partial start."""
+        core = self.core
         if self._timer is not None:
             self._timer.cancel()
         if self._server is not None:
-            self._server.close()
+            self._server.close()  # no new links; the open ones get their GOODBYE below
+        self.hub.close("node shutting down")
+        await self.api.stop()
+        core.finish_shutdown(self.clock())
+        self.flush()
+        if self._timer is not None:
+            self._timer.cancel()
+        for transport in list(self.transports.values()):
+            transport.close()  # writes what is buffered (the GOODBYE), then closes
+        if self.transports and not self._force.is_set():
+            self._links_closed.clear()
+            await self._until(self._links_closed, LINK_DRAIN_S)
         for transport in list(self.transports.values()):
             transport.abort()
-        await self.api.stop()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

@@ -26,6 +26,7 @@ log = logging.getLogger("hasyncd.system")
 SYS_NET = Path("/sys/class/net")
 MONITOR_INTERVAL = 0.1  # seconds between operstate reads: one heartbeat interval
 LAG_PROBE = 0.05  # seconds between loop-lag probes
+STATUS_MAX = 400  # characters of STATUS=: one line of `systemctl status`, up to 7 peers
 
 
 class SystemdNotifier:
@@ -33,6 +34,10 @@ class SystemdNotifier:
         self._addr = os.environ.get("NOTIFY_SOCKET")
         usec = os.environ.get("WATCHDOG_USEC")
         self._watchdog = int(usec) / 1e6 if usec and usec.isdigit() else None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._addr)
 
     def _send(self, msg: str) -> None:
         if not self._addr:
@@ -42,10 +47,10 @@ class SystemdNotifier:
             s.sendto(msg.encode(), addr)
 
     def ready(self, status: str) -> None:
-        self._send(f"READY=1\nSTATUS={status}")
+        self._send(f"READY=1\nSTATUS={status[:STATUS_MAX]}")
 
     def status(self, status: str) -> None:
-        self._send(f"STATUS={status[:200]}")
+        self._send(f"STATUS={status[:STATUS_MAX]}")
 
     def stopping(self) -> None:
         self._send("STOPPING=1")
