@@ -62,6 +62,12 @@ _STATUS_BY_ERROR = {
 }
 
 
+# (Api has a method named ``list``: these aliases keep the builtin in its annotations.)
+_Chunk = list[tuple[int, str, Record | None]]
+_Parts = list[bytes]
+_Outcomes = list[Any]
+
+
 class ApiError(HasyncdError):
     def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
         super().__init__(message)
@@ -292,73 +298,85 @@ class Api:
         return web.json_response({"kind": kind.name, "items": items, "next": nxt})
 
     async def batch(self, request: web.Request) -> web.StreamResponse:
-        """Decode and validate the whole batch, then apply it: one store pass per slice.
+        """A batch in two passes over the body, each in slices of BATCH_SLICE_S.
 
-        Work is done in slices of BATCH_SLICE_S so heartbeats keep flowing.  A
-        request-level refusal (too many ops, a body that is not a msgpack
-        array) is raised before anything is applied; a bad op fails alone.
+        Pass 1 checks the framing of the whole body (a msgpack array of ops, at
+        most MAX_BATCH_OPS) and applies nothing, so a body refused as a whole
+        stores nothing.  Pass 2 decodes and validates ops a chunk at a time and
+        hands each chunk of validated records to the core in one call (one
+        store pass, one replication enqueue and flush per chunk); a bad op
+        fails alone.  No decoded op outlives its chunk, and each result is
+        kept encoded, so a large batch leaves nothing for the collector to walk.
         """
         use_msgpack = request.content_type in ("application/msgpack", "application/x-msgpack")
         raw = await request.read()
+        iter_ops = _iter_msgpack_batch if use_msgpack else _iter_ndjson_batch
+        encode = msgspec.msgpack.encode if use_msgpack else msgspec.json.encode
         loop = self.d.loop
-        results: list[dict[str, Any] | None] = []
-        todo: list[tuple[int, int, str, Record | None]] = []  # (result slot, kind, id, record)
         deadline = loop.time() + BATCH_SLICE_S
-        ops = _iter_msgpack_batch(raw) if use_msgpack else _iter_ndjson_batch(raw)
-        for op in ops:
-            slot = len(results)
-            try:
-                todo.append((slot, *self._parse_op(op)))
-                results.append(None)
-            except Exception as exc:  # one op's failure must not abort the rest of the batch
-                results.append(self._op_error(exc, op))
+        for _ in iter_ops(raw, framing_only=True):
             if loop.time() >= deadline:
                 await asyncio.sleep(0)
                 deadline = loop.time() + BATCH_SLICE_S
+        parts: _Parts = []
+        chunk: _Chunk = []
         newest = 0
-        core = self.d.core
-        start = 0
-        while start < len(todo):
-            # Apply in chunks sized to what fits a slice: one core call, one flush each.
-            chunk = todo[start : start + BATCH_APPLY_CHUNK]
-            start += len(chunk)
-            outcomes: list[Any]
+        for op in iter_ops(raw, framing_only=False):
             try:
-                outcomes = core.write_batch(
-                    [(k, rid, rec) for _, k, rid, rec in chunk], self._now()
-                )
-            except Exception as exc:  # the node refuses writes now: every op of the chunk fails
-                outcomes = [exc] * len(chunk)
-            for (slot, _k, rid, rec), res in zip(chunk, outcomes, strict=True):
-                if isinstance(res, Exception):
-                    results[slot] = self._op_error(res, {"id": rid})
-                elif res is None:
-                    results[slot] = self._op_error(
-                        ApiError(404, "not_found", f"no {KINDS_BY_CODE[_k].name} {rid}"),
-                        {"id": rid},
-                    )
-                else:
-                    status = (201 if res.created else 200) if rec is not None else 200
-                    results[slot] = {
-                        "status": status,
-                        "id": rid,
-                        "version": version_json(res.version),
-                    }
-                    newest = max(newest, res.version)
-            self.d.flush()
-            if loop.time() >= deadline:
-                await asyncio.sleep(0)
-                deadline = loop.time() + BATCH_SLICE_S
-        out: dict[str, Any] = {"results": results}
-        if newest:
-            replicated = await self._replicated(newest)
-            if replicated is not None:
-                out["replicated"] = replicated
+                chunk.append(self._parse_op(op))
+            except Exception as exc:  # one op's failure must not abort the rest of the batch
+                self._flush_chunk(chunk, parts, encode)
+                newest = max(newest, self._newest)
+                chunk = []
+                parts.append(encode(self._op_error(exc, op)))
+            if len(chunk) >= BATCH_APPLY_CHUNK or loop.time() >= deadline:
+                self._flush_chunk(chunk, parts, encode)
+                newest = max(newest, self._newest)
+                chunk = []
+                if loop.time() >= deadline:
+                    await asyncio.sleep(0)
+                    deadline = loop.time() + BATCH_SLICE_S
+        self._flush_chunk(chunk, parts, encode)
+        newest = max(newest, self._newest)
+        replicated = await self._replicated(newest) if newest else None
         if use_msgpack:
-            return web.Response(
-                body=msgspec.msgpack.encode(out), content_type="application/msgpack"
-            )
-        return web.Response(body=msgspec.json.encode(out), content_type="application/json")
+            body = (b"\x82" if replicated is not None else b"\x81") + b"\xa7results"
+            body += _msgpack_array_header(len(parts)) + b"".join(parts)
+            if replicated is not None:
+                body += b"\xaareplicated" + (b"\xc3" if replicated else b"\xc2")
+            return web.Response(body=body, content_type="application/msgpack")
+        body = b'{"results":[' + b",".join(parts) + b"]"
+        if replicated is not None:
+            body += b',"replicated":' + (b"true" if replicated else b"false")
+        return web.Response(body=body + b"}", content_type="application/json")
+
+    _newest = 0
+
+    def _flush_chunk(self, chunk: _Chunk, parts: _Parts, encode: Any) -> None:
+        """Apply validated ops in one core call; append their encoded results."""
+        self._newest = 0
+        if not chunk:
+            return
+        outcomes: _Outcomes
+        try:
+            outcomes = self.d.core.write_batch(chunk, self._now())
+        except Exception as exc:  # the node refuses writes now: every op of the chunk fails
+            outcomes = [exc] * len(chunk)
+        newest = 0
+        for (kind, rid, rec), res in zip(chunk, outcomes, strict=True):
+            if isinstance(res, Exception):
+                parts.append(encode(self._op_error(res, {"id": rid})))
+            elif res is None:
+                err = ApiError(404, "not_found", f"no {KINDS_BY_CODE[kind].name} {rid}")
+                parts.append(encode(self._op_error(err, {"id": rid})))
+            else:
+                status = (201 if res.created else 200) if rec is not None else 200
+                parts.append(
+                    encode({"status": status, "id": rid, "version": version_json(res.version)})
+                )
+                newest = max(newest, res.version)
+        self.d.flush()
+        self._newest = newest
 
     def _parse_op(self, op: Any) -> tuple[int, str, Record | None]:
         """Validate one batch op: (kind code, id, record or None for a delete)."""
@@ -514,8 +532,11 @@ _MISSING: Any = object()
 _op_decoder = msgspec.json.Decoder(_Op)
 
 
-def _iter_ndjson_batch(raw: bytes) -> Iterator[Any]:
-    """The ops of an NDJSON body, each decoded into an ``_Op`` (or the reason it is not one)."""
+def _iter_ndjson_batch(raw: bytes, *, framing_only: bool) -> Iterator[Any]:
+    """The ops of an NDJSON body, each decoded into an ``_Op`` (or the reason it is not one).
+
+    ``framing_only``: only count the ops (the whole-request check), decode nothing.
+    """
     n = 0
     for line in raw.splitlines():
         if not line.strip():
@@ -523,6 +544,9 @@ def _iter_ndjson_batch(raw: bytes) -> Iterator[Any]:
         n += 1
         if n > MAX_BATCH_OPS:
             raise ApiError(413, "batch_too_large", f"more than {MAX_BATCH_OPS} ops")
+        if framing_only:
+            yield None
+            continue
         try:
             yield _op_decoder.decode(line)
         except msgspec.ValidationError as exc:
@@ -541,8 +565,19 @@ def _op_validation_error(exc: msgspec.ValidationError) -> ApiError:
     return ApiError(400, "invalid_op", 'an op needs "op" ("put"|"delete"), "kind" and "id"')
 
 
-def _iter_msgpack_batch(raw: bytes) -> Iterator[Any]:
-    """The ops of a msgpack batch body, decoded one at a time (a bad op does not spoil the rest)."""
+def _msgpack_array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes([0x90 | n])
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def _iter_msgpack_batch(raw: bytes, *, framing_only: bool) -> Iterator[Any]:
+    """The ops of a msgpack batch body, decoded one at a time (a bad op does not spoil the rest).
+
+    ``framing_only``: check the framing of every op, keep none.
+    """
     unpacker = msgpack.Unpacker(
         raw=False, strict_map_key=True, max_buffer_size=len(raw) + 1, max_ext_len=0
     )
@@ -555,7 +590,8 @@ def _iter_msgpack_batch(raw: bytes) -> Iterator[Any]:
         raise ApiError(413, "batch_too_large", f"more than {MAX_BATCH_OPS} ops")
     for _ in range(count):
         try:
-            yield _jsonable(unpacker.unpack())
+            op = unpacker.unpack()
+            yield None if framing_only else _jsonable(op)
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             raise ApiError(
                 400, "invalid_msgpack", f"body is not valid msgpack: {type(exc).__name__}"
