@@ -24,52 +24,55 @@ so key material cannot leak into an error body or a log line.
 
 from __future__ import annotations
 
-import ipaddress
 import re
-import socket
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import msgspec
 
-from hasyncd.errors import RecordError, UnknownField
+from hasyncd.addresses import (
+    MAX_PREFIX_TEXT,
+    PrefixW,
+    check_ip,
+    format_ip,
+    format_prefix,
+    parse_ip,
+    parse_prefix,
+    prefix_error,
+    prefix_ok,
+)
+from hasyncd.errors import RecordError
+from hasyncd.schemaerrors import (
+    Bad,
+    conversion_error,
+    field_error,
+    find_unencodable,
+    join_path,
+    validation_error,
+)
+
+__all__ = [
+    "Bad",
+    "check_ip",
+    "conversion_error",
+    "find_unencodable",
+    "format_ip",
+    "format_prefix",
+    "parse_ip",
+    "parse_prefix",
+    "prefix_error",
+    "prefix_ok",
+    "validation_error",
+]
 
 # No C0/C1 control characters and no Unicode line/paragraph separators:
 # these strings end up in logs and data-plane hook input (``Str.ok``).
-# Distinct address and prefix texts remembered with their packed form: the
-# same gateway addresses and site subnets recur in most records.  Bounds the
-# cache's memory (about 200 B an entry); it is emptied when full.
-TEXT_CACHE_SIZE = 8192
-MAX_IP_TEXT = 45  # the longest IPv6 text form (with an embedded IPv4 address)
-MAX_PREFIX_TEXT = 49
-
 # Distinct list encodings (selector sets, group lists) remembered as checked:
 # at ~150 B each, bounds the cache to a few MiB; it is emptied when full.
 LIST_CACHE_SIZE = 16384
 
 REQUIRED: Any = msgspec.NODEFAULT
 _encode = msgspec.msgpack.Encoder().encode
-
-
-class Bad(Exception):
-    """A value failed a Python-level conversion; ``path`` is filled in on the way out."""
-
-    def __init__(self, expected: str, path: str = "") -> None:
-        super().__init__(expected)
-        self.expected = expected
-        self.path = path
-
-
-def _err(path: str, expected: str) -> RecordError:
-    path = path or "record"
-    return RecordError(f"field {path}: expected {expected}", field=path)
-
-
-def _join(name: str | int, path: str) -> str:
-    head = f"[{name}]" if isinstance(name, int) else name
-    if not path:
-        return head
-    return head + path if path.startswith("[") else f"{head}.{path}"
 
 
 class Codec:
@@ -197,65 +200,6 @@ class Hex(Codec):
         self.to_json = bytes.hex
 
 
-# --- addresses -------------------------------------------------------------------------
-
-_IP_EXPECTED = "an IPv4 or IPv6 address"
-_PREFIX_EXPECTED = "a CIDR prefix like 10.0.0.0/24 (no host bits set)"
-_ip_cache: dict[str, bytes] = {}
-_prefix_cache: dict[str, Any] = {}
-_inet_pton, _inet_ntop = socket.inet_pton, socket.inet_ntop
-_AF_INET, _AF_INET6 = socket.AF_INET, socket.AF_INET6
-
-
-def _parse_ip_text(v: str) -> bytes:
-    """Address text -> packed bytes, accepting exactly what ``ipaddress.ip_address`` does."""
-    if len(v) > MAX_IP_TEXT or "%" in v or not v.isascii():
-        raise Bad(_IP_EXPECTED)
-    if ":" not in v:
-        # inet_pton(AF_INET) takes exactly a dotted quad of decimal octets
-        # without leading zeros: ipaddress's IPv4 syntax.
-        try:
-            return _inet_pton(_AF_INET, v)
-        except OSError:
-            raise Bad(_IP_EXPECTED) from None
-    try:  # IPv6 syntax has corner cases where libc and ipaddress differ: use ipaddress
-        return ipaddress.IPv6Address(v).packed
-    except ValueError:
-        raise Bad(_IP_EXPECTED) from None
-
-
-def parse_ip(v: str) -> bytes:
-    out = _ip_cache.get(v)
-    if out is None:
-        out = _parse_ip_text(v)
-        if len(_ip_cache) >= TEXT_CACHE_SIZE:
-            _ip_cache.clear()
-        _ip_cache[v] = out
-    return out
-
-
-_text_of_ip: dict[bytes, str] = {}
-
-
-def format_ip(packed: bytes) -> str:
-    """Python's ``ipaddress`` text form (dotted quad; RFC 5952 for IPv6)."""
-    out = _text_of_ip.get(packed)
-    if out is None:
-        if len(packed) == 4:
-            out = _inet_ntop(_AF_INET, packed)
-        else:
-            out = str(ipaddress.IPv6Address(packed))
-        if len(_text_of_ip) >= TEXT_CACHE_SIZE:
-            _text_of_ip.clear()
-        _text_of_ip[packed] = out
-    return out
-
-
-def check_ip(packed: bytes, path: str) -> None:
-    if len(packed) != 4 and len(packed) != 16:
-        raise _err(path, "4 or 16 address bytes")
-
-
 class IP(Codec):
     """An IPv4 or IPv6 address; on the wire its 4 or 16 packed bytes."""
 
@@ -263,86 +207,6 @@ class IP(Codec):
     json_type = str
     to_wire = staticmethod(parse_ip)
     to_json = staticmethod(format_ip)
-
-
-class PrefixW(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True, gc=False):
-    """A prefix on the wire: [packed network, prefix length]."""
-
-    net: Annotated[bytes, msgspec.Meta(min_length=4, max_length=16)]
-    plen: Annotated[int, msgspec.Meta(ge=0, le=128)]
-
-
-# Host-bit masks by (address length, prefix length); None where the length does not fit.
-_HOST_MASKS: dict[int, tuple[int | None, ...]] = {
-    n: tuple((1 << (8 * n - plen)) - 1 if plen <= 8 * n else None for plen in range(129))
-    for n in (4, 16)
-}
-_V4_MASKS, _V6_MASKS = _HOST_MASKS[4], _HOST_MASKS[16]
-
-
-def _host_bits_clear(net: bytes, plen: int) -> bool:
-    """The prefix length fits the address (4 or 16 bytes) and no host bit is set."""
-    n = len(net)
-    if not 0 <= plen <= 128:
-        return False
-    if n == 4:
-        mask = _V4_MASKS[plen]
-    elif n == 16:
-        mask = _V6_MASKS[plen]
-    else:
-        return False
-    return mask is not None and not int.from_bytes(net, "big") & mask
-
-
-def _parse_prefix_text(v: str) -> PrefixW:
-    if len(v) > MAX_PREFIX_TEXT or "/" not in v:
-        raise Bad(_PREFIX_EXPECTED)
-    addr, _, plen_text = v.partition("/")
-    if not (plen_text.isascii() and plen_text.isdigit() and len(plen_text) <= 3):
-        # Netmask forms (10.0.0.0/255.255.0.0) and the rest: what ipaddress accepts.
-        return _parse_prefix_slow(v)
-    try:
-        net = _parse_ip_text(addr)
-    except Bad:
-        raise Bad(_PREFIX_EXPECTED) from None
-    plen = int(plen_text)
-    if not _host_bits_clear(net, plen):
-        raise Bad(_PREFIX_EXPECTED)
-    return PrefixW(net, plen)
-
-
-def _parse_prefix_slow(v: str) -> PrefixW:
-    if "%" in v:
-        raise Bad(_PREFIX_EXPECTED)
-    try:
-        n = ipaddress.ip_network(v, strict=True)
-    except ValueError:
-        raise Bad(_PREFIX_EXPECTED) from None
-    return PrefixW(n.network_address.packed, n.prefixlen)
-
-
-def parse_prefix(v: str) -> PrefixW:
-    out = _prefix_cache.get(v)
-    if out is None:
-        out = _parse_prefix_text(v)
-        if len(_prefix_cache) >= TEXT_CACHE_SIZE:
-            _prefix_cache.clear()
-        _prefix_cache[v] = out
-    return out
-
-
-def format_prefix(p: PrefixW) -> str:
-    return f"{format_ip(p.net)}/{p.plen}"
-
-
-def prefix_ok(p: PrefixW) -> bool:
-    return _host_bits_clear(p.net, p.plen)
-
-
-def prefix_error(path: str) -> RecordError:
-    return _err(
-        path, "a network of 4 or 16 bytes, a prefix length that fits it and no host bits set"
-    )
 
 
 class Prefix(Codec):
@@ -383,7 +247,7 @@ class ListOf(Codec):
                     try:
                         out.append(fw(x))
                     except Bad as exc:
-                        exc.path = _join(i, exc.path)
+                        exc.path = join_path(i, exc.path)
                         raise
                 return out
 
@@ -440,7 +304,7 @@ class CachedList(ListOf):
                     try:
                         items.append(fw(x))
                     except Bad as exc:
-                        exc.path = _join(i, exc.path)
+                        exc.path = join_path(i, exc.path)
                         raise
             return msgspec.Raw(self._checked(_encode(items), items, self.name))
 
@@ -460,14 +324,14 @@ class CachedList(ListOf):
         if isinstance(inner, Str):
             for i, x in enumerate(items):
                 if not inner.ok(x):
-                    raise _err(f"{path}[{i}]", inner.expected)
+                    raise field_error(f"{path}[{i}]", inner.expected)
         elif isinstance(inner, Struct):
             for i, x in enumerate(items):
                 try:
                     inner.check_strings(x)
                 except RecordError as exc:
                     where = f"{path}[{i}].{exc.field}"
-                    raise _err(where, exc.message.split(": expected ", 1)[-1]) from None
+                    raise field_error(where, exc.message.split(": expected ", 1)[-1]) from None
         if self._check_items is not None:
             self._check_items(items, path)
         if len(self._seen) >= LIST_CACHE_SIZE:
@@ -489,7 +353,7 @@ class CachedList(ListOf):
             detail = err.message.split(": ", 1)[-1]
             raise RecordError(f"field {where}: {detail}", field=where) from None
         except msgspec.DecodeError:
-            raise _err(path, "a list") from None
+            raise field_error(path, "a list") from None
         self._checked(data, items, path)
 
 
@@ -552,7 +416,7 @@ class Struct(Codec):
                     try:
                         x = conv(x)
                     except Bad as exc:
-                        exc.path = _join(n, exc.path)
+                        exc.path = join_path(n, exc.path)
                         raise
                 args.append(x)
             return wire(*args)
@@ -591,7 +455,7 @@ def _compile_to_wire(
 
 
 def _string_fail(path: str, codec: Str) -> None:
-    raise _err(path, codec.expected)
+    raise field_error(path, codec.expected)
 
 
 def _compile_string_checks(struct: Struct) -> Callable[[Any], None]:
@@ -656,39 +520,6 @@ def _json_default(f: Field) -> Any:
     return d
 
 
-# --- error mapping ---------------------------------------------------------------------
-
-_AT = re.compile(r" - at `\$(.*)`\Z")
-_UNKNOWN = re.compile(r"Object contains unknown field `(.*)`")
-_MISSING = re.compile(r"Object missing required field `(.*)`")
-# msgspec quotes an invalid enum value: never let a value through.
-_ENUM_VALUE = re.compile(r"Invalid enum value .*")
-
-
-def validation_error(exc: msgspec.ValidationError) -> RecordError:
-    """A RecordError naming the field of a msgspec ValidationError, without any value."""
-    text = str(exc)
-    path = ""
-    m = _AT.search(text)
-    if m is not None:
-        path = m.group(1).removeprefix(".")
-        text = text[: m.start()]
-    m = _UNKNOWN.match(text)
-    if m is not None:
-        name = _join(m.group(1)[:64], "") if not path else f"{path}.{m.group(1)[:64]}"
-        return UnknownField(f"unknown field {name}", field=name)
-    m = _MISSING.match(text)
-    if m is not None:
-        name = m.group(1) if not path else f"{path}.{m.group(1)}"
-        return RecordError(f"missing field {name}", field=name)
-    if _ENUM_VALUE.match(text):
-        text = "expected one of the names the schema lists"
-    elif text.startswith("Expected `object`") and not path:
-        text = "expected a JSON object"
-    path = path or "record"
-    return RecordError(f"field {path}: {text[:1].lower() + text[1:]}", field=path)
-
-
 _INDEX = re.compile(r"\[(\d+)\]")
 
 
@@ -709,37 +540,3 @@ def name_path(codec: Codec, positional: str) -> str:
         else:
             break
     return out or "record"
-
-
-def find_unencodable(w: Any, path: str = "") -> str | None:
-    """The path of the first value msgpack cannot hold (slow; for errors): a lone
-    surrogate in a string (valid JSON, not valid text) or an integer beyond u64."""
-    if type(w) is str:
-        try:
-            w.encode("utf-8")
-        except UnicodeEncodeError:
-            return path
-        return None
-    if isinstance(w, msgspec.Raw):
-        return None
-    if type(w) is int:
-        return path if w > 2**64 - 1 else None
-    return _find_in(w, path)
-
-
-def _find_in(w: Any, path: str) -> str | None:
-    if isinstance(w, list):
-        items: list[tuple[str, Any]] = [(f"{path}[{i}]", x) for i, x in enumerate(w)]
-    elif isinstance(w, msgspec.Struct):
-        items = [(f"{path}.{n}" if path else n, getattr(w, n)) for n in w.__struct_fields__]
-    else:
-        return None
-    for p, x in items:
-        found = find_unencodable(x, p)
-        if found is not None:
-            return found
-    return None
-
-
-def conversion_error(exc: Bad) -> RecordError:
-    return _err(exc.path, exc.expected)
