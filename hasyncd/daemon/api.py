@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
 import socket
 import time
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgpack
+import yaml
 from aiohttp import web
 
 from hasyncd.core.status import version_json
@@ -46,6 +49,23 @@ SSE_KEEPALIVE = 15.0  # seconds between comment lines on an idle event stream
 # waits at most sync_timeout_ms) before they are cancelled: part of the stop
 # budget (hasyncd.daemon.shell.STOP_BUDGET_S).  aiohttp applies it twice at most.
 API_DRAIN_S = 1.0
+
+# Every route, once: the router is built from it and tests/test_openapi.py checks
+# that proto/openapi.yaml documents exactly these.
+ROUTES: tuple[tuple[str, str, str], ...] = (
+    ("GET", "/v1/status", "status"),
+    ("GET", "/v1/policy", "policy"),
+    ("GET", "/v1/history", "history"),
+    ("POST", "/v1/records:batch", "batch"),
+    ("GET", "/v1/records/{kind}", "list"),
+    ("PUT", "/v1/records/{kind}/{id}", "put"),
+    ("GET", "/v1/records/{kind}/{id}", "get"),
+    ("DELETE", "/v1/records/{kind}/{id}", "delete"),
+    ("GET", "/v1/events", "events"),
+    ("POST", "/v1/failover", "failover"),
+    ("GET", "/metrics", "metrics"),
+    ("GET", "/v1/openapi.json", "openapi"),
+)
 
 _STATUS_BY_ERROR = {
     "unknown_kind": 404,
@@ -107,17 +127,8 @@ class Api:
             client_max_size=cfg.max_body_mib * 1024 * 1024, middlewares=[self._errors]
         )
         r = self.app.router
-        r.add_get("/v1/status", self.status)
-        r.add_get("/v1/policy", self.policy)
-        r.add_get("/v1/history", self.history)
-        r.add_post("/v1/records:batch", self.batch)
-        r.add_get("/v1/records/{kind}", self.list)
-        r.add_put("/v1/records/{kind}/{id}", self.put)
-        r.add_get("/v1/records/{kind}/{id}", self.get)
-        r.add_delete("/v1/records/{kind}/{id}", self.delete)
-        r.add_get("/v1/events", self.events)
-        r.add_post("/v1/failover", self.failover)
-        r.add_get("/metrics", self.metrics)
+        for method, path, handler in ROUTES:
+            r.add_route(method, path, getattr(self, handler))
         self._runner: web.AppRunner | None = None
         self._socket: Path | None = None
 
@@ -401,6 +412,9 @@ class Api:
             )
         return web.json_response({"new_primary": target, "epoch": core.roles.epoch})
 
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.Response(body=openapi_json(), content_type="application/json")
+
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.d.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
@@ -500,6 +514,13 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _jsonable(x) for k, x in v.items()}
     return v
+
+
+@functools.cache
+def openapi_json() -> bytes:
+    """hasyncd/openapi.yaml (proto/openapi.yaml links to it) as JSON, read once."""
+    text = resources.files("hasyncd").joinpath("openapi.yaml").read_text()
+    return json.dumps(yaml.safe_load(text)).encode()
 
 
 def _prepare_socket_path(path: Path) -> None:
