@@ -38,9 +38,16 @@ MAX_RECORD_BODY = 64 * 1024  # one record's JSON: far above the largest legal re
 MAX_PAGE = 1000  # records per list page: bounds the time one request holds the loop
 DEFAULT_PAGE = 100
 MAX_BATCH_OPS = 200_000  # ops per batch request
+# Containers nested inside one op or record body.  The deepest legal op is
+# 5 (op > record > selectors > selector > field); 32 leaves room for new
+# kinds and stays far below Python's recursion limit (1000), so decoding and
+# validation never recurse deep enough to raise RecursionError.
+MAX_NESTING = 32
 # Longest stretch a batch request holds the event loop before yielding: far
 # below the heartbeat interval, so heartbeats and replication keep flowing.
 BATCH_SLICE_S = 0.005
+# Event ids are the hub's u64 sequence numbers: at most 20 ASCII digits.
+MAX_EVENT_ID = 2**64 - 1
 SSE_KEEPALIVE = 15.0  # seconds between comment lines on an idle event stream
 
 _STATUS_BY_ERROR = {
@@ -122,10 +129,14 @@ class Api:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         if cfg.socket is not None:
-            _prepare_socket_path(cfg.socket)
-            site = web.UnixSite(self._runner, str(cfg.socket))
-            await site.start()
-            os.chmod(cfg.socket, 0o660)
+            try:
+                _prepare_socket_path(cfg.socket)
+                await web.UnixSite(self._runner, str(cfg.socket)).start()
+                os.chmod(cfg.socket, 0o660)
+            except OSError as exc:
+                raise HasyncdError(
+                    f"cannot create the API socket {cfg.socket}: {exc.strerror or exc}"
+                ) from None
         if cfg.listen is not None:
             try:
                 await web.TCPSite(
@@ -167,15 +178,7 @@ class Api:
         return resp
 
     async def _json_body(self, request: web.Request, limit: int) -> Any:
-        if request.content_length is not None and request.content_length > limit:
-            raise ApiError(413, "body_too_large", f"body exceeds {limit} bytes")
-        raw = await request.content.read(limit + 1)
-        if len(raw) > limit:
-            raise ApiError(413, "body_too_large", f"body exceeds {limit} bytes")
-        try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+        return _decode_json(await _read_body(request, limit))
 
     def _kind(self, name: str, *, write: bool = False) -> Kind:
         try:
@@ -279,14 +282,24 @@ class Api:
 
     async def batch(self, request: web.Request) -> web.StreamResponse:
         use_msgpack = request.content_type in ("application/msgpack", "application/x-msgpack")
-        raw = await request.read()
-        results: list[dict[str, Any]] = []
-        newest = 0
+        raw = await _read_body(request, self.d.config.api.max_body_mib * 1024 * 1024)
         loop = self.d.loop
         # Work in slices of a few milliseconds: parsing and validating a large
         # batch in one go would stall heartbeats long enough for a false failover.
+        # Decode the whole body first: a body refused as a whole (bad framing,
+        # too many ops) must not leave its earlier ops written and replicated.
+        ops: list[Any] = []
         deadline = loop.time() + BATCH_SLICE_S
         for op in _iter_batch(raw, use_msgpack):
+            ops.append(op)
+            if loop.time() >= deadline:
+                await asyncio.sleep(0)
+                deadline = loop.time() + BATCH_SLICE_S
+        del raw
+        results: list[dict[str, Any]] = []
+        newest = 0
+        deadline = loop.time() + BATCH_SLICE_S
+        for op in ops:
             res = self._batch_op(op)
             newest = max(newest, res.pop("_version", 0))
             results.append(res)
@@ -332,11 +345,11 @@ class Api:
 
     def _batch_op(self, op: Any) -> dict[str, Any]:
         if isinstance(op, _BadLine):
-            self.d.metrics.api_errors.labels("invalid_json").inc()
+            self.d.metrics.api_errors.labels(op.error.code).inc()
             return {
-                "status": 400,
-                "error": "invalid_json",
-                "message": f"line {op.line} is not JSON",
+                "status": op.error.status,
+                "error": op.error.code,
+                "message": f"line {op.line}: {op.error.message}",
             }
         if not isinstance(op, dict):
             return {"status": 400, "error": "invalid_op", "message": "an op is an object"}
@@ -386,8 +399,7 @@ class Api:
     async def events(self, request: web.Request) -> web.StreamResponse:
         types_q = request.query.get("types")
         types = frozenset(t.strip() for t in types_q.split(",") if t.strip()) if types_q else None
-        last = request.headers.get("Last-Event-ID")
-        last_id = int(last) if last and last.isdigit() else None
+        last_id = _last_event_id(request.headers.get("Last-Event-ID"))
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
@@ -422,8 +434,88 @@ class Api:
         return resp
 
 
+def _last_event_id(value: str | None) -> int | None:
+    """The Last-Event-ID header as an event id; 400 for anything but ASCII digits of a u64."""
+    if not value:
+        return None
+    # str.isdigit() is also true for "²" or Arabic-Indic digits, which int()
+    # rejects or accepts: only 1..20 ASCII digits are an event id.
+    if not (len(value) <= len(str(MAX_EVENT_ID)) and value.isascii() and value.isdigit()):
+        raise ApiError(
+            400, "invalid_last_event_id", "Last-Event-ID must be an event id (ASCII digits)"
+        )
+    last_id = int(value)
+    if last_id > MAX_EVENT_ID:
+        raise ApiError(400, "invalid_last_event_id", f"Last-Event-ID exceeds {MAX_EVENT_ID}")
+    return last_id
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "body_too_large", f"body exceeds {limit} bytes")
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The whole request body, however many segments or chunks it arrives in.
+
+    Reads until EOF, never more than ``limit + 1`` bytes: a larger body is
+    refused with 413 ``body_too_large`` without buffering the rest of it.
+    """
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    buf = bytearray()
+    while True:
+        chunk = await request.content.read(limit + 1 - len(buf))
+        if not chunk:
+            return bytes(buf)
+        buf += chunk
+        if len(buf) > limit:
+            raise _too_large(limit)
+
+
+def _too_deep() -> ApiError:
+    return ApiError(400, "nesting_too_deep", f"nested deeper than {MAX_NESTING} levels")
+
+
+def _check_depth(value: Any) -> None:
+    """Raise ``nesting_too_deep`` past MAX_NESTING (iterative: any depth is safe to walk)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict):
+            v = v.values()
+        elif not isinstance(v, list):
+            continue
+        if depth > MAX_NESTING:
+            raise _too_deep()
+        stack.extend((x, depth + 1) for x in v)
+
+
+def _decode_json(raw: bytes) -> Any:
+    """One JSON document, or the ApiError saying why not (never RecursionError)."""
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise _too_deep() from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+    # Depth cannot exceed the number of containers: walk only the bodies that
+    # might be too deep, so an ordinary batch pays two byte counts per op.
+    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING:
+        _check_depth(value)
+    return value
+
+
+_MSGPACK_ERRORS = (ValueError, TypeError, msgpack.UnpackException)
+
+
 def _iter_batch(raw: bytes, use_msgpack: bool) -> Iterator[Any]:
-    """The ops of a batch body, decoded one at a time (a bad op does not spoil the rest)."""
+    """The ops of a batch body, decoded one at a time.
+
+    Raises ApiError for a body that cannot be used as a whole (not a msgpack
+    array, undecodable msgpack, more than MAX_BATCH_OPS ops); an NDJSON line
+    that is not JSON, or too deep, becomes a ``_BadLine`` that fails alone.
+    The caller collects every op before applying any.
+    """
     if use_msgpack:
         unpacker = msgpack.Unpacker(
             raw=False, strict_map_key=True, max_buffer_size=len(raw) + 1, max_ext_len=0
@@ -431,48 +523,62 @@ def _iter_batch(raw: bytes, use_msgpack: bool) -> Iterator[Any]:
         unpacker.feed(raw)
         try:
             count = unpacker.read_array_header()
-        except (ValueError, TypeError, msgpack.UnpackException):
+        except _MSGPACK_ERRORS:
             raise ApiError(
                 400, "invalid_batch", "a msgpack batch body is an array of ops"
             ) from None
         if count > MAX_BATCH_OPS:
             raise ApiError(413, "batch_too_large", f"more than {MAX_BATCH_OPS} ops")
-        for _ in range(count):
+        for i in range(count):
             try:
-                yield _jsonable(unpacker.unpack())
-            except (ValueError, TypeError, msgpack.UnpackException) as exc:
+                op = unpacker.unpack()
+            except _MSGPACK_ERRORS as exc:
                 raise ApiError(
-                    400, "invalid_msgpack", f"body is not valid msgpack: {type(exc).__name__}"
+                    400,
+                    "invalid_msgpack",
+                    f"op {i} is not valid msgpack: {type(exc).__name__}",
                 ) from None
+            yield _jsonable(op, 1)
+        if unpacker.tell() != len(raw):
+            raise ApiError(400, "invalid_batch", "data after the msgpack array of ops")
         return
     n = 0
-    for line in raw.splitlines():
+    pos = 0
+    while pos < len(raw):
+        end = raw.find(b"\n", pos)
+        if end < 0:
+            end = len(raw)
+        line = raw[pos:end]
+        pos = end + 1
         if not line.strip():
             continue
         n += 1
         if n > MAX_BATCH_OPS:
             raise ApiError(413, "batch_too_large", f"more than {MAX_BATCH_OPS} ops")
         try:
-            yield json.loads(line)
-        except (ValueError, UnicodeDecodeError):
-            yield _BadLine(n)
+            yield _decode_json(line)
+        except ApiError as exc:
+            yield _BadLine(n, exc)
 
 
 class _BadLine:
-    """An NDJSON line that is not JSON: reported in its result slot, the rest still applies."""
+    """An NDJSON line that cannot be decoded: reported in its result slot, the rest applies."""
 
-    def __init__(self, line: int) -> None:
+    def __init__(self, line: int, error: ApiError) -> None:
         self.line = line
+        self.error = error
 
 
-def _jsonable(v: Any) -> Any:
+def _jsonable(v: Any, depth: int) -> Any:
     """msgpack batches may carry keys and SPIs as bin: present them as the hex JSON uses."""
     if isinstance(v, bytes):
         return v.hex()
+    if isinstance(v, list | dict) and depth > MAX_NESTING:
+        raise _too_deep()
     if isinstance(v, list):
-        return [_jsonable(x) for x in v]
+        return [_jsonable(x, depth + 1) for x in v]
     if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
+        return {k: _jsonable(x, depth + 1) for k, x in v.items()}
     return v
 
 
