@@ -24,7 +24,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hasyncd import samples
-from hasyncd.daemon.api import MAX_BATCH_OPS, MAX_RECORD_BODY
+from hasyncd.daemon.api import MAX_RECORD_BODY
+from hasyncd.daemon.bodies import MAX_BATCH_OPS
 from hasyncd.lab import LabCluster, LabNode, free_port
 
 pytestmark = pytest.mark.integration

@@ -22,6 +22,14 @@ import msgpack
 from aiohttp import web
 
 from hasyncd.core.status import version_json
+from hasyncd.daemon.bodies import (
+    ApiError,
+    BadLine,
+    decode_json,
+    iter_batch,
+    last_event_id,
+    read_body,
+)
 from hasyncd.daemon.eventhub import event_type_name
 from hasyncd.daemon.metrics import CONTENT_TYPE
 from hasyncd.errors import HasyncdError, NotReplicated, RecordError, UnknownKind, WriteRefused
@@ -37,17 +45,9 @@ log = logging.getLogger("hasyncd.api")
 MAX_RECORD_BODY = 64 * 1024  # one record's JSON: far above the largest legal record
 MAX_PAGE = 1000  # records per list page: bounds the time one request holds the loop
 DEFAULT_PAGE = 100
-MAX_BATCH_OPS = 200_000  # ops per batch request
-# Containers nested inside one op or record body.  The deepest legal op is
-# 5 (op > record > selectors > selector > field); 32 leaves room for new
-# kinds and stays far below Python's recursion limit (1000), so decoding and
-# validation never recurse deep enough to raise RecursionError.
-MAX_NESTING = 32
 # Longest stretch a batch request holds the event loop before yielding: far
 # below the heartbeat interval, so heartbeats and replication keep flowing.
 BATCH_SLICE_S = 0.005
-# Event ids are the hub's u64 sequence numbers: at most 20 ASCII digits.
-MAX_EVENT_ID = 2**64 - 1
 SSE_KEEPALIVE = 15.0  # seconds between comment lines on an idle event stream
 
 _STATUS_BY_ERROR = {
@@ -59,14 +59,6 @@ _STATUS_BY_ERROR = {
     "fenced": 503,
     "handover_in_progress": 503,
 }
-
-
-class ApiError(HasyncdError):
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.extra = extra
 
 
 def _error_from(exc: HasyncdError) -> ApiError:
@@ -178,7 +170,7 @@ class Api:
         return resp
 
     async def _json_body(self, request: web.Request, limit: int) -> Any:
-        return _decode_json(await _read_body(request, limit))
+        return decode_json(await read_body(request, limit))
 
     def _kind(self, name: str, *, write: bool = False) -> Kind:
         try:
@@ -282,18 +274,19 @@ class Api:
 
     async def batch(self, request: web.Request) -> web.StreamResponse:
         use_msgpack = request.content_type in ("application/msgpack", "application/x-msgpack")
-        raw = await _read_body(request, self.d.config.api.max_body_mib * 1024 * 1024)
+        raw = await read_body(request, self.d.config.api.max_body_mib * 1024 * 1024)
         # Pass 1 decodes and bounds the whole body and applies nothing, so a body
         # refused as a whole (bad framing, too many ops, too deep) stores nothing.
         # It keeps no op: holding every decoded op of a large batch alive at once
-        # triggers full garbage collections long enough to stall heartbeats
-        # (a standalone simulation of 50,000 web-session ops: ~160 ms).  Pass 2 decodes the same bytes again,
-        # which yields the same ops and cannot be refused, and applies them.
-        async for _ in self._sliced(_iter_batch(raw, use_msgpack)):
+        # triggers full garbage collections long enough to stall heartbeats (a
+        # standalone simulation of 50,000 web-session ops: ~160 ms).  Pass 2
+        # decodes the same bytes again, which yields the same ops and cannot be
+        # refused, and applies them.
+        async for _ in self._sliced(iter_batch(raw, use_msgpack)):
             pass
         results: list[dict[str, Any]] = []
         newest = 0
-        async for op in self._sliced(_iter_batch(raw, use_msgpack)):
+        async for op in self._sliced(iter_batch(raw, use_msgpack)):
             res = self._batch_op(op)
             newest = max(newest, res.pop("_version", 0))
             results.append(res)
@@ -349,7 +342,7 @@ class Api:
         return 200, result.version
 
     def _batch_op(self, op: Any) -> dict[str, Any]:
-        if isinstance(op, _BadLine):
+        if isinstance(op, BadLine):
             self.d.metrics.api_errors.labels(op.error.code).inc()
             return {
                 "status": op.error.status,
@@ -404,7 +397,7 @@ class Api:
     async def events(self, request: web.Request) -> web.StreamResponse:
         types_q = request.query.get("types")
         types = frozenset(t.strip() for t in types_q.split(",") if t.strip()) if types_q else None
-        last_id = _last_event_id(request.headers.get("Last-Event-ID"))
+        last_id = last_event_id(request.headers.get("Last-Event-ID"))
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
@@ -437,154 +430,6 @@ class Api:
         finally:
             self.d.hub.unsubscribe(sub)
         return resp
-
-
-def _last_event_id(value: str | None) -> int | None:
-    """The Last-Event-ID header as an event id; 400 for anything but ASCII digits of a u64."""
-    if not value:
-        return None
-    # str.isdigit() is also true for "²" or Arabic-Indic digits, which int()
-    # rejects or accepts: only 1..20 ASCII digits are an event id.
-    if not (len(value) <= len(str(MAX_EVENT_ID)) and value.isascii() and value.isdigit()):
-        raise ApiError(
-            400, "invalid_last_event_id", "Last-Event-ID must be an event id (ASCII digits)"
-        )
-    last_id = int(value)
-    if last_id > MAX_EVENT_ID:
-        raise ApiError(400, "invalid_last_event_id", f"Last-Event-ID exceeds {MAX_EVENT_ID}")
-    return last_id
-
-
-def _too_large(limit: int) -> ApiError:
-    return ApiError(413, "body_too_large", f"body exceeds {limit} bytes")
-
-
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    """The whole request body, however many segments or chunks it arrives in.
-
-    Reads until EOF, never more than ``limit + 1`` bytes: a larger body is
-    refused with 413 ``body_too_large`` without buffering the rest of it.
-    """
-    if request.content_length is not None and request.content_length > limit:
-        raise _too_large(limit)
-    buf = bytearray()
-    while True:
-        chunk = await request.content.read(limit + 1 - len(buf))
-        if not chunk:
-            return bytes(buf)
-        buf += chunk
-        if len(buf) > limit:
-            raise _too_large(limit)
-
-
-def _too_deep() -> ApiError:
-    return ApiError(400, "nesting_too_deep", f"nested deeper than {MAX_NESTING} levels")
-
-
-def _check_depth(value: Any) -> None:
-    """Raise ``nesting_too_deep`` past MAX_NESTING (iterative: any depth is safe to walk)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        v, depth = stack.pop()
-        if isinstance(v, dict):
-            v = v.values()
-        elif not isinstance(v, list):
-            continue
-        if depth > MAX_NESTING:
-            raise _too_deep()
-        stack.extend((x, depth + 1) for x in v)
-
-
-def _decode_json(raw: bytes) -> Any:
-    """One JSON document, or the ApiError saying why not (never RecursionError)."""
-    try:
-        value = json.loads(raw)
-    except RecursionError:
-        raise _too_deep() from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
-    # Depth cannot exceed the number of containers: walk only the bodies that
-    # might be too deep, so an ordinary batch pays two byte counts per op.
-    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING:
-        _check_depth(value)
-    return value
-
-
-_MSGPACK_ERRORS = (ValueError, TypeError, msgpack.UnpackException)
-
-
-def _iter_batch(raw: bytes, use_msgpack: bool) -> Iterator[Any]:
-    """The ops of a batch body, decoded one at a time.
-
-    Raises ApiError for a body that cannot be used as a whole (not a msgpack
-    array, undecodable msgpack, more than MAX_BATCH_OPS ops); an NDJSON line
-    that is not JSON, or too deep, becomes a ``_BadLine`` that fails alone.
-    The caller runs it to the end once before applying any op.
-    """
-    if use_msgpack:
-        unpacker = msgpack.Unpacker(
-            raw=False, strict_map_key=True, max_buffer_size=len(raw) + 1, max_ext_len=0
-        )
-        unpacker.feed(raw)
-        try:
-            count = unpacker.read_array_header()
-        except _MSGPACK_ERRORS:
-            raise ApiError(
-                400, "invalid_batch", "a msgpack batch body is an array of ops"
-            ) from None
-        if count > MAX_BATCH_OPS:
-            raise ApiError(413, "batch_too_large", f"more than {MAX_BATCH_OPS} ops")
-        for i in range(count):
-            try:
-                op = unpacker.unpack()
-            except _MSGPACK_ERRORS as exc:
-                raise ApiError(
-                    400,
-                    "invalid_msgpack",
-                    f"op {i} is not valid msgpack: {type(exc).__name__}",
-                ) from None
-            yield _jsonable(op, 1)
-        if unpacker.tell() != len(raw):
-            raise ApiError(400, "invalid_batch", "data after the msgpack array of ops")
-        return
-    n = 0
-    pos = 0
-    while pos < len(raw):
-        end = raw.find(b"\n", pos)
-        if end < 0:
-            end = len(raw)
-        line = raw[pos:end]
-        pos = end + 1
-        if not line.strip():
-            continue
-        n += 1
-        if n > MAX_BATCH_OPS:
-            raise ApiError(413, "batch_too_large", f"more than {MAX_BATCH_OPS} ops")
-        try:
-            yield _decode_json(line)
-        except ApiError as exc:
-            yield _BadLine(n, exc)
-
-
-class _BadLine:
-    """An NDJSON line that cannot be decoded: reported in its result slot, the rest applies."""
-
-    def __init__(self, line: int, error: ApiError) -> None:
-        self.line = line
-        self.error = error
-
-
-def _jsonable(v: Any, depth: int) -> Any:
-    """msgpack batches may carry keys and SPIs as bin: present them as the hex JSON uses."""
-    if isinstance(v, bytes):
-        return v.hex()
-    if isinstance(v, list | dict) and depth > MAX_NESTING:
-        raise _too_deep()
-    if isinstance(v, list):
-        return [_jsonable(x, depth + 1) for x in v]
-    if isinstance(v, dict):
-        return {k: _jsonable(x, depth + 1) for k, x in v.items()}
-    return v
 
 
 def _prepare_socket_path(path: Path) -> None:
