@@ -18,9 +18,9 @@ from aiohttp import web
 from hasyncd.errors import HasyncdError
 
 MAX_BATCH_OPS = 200_000  # ops per batch request
-# Containers nested inside one op or record body.  The deepest legal op is
-# 5 (op > record > selectors > selector > field); 32 leaves room for new
-# kinds and stays far below Python's recursion limit (1000), so decoding and
+# Containers nested inside one op or record body.  The deepest legal op nests
+# 4 (op > record > selectors > selector); 32 leaves room for new kinds and
+# stays far below Python's recursion limit (1000), so decoding and
 # validation never recurse deep enough to raise RecursionError.
 MAX_NESTING = 32
 # Event ids are the hub's u64 sequence numbers: at most 20 ASCII digits.
