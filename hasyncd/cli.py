@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
+import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hasyncd import __version__
 from hasyncd.errors import ConfigError, HasyncdError
 
 if TYPE_CHECKING:
+    from hasyncd.client import Client
     from hasyncd.config import Config
 
 EXIT_CONFIG = 2
 EXIT_RUNTIME = 1
+DEFAULT_SOCKET = "/run/hasyncd/api.sock"
 
 
 def _load(path: Path) -> Config | None:
@@ -79,48 +83,85 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-def _client(args: argparse.Namespace) -> object:
+def _api_target(value: str) -> tuple[str | None, str | None]:
+    """``--api``: (socket path, None) or (None, "host:port").
+
+    A value that names an existing file or contains "/" is a socket path; one
+    with a ":" must then be host:port or [v6]:port with an IP address (any
+    other value is a socket path in the current directory).
+    """
+    from hasyncd.config import parse_address
+
+    if os.path.exists(value) or "/" in value or ":" not in value:
+        return value, None
+    return None, str(parse_address(value, "--api"))
+
+
+def _client(args: argparse.Namespace) -> tuple[Client, str]:
+    """The API client the command talks to and a description of where (for errors).
+
+    Raises ConfigError with a one-line reason for an unusable --api or --config.
+    """
     from hasyncd.client import Client
 
     if args.api:
-        if args.api.startswith("/") or args.api.startswith("."):
-            return Client(socket=args.api)
-        return Client(address=args.api)
-    if args.config:
+        sock, address = _api_target(args.api)
+    elif args.config:
         from hasyncd import config as config_mod
 
-        cfg = config_mod.parse(
-            __import__("tomllib").loads(Path(args.config).read_text()),
-            Path(args.config),
-            load_key=False,
-        )
+        # The API address only: the operator running status need not read the key.
+        cfg = config_mod.load(args.config, load_key=False)
         if cfg.api.socket is not None:
-            return Client(socket=str(cfg.api.socket))
-        return Client(address=str(cfg.api.listen))
-    return Client(socket="/run/hasyncd/api.sock")
+            sock, address = str(cfg.api.socket), None
+        else:
+            sock, address = None, str(cfg.api.listen)
+    else:
+        sock, address = DEFAULT_SOCKET, None
+    if sock is not None:
+        return Client(socket=sock), f"socket {sock}"
+    return Client(address=address), str(address)
+
+
+def _call(args: argparse.Namespace, method: str, path: str) -> tuple[int, Any] | int:
+    """(HTTP status, body) from the API, or the exit code after a one-line error."""
+    try:
+        client, where = _client(args)
+    except ConfigError as exc:
+        what = "" if args.api else "configuration error: "
+        print(f"hasyncd: {what}{exc.message}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return client.request(method, path)
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        print(f"hasyncd: cannot reach the API at {where}: {reason}", file=sys.stderr)
+    except (http.client.HTTPException, ValueError) as exc:
+        print(
+            f"hasyncd: the API at {where} sent an invalid reply: {type(exc).__name__}",
+            file=sys.stderr,
+        )
+    return EXIT_RUNTIME
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    client = _client(args)
-    try:
-        code, body = client.get("/v1/status")  # type: ignore[attr-defined]
-    except OSError as exc:
-        print(f"hasyncd: cannot reach the API: {exc}", file=sys.stderr)
-        return EXIT_RUNTIME
+    got = _call(args, "GET", "/v1/status")
+    if isinstance(got, int):
+        return got
+    code, body = got
     print(json.dumps(body, indent=2))
     return 0 if code == 200 else EXIT_RUNTIME
 
 
 def cmd_failover(args: argparse.Namespace) -> int:
-    client = _client(args)
-    try:
-        code, body = client.post("/v1/failover")  # type: ignore[attr-defined]
-    except OSError as exc:
-        print(f"hasyncd: cannot reach the API: {exc}", file=sys.stderr)
-        return EXIT_RUNTIME
+    got = _call(args, "POST", "/v1/failover")
+    if isinstance(got, int):
+        return got
+    code, body = got
     if code == 200:
         print(f"primary role handed to {body['new_primary']} (epoch {body['epoch']})")
         return 0
+    if not isinstance(body, dict):
+        body = {"error": f"http_{code}", "message": str(body)[:200]}
     print(f"hasyncd: failover refused: {body.get('error')}: {body.get('message')}", file=sys.stderr)
     return EXIT_RUNTIME
 

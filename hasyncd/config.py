@@ -366,7 +366,7 @@ def parse(data: dict[str, Any], path: Path, *, load_key: bool = True) -> Config:
     )
 
 
-def load(path: Path | str) -> Config:
+def load(path: Path | str, *, load_key: bool = True) -> Config:
     path = Path(path)
     try:
         text = path.read_bytes()
@@ -376,7 +376,7 @@ def load(path: Path | str) -> Config:
         data = tomllib.loads(text.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    return parse(data, path)
+    return parse(data, path, load_key=load_key)
 
 
 def write_key(path: Path, *, force: bool = False) -> None:
