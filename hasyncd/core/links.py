@@ -7,6 +7,10 @@ from a peer with a new boot id replaces the old one (the peer restarted).
 A link whose handshake never completed (wrong key, group, version) is
 retried with exponential backoff, so a misconfigured peer is not hammered;
 an authenticated link that ends is redialed at once.
+
+Inbound handshake slots are bounded (``MAX_HANDSHAKING``), but a full pool
+never refuses a new connection: it evicts one (``handshake_victim``), so an
+unauthenticated flood cannot lock the configured peers out.
 """
 
 from __future__ import annotations
@@ -16,7 +20,19 @@ from collections.abc import Iterable, Mapping
 
 from hasyncd.core.peers import Conn, DialState, Peer
 from hasyncd.core.settings import CoreSettings
+from hasyncd.wire.channel import State
 from hasyncd.wire.messages import Hello
+
+# Inbound connections still in their handshake.  The bound keeps an
+# unauthenticated flood from exhausting file descriptors and memory; when it
+# is reached the next connection is still admitted and another one evicted.
+MAX_HANDSHAKING = 16
+# An inbound connection that has not delivered a complete INIT by then is
+# closed, long before the handshake timeout: an initiator sends its INIT as
+# soon as it is connected, so it arrives within one round trip (milliseconds
+# on an HA link); a second is far above that yet frees a slot held by a
+# silent or trickling connection three times sooner than the 3 s default.
+INIT_TIMEOUT = 1.0
 
 
 class Dialer:
@@ -105,3 +121,42 @@ def keep_new_link(settings: CoreSettings, peer: Peer, new: Conn, hello: Hello) -
         return True  # the peer restarted: its old link is dead
     # Both ends keep the link the lower name initiated.
     return new.initiator == (settings.name < hello.node)
+
+
+def host_of(address: str) -> str:
+    """The source host of ``host:port`` (IPv6 too): what fairness between sources counts."""
+    return address.rpartition(":")[0] or address
+
+
+def handshake_victim(pending: Iterable[Conn]) -> Conn | None:
+    """The inbound handshake to close so that a new connection can have its slot.
+
+    A connection whose INIT decrypted (``AWAIT_CONFIRM``) has shown knowledge
+    of the PSK (or is a replay by an on-path attacker); one still in
+    ``AWAIT_INIT`` has shown nothing, so it goes first.  Among those, the
+    source host holding the most of them loses one (an attacker on another
+    address can never push out a peer's slot while it holds more than the
+    peer), and of that host's, the oldest: a real peer's INIT arrives within
+    a round trip of its connect, so to push it out an attacker has to cycle
+    every slot of the peer's host within that time.
+    """
+    conns = list(pending)
+    if not conns:
+        return None
+    unproven = [c for c in conns if c.channel.state is State.AWAIT_INIT]
+    candidates = unproven or conns
+    by_host: dict[str, list[Conn]] = {}
+    for c in candidates:
+        by_host.setdefault(host_of(c.address), []).append(c)
+    # Most slots first; between hosts that hold as many, the one with the oldest connection.
+    group = max(by_host.values(), key=lambda cs: (len(cs), -min(c.created for c in cs)))
+    return min(group, key=lambda c: (c.created, c.id))
+
+
+def init_overdue(conn: Conn, now: float, handshake_timeout: float) -> bool:
+    """An inbound connection that has not delivered its INIT in time."""
+    return (
+        not conn.initiator
+        and conn.channel.state is State.AWAIT_INIT
+        and now - conn.created > min(INIT_TIMEOUT, handshake_timeout)
+    )

@@ -29,7 +29,15 @@ from hasyncd.core.events import (
     RecordChanged,
     Watermark,
 )
-from hasyncd.core.links import Dialer, admission_conflict, keep_new_link
+from hasyncd.core.links import (
+    MAX_HANDSHAKING,
+    Dialer,
+    admission_conflict,
+    handshake_victim,
+    host_of,
+    init_overdue,
+    keep_new_link,
+)
 from hasyncd.core.merge import merge_end, receive_merge
 from hasyncd.core.outputs import Outputs
 from hasyncd.core.peers import Conn, Peer
@@ -66,9 +74,6 @@ from hasyncd.wire.messages import (
 
 log = logging.getLogger("hasyncd.core")
 
-# Inbound connections still in their handshake: more are refused, so an
-# unauthenticated flood cannot exhaust memory or CPU (each costs an X25519).
-MAX_HANDSHAKING = 16
 # Expired records and old tombstones are swept this many per kind per second.
 SWEEP_BUDGET = 4096
 
@@ -186,11 +191,7 @@ class NodeCore(Outputs):
     def connection_made(self, conn_id: int, *, initiator: bool, address: str, now: float) -> None:
         self.now = now
         if not initiator:
-            handshaking = sum(1 for c in self.conns.values() if c.peer is None and not c.initiator)
-            if handshaking >= MAX_HANDSHAKING:
-                self.count("link_refused", "too_many_handshakes")
-                self.emit(Close(conn_id, "too many links in handshake"))
-                return
+            self._make_handshake_room(address)
         hello = Hello(self.s.name, self.boot_id, self.s.tag, self.s.window, self.s.listen[:64])
         channel = Channel(
             initiator=initiator,
@@ -205,6 +206,25 @@ class NodeCore(Outputs):
             self.dialer.connected(address, now)
             channel.start()
             self.flush_conn(conn)
+
+    def _make_handshake_room(self, address: str) -> None:
+        """A full pool of inbound handshakes evicts one: the new connection is always admitted."""
+        pending = [c for c in self.conns.values() if c.peer is None and not c.initiator]
+        if len(pending) < MAX_HANDSHAKING:
+            return
+        victim = handshake_victim(pending)
+        assert victim is not None
+        self.count("link_refused", "handshake_evicted")
+        self.log_limited(
+            ("evict", host_of(victim.address)),
+            logging.WARNING,
+            "%d inbound links in handshake: evicted one from %s (%s) for a new one from %s",
+            len(pending),
+            host_of(victim.address),
+            victim.channel.state.value,
+            host_of(address),
+        )
+        self.close(victim, "evicted: too many links in handshake")
 
     def connect_failed(self, address: str, now: float, reason: str) -> None:
         self.now = now
@@ -449,6 +469,9 @@ class NodeCore(Outputs):
             if conn.peer is None and now - conn.created > self.s.handshake_timeout:
                 self.count("link_errors", "handshake_timeout")
                 self.close(conn, "handshake timeout")
+            elif conn.peer is None and init_overdue(conn, now, self.s.handshake_timeout):
+                self.count("link_errors", "init_timeout")
+                self.close(conn, "no INIT in time")
         check_peers(self, now)
         if now >= self._next_hb:
             self.send_heartbeats(now)
