@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
+from hasyncd.core.links import MAX_UNPROVEN
 from hasyncd.lab import LabCluster, LabNode
 from hasyncd.wire import handshake as hs
 
 pytestmark = pytest.mark.integration
 
 ATTACK_SECONDS = 10.0
-CONNS_PER_NODE = 24  # more than the 16 inbound handshake slots of a node
 
 
 def partial_init() -> bytes:
@@ -113,14 +113,21 @@ class RolePoller:
             self._stop.wait(0.02)
 
 
+@pytest.mark.parametrize(
+    "conns_per_node",
+    [
+        24,  # the reported attack: more than the 16 slots nodes had
+        MAX_UNPROVEN + 64,  # fills the budget of silent connections, which then churns
+    ],
+)
 def test_a_handshake_flood_does_not_stop_a_restarted_secondary_rejoining(
-    make_cluster: Any,
+    make_cluster: Any, conns_per_node: int
 ) -> None:
     cluster: LabCluster = make_cluster()
     primary, secondary = cluster.wait_pair()
     poller = RolePoller(list(cluster.nodes.values()))
     poller.start()
-    attacker = Attacker([primary.link, secondary.link], CONNS_PER_NODE, ATTACK_SECONDS)
+    attacker = Attacker([primary.link, secondary.link], conns_per_node, ATTACK_SECONDS)
     attack_start = time.monotonic()
     attacker.start()
     rejoined_at: float | None = None
@@ -154,7 +161,7 @@ def test_a_handshake_flood_does_not_stop_a_restarted_secondary_rejoining(
     assert rejoined_at < attack_end, (
         f"rejoined {rejoined_at - attack_end:.1f} s after the attack ended, not during it"
     )
-    assert attacker.connects >= 2 * CONNS_PER_NODE, "the attacker never held the slots"
+    assert attacker.connects >= 2 * conns_per_node, "the attacker never held the slots"
     assert poller.samples, "no role samples"
     assert primary.role() == "primary"
     log_after = secondary.log.read_text()[len(log_before) :]
@@ -163,3 +170,17 @@ def test_a_handshake_flood_does_not_stop_a_restarted_secondary_rejoining(
     assert st is not None
     peer = next(p for p in st["peers"] if p["node"] == secondary.name)
     assert peer["link"] == "up" and peer["in_sync"] is True, peer
+    evicted = metric(primary, "hasyncd_link_refused_total", "handshake_evicted")
+    if conns_per_node > MAX_UNPROVEN:
+        assert evicted > 0, "the flood never filled the primary's budget"
+    assert metric(primary, "hasyncd_link_refused_total", "too_many_handshakes") == 0
+
+
+def metric(node: LabNode, name: str, label: str = "") -> float:
+    code, text = node.client.get("/metrics")
+    assert code == 200
+    want = f'{name}{{label="{label}"}}'
+    for line in text.splitlines():
+        if line.startswith(want + " "):
+            return float(line.split()[-1])
+    return 0.0

@@ -7,7 +7,13 @@ import struct
 from collections import Counter
 
 from hasyncd.core.events import Close
-from hasyncd.core.links import INIT_TIMEOUT, MAX_HANDSHAKING, handshake_victim, host_of
+from hasyncd.core.links import (
+    INIT_TIMEOUT,
+    MAX_HANDSHAKING,
+    MAX_UNPROVEN,
+    HandshakeBudget,
+    host_of,
+)
 from hasyncd.core.node import NodeCore
 from hasyncd.core.peers import Conn
 from hasyncd.core.settings import CoreSettings
@@ -21,6 +27,7 @@ from hasyncd.wire.messages import Hello, Role
 from .simutil import in_sync, pair
 
 PSK = Secret(bytes(range(32)))
+FLOOD = MAX_UNPROVEN + 8  # connections per node: the budget stays full and churns
 # The first bytes of a 200-byte INIT frame: length prefix, magic, version, type.
 PARTIAL_INIT = struct.pack(">I", 200) + hs.MAGIC + bytes((1, hs.HsType.INIT))
 
@@ -43,6 +50,15 @@ def closes(node: NodeCore) -> list[int]:
     return [ev.conn_id for ev in node.events() if isinstance(ev, Close)]
 
 
+def victim(*conns: Conn) -> Conn | None:
+    """The victim of a budget holding ``conns``, added oldest first (as a node adds them)."""
+    budget = HandshakeBudget(len(conns))
+    for c in sorted(conns, key=lambda c: c.created):
+        budget.add(c)
+    assert budget.full and budget.size == len(conns)
+    return budget.victim()
+
+
 def fake(conn_id: int, address: str, created: float, state: State) -> Conn:
     ch = Channel(initiator=False, psk=PSK, group_id=1, hello=Hello("a", bytes(16), 1, 4096, ""))
     ch.state = state
@@ -52,25 +68,17 @@ def fake(conn_id: int, address: str, created: float, state: State) -> Conn:
 # --- the victim: pure choice ---------------------------------------------------------
 
 
-def test_victim_is_a_connection_without_a_valid_init_before_one_with() -> None:
-    proven = [fake(i, "10.0.0.1:1", 0.0, State.AWAIT_CONFIRM) for i in range(5)]
-    unproven = fake(9, "10.0.0.2:1", 3.0, State.AWAIT_INIT)
-    assert handshake_victim([*proven, unproven]) is unproven
-    # With none unproven, the oldest proven one of the busiest host goes.
-    assert handshake_victim(proven) is proven[0]
-
-
 def test_victim_comes_from_the_host_holding_the_most_slots_then_the_oldest() -> None:
     peer = fake(1, "10.0.0.1:4000", 0.0, State.AWAIT_INIT)  # oldest of all
     attacker = [fake(10 + i, f"10.0.0.9:{5000 + i}", 1.0 + i, State.AWAIT_INIT) for i in range(3)]
-    assert handshake_victim([peer, *attacker]) is attacker[0]
+    assert victim(peer, *attacker) is attacker[0]
     # IPv6 sources are grouped by host too.
     v6 = [fake(20 + i, f"2001:db8::9:{6000 + i}", 0.5 + i, State.AWAIT_INIT) for i in range(4)]
-    assert handshake_victim([peer, *attacker, *v6]) is v6[0]
+    assert victim(peer, *attacker, *v6) is v6[0]
     # Equal counts: the host with the oldest connection loses that one.
     other = fake(30, "10.0.0.3:1", 0.2, State.AWAIT_INIT)
-    assert handshake_victim([peer, other]) is peer
-    assert handshake_victim([]) is None
+    assert victim(peer, other) is peer
+    assert HandshakeBudget(1).victim() is None
 
 
 def test_random_pools_always_take_from_a_busiest_host_its_oldest() -> None:
@@ -81,32 +89,39 @@ def test_random_pools_always_take_from_a_busiest_host_its_oldest() -> None:
                 i,
                 f"10.0.0.{rng.randint(1, 4)}:{i}",
                 rng.random(),
-                rng.choice((State.AWAIT_INIT, State.AWAIT_CONFIRM)),
+                State.AWAIT_INIT,
             )
             for i in range(MAX_HANDSHAKING)
         ]
-        victim = handshake_victim(conns)
-        assert victim is not None
-        pool = [c for c in conns if c.channel.state is State.AWAIT_INIT] or conns
-        assert victim in pool
+        budget = HandshakeBudget(MAX_HANDSHAKING)
+        for c in sorted(conns, key=lambda c: c.created):
+            budget.add(c)
+        gone = conns[rng.randrange(len(conns))]
+        budget.discard(gone)
+        budget.discard(gone)  # twice: no effect
+        pool = [c for c in conns if c is not gone]
+        assert budget.size == len(pool) and not budget.full
+        got = budget.victim()
+        assert got is not None and got is not gone
         counts = Counter(host_of(c.address) for c in pool)
-        assert counts[host_of(victim.address)] == max(counts.values())
-        assert victim.created == min(
-            c.created for c in pool if host_of(c.address) == host_of(victim.address)
+        assert counts[host_of(got.address)] == max(counts.values())
+        assert got.created == min(
+            c.created for c in pool if host_of(c.address) == host_of(got.address)
         )
 
 
 # --- the node core: admission, eviction, timeouts -------------------------------------
 
 
-def test_a_full_pool_admits_the_new_connection_and_evicts_the_oldest_silent_one() -> None:
+def test_a_full_budget_admits_the_new_connection_and_evicts_the_oldest_silent_one() -> None:
     node = core()
-    for i in range(MAX_HANDSHAKING):
-        node.connection_made(i + 1, initiator=False, address=f"127.0.0.1:{4000 + i}", now=i * 0.01)
+    for i in range(MAX_UNPROVEN):
+        node.connection_made(i + 1, initiator=False, address=f"127.0.0.1:{4000 + i}", now=i * 1e-4)
     assert closes(node) == []
-    node.connection_made(100, initiator=False, address="127.0.0.1:5000", now=0.5)
+    node.connection_made(1000, initiator=False, address="127.0.0.1:9000", now=0.5)
     assert closes(node) == [1]
-    assert 100 in node.conns and 1 not in node.conns
+    assert 1000 in node.conns and 1 not in node.conns
+    assert len(node.conns) == MAX_UNPROVEN
     assert node.stats["link_refused"]["handshake_evicted"] == 1
     assert node.stats["link_refused"].get("too_many_handshakes", 0) == 0
 
@@ -117,12 +132,30 @@ def test_a_peer_whose_init_decrypted_outlives_a_flood_from_its_own_address() -> 
     node.receive_data(1, init_frame(), now=0.001)
     assert node.conns[1].channel.state is State.AWAIT_CONFIRM
     node.data_to_send()
-    for i in range(10 * MAX_HANDSHAKING):
+    flood = 3 * MAX_UNPROVEN
+    for i in range(flood):
         node.connection_made(10 + i, initiator=False, address=f"127.0.0.1:{5000 + i}", now=0.002)
         node.receive_data(10 + i, PARTIAL_INIT, now=0.002)
     assert 1 in node.conns
     assert 1 not in closes(node)
-    assert node.stats["link_refused"]["handshake_evicted"] == 9 * MAX_HANDSHAKING + 1
+    assert node.stats["link_refused"]["handshake_evicted"] == flood - MAX_UNPROVEN
+
+
+def test_proven_handshakes_have_their_own_budget_and_the_oldest_makes_room() -> None:
+    node = core()
+    for i in range(MAX_HANDSHAKING + 1):
+        node.connection_made(i + 1, initiator=False, address=f"127.0.0.1:{4000 + i}", now=i * 0.01)
+        node.receive_data(i + 1, init_frame(f"n{i}"), now=i * 0.01)
+    # The 17th INIT that decrypted evicted the oldest proven one, nothing else.
+    assert closes(node) == [1]
+    proven = [c for c in node.conns.values() if c.channel.state is State.AWAIT_CONFIRM]
+    assert len(proven) == MAX_HANDSHAKING
+    assert node.stats["link_refused"]["handshake_evicted"] == 1
+    # Silent connections never push a proven one out.
+    for i in range(MAX_UNPROVEN + 5):
+        node.connection_made(100 + i, initiator=False, address=f"127.0.0.1:{6000 + i}", now=0.5)
+    assert all(c.id in node.conns for c in proven)
+    assert node.unproven.size == MAX_UNPROVEN and node.proven.size == MAX_HANDSHAKING
 
 
 def test_inbound_connections_without_an_init_are_closed_after_the_init_timeout() -> None:
@@ -147,18 +180,19 @@ def test_inbound_connections_without_an_init_are_closed_after_the_init_timeout()
 
 
 def test_a_restarted_secondary_rejoins_while_both_nodes_are_flooded() -> None:
-    sim = Sim(seed=5, latency=0.001, jitter=0.0005)
+    sim = Sim(seed=5, latency=0.002, jitter=0.001)
     primary, secondary = pair(sim)
     floods = [
         # From the peer's own host (the sim names an inbound link "sim:<node>:..."): the hard case.
-        sim.flood(target, 24, host=f"sim:{other}", payloads=(b"", PARTIAL_INIT), seconds=5.0)
+        sim.flood(target, FLOOD, host=f"sim:{other}", payloads=(b"", PARTIAL_INIT), seconds=4.0)
         for target, other in ((primary, secondary), (secondary, primary))
     ]
     sim.run_for(0.5)
-    assert all(f.connects >= 24 for f in floods)
+    assert all(f.connects >= FLOOD for f in floods)
     for name in (primary, secondary):
         conns = sim.nodes[name].core.conns.values()
-        assert sum(c.peer is None for c in conns) == MAX_HANDSHAKING, "the flood fills the pool"
+        held = sum(c.peer is None for c in conns)
+        assert held >= MAX_HANDSHAKING, "the flood holds at least the 16 slots nodes had"
     sim.kill(secondary)
     sim.run_for(0.3)
     sim.restart(secondary)
@@ -176,9 +210,16 @@ def test_a_restarted_secondary_rejoins_while_both_nodes_are_flooded() -> None:
 
     took = sim.run_until_true(rejoined, limit=5.0, step=0.001)
     assert took < 1.0, f"rejoined after {took:.3f} s"
-    sim.run_for(1.5)  # the flood goes on: the pair stays as it is
+    sim.run_for(1.0)  # the flood goes on: the pair stays as it is
     assert dual == []
     assert sim.primaries() == [primary]
     assert in_sync(sim, secondary)
     assert all(sim.now < f.until for f in floods)
-    assert sim.nodes[secondary].core.stats["link_refused"]["handshake_evicted"] > 0
+    for name in (primary, secondary):
+        assert sim.nodes[name].core.unproven.full, "the flood keeps the budget full"
+        assert sim.nodes[name].core.stats["link_refused"]["handshake_evicted"] > 0
+    for name in (primary, secondary):  # the budgets' books match the connections
+        node = sim.nodes[name].core
+        waiting = [c for c in node.conns.values() if not c.initiator and c.peer is None]
+        assert node.unproven.size == sum(c.channel.state is State.AWAIT_INIT for c in waiting)
+        assert node.proven.size == sum(c.channel.state is State.AWAIT_CONFIRM for c in waiting)

@@ -8,9 +8,10 @@ A link whose handshake never completed (wrong key, group, version) is
 retried with exponential backoff, so a misconfigured peer is not hammered;
 an authenticated link that ends is redialed at once.
 
-Inbound handshake slots are bounded (``MAX_HANDSHAKING``), but a full pool
-never refuses a new connection: it evicts one (``handshake_victim``), so an
-unauthenticated flood cannot lock the configured peers out.
+Inbound handshakes are bounded (``MAX_UNPROVEN``, ``MAX_HANDSHAKING``), but
+a full budget never refuses a new connection: it evicts one
+(``HandshakeBudget.victim``), so an unauthenticated flood cannot lock the
+configured peers out.
 """
 
 from __future__ import annotations
@@ -23,10 +24,24 @@ from hasyncd.core.settings import CoreSettings
 from hasyncd.wire.channel import State
 from hasyncd.wire.messages import Hello
 
-# Inbound connections still in their handshake.  The bound keeps an
-# unauthenticated flood from exhausting file descriptors and memory; when it
-# is reached the next connection is still admitted and another one evicted.
+# Inbound handshakes come in two budgets; when one is full, the next
+# connection is still admitted and another one of that budget evicted.
+#
+# Connections whose INIT decrypted (the sender knows the PSK, or replays a
+# captured INIT), awaiting the initiator's confirmation: each has cost an
+# X25519 key generation and DH and may buffer one 64 KiB frame.
 MAX_HANDSHAKING = 16
+# Connections that have not delivered a valid INIT: no crypto yet and at most
+# one 1 KiB handshake frame buffered each, so this bound only protects file
+# descriptors.  It is above the number of connections an asyncio loop can
+# admit between a peer's connection and the read of its INIT: it accepts at
+# most its listen backlog (100) per loop iteration, and the INIT, already in
+# the socket buffer, is read before the connections of any accept batch but
+# the peer's own and the next (fewer than 200 newer ones admitted in
+# between, in CPython 3.11's selector loop).  So evicting the oldest, a flood from the
+# peer's own address cannot push the peer's connection out before its INIT
+# is read.
+MAX_UNPROVEN = 256
 # An inbound connection that has not delivered a complete INIT by then is
 # closed, long before the handshake timeout: an initiator sends its INIT as
 # soon as it is connected, so it arrives within one round trip (milliseconds
@@ -128,29 +143,53 @@ def host_of(address: str) -> str:
     return address.rpartition(":")[0] or address
 
 
-def handshake_victim(pending: Iterable[Conn]) -> Conn | None:
-    """The inbound handshake to close so that a new connection can have its slot.
+class HandshakeBudget:
+    """One budget of inbound handshakes, by source host and oldest first.
 
-    A connection whose INIT decrypted (``AWAIT_CONFIRM``) has shown knowledge
-    of the PSK (or is a replay by an on-path attacker); one still in
-    ``AWAIT_INIT`` has shown nothing, so it goes first.  Among those, the
-    source host holding the most of them loses one (an attacker on another
-    address can never push out a peer's slot while it holds more than the
-    peer), and of that host's, the oldest: a real peer's INIT arrives within
-    a round trip of its connect, so to push it out an attacker has to cycle
-    every slot of the peer's host within that time.
+    When it is full, ``victim`` names the connection to close so that a new
+    one can have its slot: one of the source host holding the most (a flood
+    from another address never pushes out a peer's connection while it holds
+    more than the peer), and of that host's, the oldest: a real peer's INIT
+    arrives within a round trip of its connect, so to push it out a flood
+    from its own address has to replace the whole budget within that time.
+    Everything is O(number of source hosts), not O(connections): a flood
+    makes the node evict at the rate it connects.
     """
-    conns = list(pending)
-    if not conns:
-        return None
-    unproven = [c for c in conns if c.channel.state is State.AWAIT_INIT]
-    candidates = unproven or conns
-    by_host: dict[str, list[Conn]] = {}
-    for c in candidates:
-        by_host.setdefault(host_of(c.address), []).append(c)
-    # Most slots first; between hosts that hold as many, the one with the oldest connection.
-    group = max(by_host.values(), key=lambda cs: (len(cs), -min(c.created for c in cs)))
-    return min(group, key=lambda c: (c.created, c.id))
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self._by_host: dict[str, dict[int, Conn]] = {}  # insertion order: oldest first
+
+    def __contains__(self, conn: Conn) -> bool:
+        return conn.id in self._by_host.get(host_of(conn.address), {})
+
+    @property
+    def full(self) -> bool:
+        return self.size >= self.limit
+
+    def add(self, conn: Conn) -> None:
+        held = self._by_host.setdefault(host_of(conn.address), {})
+        if conn.id not in held:
+            held[conn.id] = conn
+            self.size += 1
+
+    def discard(self, conn: Conn) -> None:
+        host = host_of(conn.address)
+        held = self._by_host.get(host)
+        if held is not None and held.pop(conn.id, None) is not None:
+            self.size -= 1
+            if not held:
+                del self._by_host[host]
+
+    def victim(self) -> Conn | None:
+        def rank(held: dict[int, Conn]) -> tuple[int, float, int]:
+            oldest = next(iter(held.values()))
+            return len(held), -oldest.created, -oldest.id
+
+        if not self._by_host:
+            return None
+        return next(iter(max(self._by_host.values(), key=rank).values()))
 
 
 def init_overdue(conn: Conn, now: float, handshake_timeout: float) -> bool:

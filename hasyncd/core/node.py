@@ -31,9 +31,10 @@ from hasyncd.core.events import (
 )
 from hasyncd.core.links import (
     MAX_HANDSHAKING,
+    MAX_UNPROVEN,
     Dialer,
+    HandshakeBudget,
     admission_conflict,
-    handshake_victim,
     host_of,
     init_overdue,
     keep_new_link,
@@ -107,6 +108,9 @@ class NodeCore(Outputs):
         self.conns: dict[int, Conn] = {}
         self.peers: dict[str, Peer] = {}
         self.dialer = Dialer(settings, self.rng)
+        # Inbound handshakes: before a valid INIT, and after it until confirmed.
+        self.unproven = HandshakeBudget(MAX_UNPROVEN)
+        self.proven = HandshakeBudget(MAX_HANDSHAKING)
         self.record_events = False
         self.watermark: int | None = None
         self._next_hb = now
@@ -176,6 +180,8 @@ class NodeCore(Outputs):
         self.emit(Close(conn.id, reason))
 
     def _detach(self, conn: Conn, reason: str) -> None:
+        self.unproven.discard(conn)
+        self.proven.discard(conn)
         self.dialer.ended(conn, self.now)
         if conn.peer is None:
             return
@@ -191,7 +197,7 @@ class NodeCore(Outputs):
     def connection_made(self, conn_id: int, *, initiator: bool, address: str, now: float) -> None:
         self.now = now
         if not initiator:
-            self._make_handshake_room(address)
+            self._make_room(self.unproven, address)
         hello = Hello(self.s.name, self.boot_id, self.s.tag, self.s.window, self.s.listen[:64])
         channel = Channel(
             initiator=initiator,
@@ -202,26 +208,27 @@ class NodeCore(Outputs):
         )
         conn = Conn(conn_id, channel, initiator, address, now)
         self.conns[conn_id] = conn
+        if not initiator:
+            self.unproven.add(conn)
         if initiator:
             self.dialer.connected(address, now)
             channel.start()
             self.flush_conn(conn)
 
-    def _make_handshake_room(self, address: str) -> None:
-        """A full pool of inbound handshakes evicts one: the new connection is always admitted."""
-        pending = [c for c in self.conns.values() if c.peer is None and not c.initiator]
-        if len(pending) < MAX_HANDSHAKING:
+    def _make_room(self, budget: HandshakeBudget, address: str) -> None:
+        """A full budget of inbound handshakes evicts one: the newcomer is always admitted."""
+        if not budget.full:
             return
-        victim = handshake_victim(pending)
+        victim = budget.victim()
         assert victim is not None
         self.count("link_refused", "handshake_evicted")
         self.log_limited(
             ("evict", host_of(victim.address)),
             logging.WARNING,
-            "%d inbound links in handshake: evicted one from %s (%s) for a new one from %s",
-            len(pending),
-            host_of(victim.address),
+            "%d inbound links in handshake (%s): evicted one from %s for a newer one from %s",
+            budget.size,
             victim.channel.state.value,
+            host_of(victim.address),
             host_of(address),
         )
         self.close(victim, "evicted: too many links in handshake")
@@ -262,12 +269,25 @@ class NodeCore(Outputs):
             self._link_error(conn, exc)
         if conn.channel.error is not None and conn.id in self.conns:
             self._link_error(conn, conn.channel.error)
+        if conn.id in self.conns:
+            self._rebudget(conn)
         self.flush_conn(conn)
         if conn.ack_frame is not None and conn.id in self.conns:
             frame_no, conn.ack_frame = conn.ack_frame, None
             conn.channel.send(Ack(frame_no), self.roles.epoch)
             self.flush_conn(conn)
         self._after_input(now)
+
+    def _rebudget(self, conn: Conn) -> None:
+        """After input: an inbound handshake whose INIT decrypted moves to the proven budget."""
+        state = conn.channel.state
+        if state is not State.AWAIT_INIT and conn in self.unproven:
+            self.unproven.discard(conn)
+            if state is State.AWAIT_CONFIRM and conn.peer is None:
+                self._make_room(self.proven, conn.address)
+                self.proven.add(conn)
+        elif state is not State.AWAIT_CONFIRM and conn in self.proven:
+            self.proven.discard(conn)
 
     def _link_error(self, conn: Conn, exc: ProtocolError) -> None:
         self.count("link_errors", exc.code)
