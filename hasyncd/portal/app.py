@@ -260,7 +260,7 @@ class Portal:
         if sess is None:
             return self._redirect("/login")
         rid, record = sess
-        return self._html(pages.home(str(record["user"]), self.node, short(rid)))
+        return self._html(pages.home(str(record["user"]), self.node, short(rid), request.host))
 
     async def logout(self, request: web.Request) -> web.Response:
         rid = self._presented(request)

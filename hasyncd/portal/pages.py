@@ -44,12 +44,13 @@ def login_form(node: str, error: str | None = None, username: str = "") -> str:
     )
 
 
-def home(user: str, node: str, session: str) -> str:
+def home(user: str, node: str, session: str, host: str) -> str:
     return _page(
         "SSL VPN portal",
         f'<h1 id="welcome">Logged in as <span id="user">{escape(user)}</span></h1>'
         f'<p>Served by node <span class="node" id="node">{escape(node)}</span></p>'
-        f'<p>Session <code id="session">{escape(session)}</code> (digest prefix)</p>'
+        f'<p>Reached at <code id="host">{escape(host)}</code>; session '
+        f'<code id="session">{escape(session)}</code> (digest prefix)</p>'
         f'<form method="post" action="/logout"><button id="logout" type="submit">Log out'
         f"</button></form>",
     )
