@@ -59,6 +59,7 @@ class FakeApi:
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     calls: list[tuple[str, str, bytes]] = field(default_factory=list)
     delete_after_get: bool = False
+    standby: bool = False  # writes refused as on a secondary
 
     def _live(self, rid: str) -> dict[str, Any] | None:
         rec = self.records.get(rid)
@@ -82,6 +83,10 @@ class FakeApi:
                 if (r := self._live(i)) is not None
             ]
             return web.json_response({"kind": kind, "items": items, "next": None})
+        if self.standby and request.method in ("PUT", "DELETE"):
+            return web.json_response(
+                {"error": "not_primary", "message": "secondary", "primary": "fw-b"}, status=409
+            )
         if request.method == "PUT":
             record = json.loads(body)
             WEB.from_json(record, rid)  # hasyncd's own validation: raises on a bad record
@@ -359,6 +364,30 @@ def test_a_refresh_never_brings_back_a_session_ended_meanwhile(tmp_path: Path) -
         resp = await c.get("/", allow_redirects=False)
         assert resp.status == 303
         assert rid not in fake.records
+
+    run(tmp_path, scenario)
+
+
+def test_standby_node_and_unreachable_api_answer_503_not_500(tmp_path: Path) -> None:
+    async def scenario(fake: FakeApi, portal: Any, clock: Clock) -> None:
+        c = await portal(idle_timeout_s=30)
+        await login(c)
+        fake.standby = True  # the node is now a secondary: reads work, writes are refused
+        clock.t = T0 + 10  # due for a refresh, which is refused: the page is still served
+        assert (await c.get("/", allow_redirects=False)).status == 200
+        other = await portal()
+        resp = await login(other)
+        assert resp.status == 503
+        assert "standby" in await resp.text()
+        assert "Set-Cookie" not in resp.headers
+        assert (await c.post("/logout", allow_redirects=False)).status == 503
+        fake.standby = False
+        lonely = await portal(users_file=tmp_path / "users")
+        lonely.session.cookie_jar.update_cookies({"HSD": "B" * 43})  # a well-formed cookie
+        (tmp_path / "api.sock").unlink()  # the daemon is gone
+        for resp in (await lonely.get("/", allow_redirects=False), await login(lonely)):
+            assert resp.status == 503
+            assert "unavailable" in await resp.text()
 
     run(tmp_path, scenario)
 
