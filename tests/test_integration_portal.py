@@ -26,7 +26,7 @@ import pytest
 from hasyncd.lab import LabCluster, free_port
 from hasyncd.portal import lab as portal_lab
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 USERS = {"alice": "alice pass 1", "bob": "bob pass 2", "carol": "carol pass 3"}
 ADD_USER = [sys.executable, "-m", "hasyncd", "portal-user", "add"]
