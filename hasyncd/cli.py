@@ -1,4 +1,4 @@
-"""The ``hasyncd`` command: run, keygen, lab, status, failover, check-config, policy, portal."""
+"""The ``hasyncd`` command: run, keygen, lab, status, failover, check-config, policy."""
 
 from __future__ import annotations
 

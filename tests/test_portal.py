@@ -29,7 +29,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from hasyncd import cli
-from hasyncd.config import Address, PortalConfig
+from hasyncd.config import Address, PortalConfig, write_key
 from hasyncd.config import parse as parse_config
 from hasyncd.errors import ConfigError
 from hasyncd.portal import app as portal_app
@@ -220,6 +220,14 @@ def test_login_form_and_incomplete_forms(tmp_path: Path) -> None:
             assert "Set-Cookie" not in resp.headers
         resp = await c.post("/login", data=b"x" * (20 * 1024), allow_redirects=False)
         assert resp.status in (400, 413)
+        resp = await c.post(
+            "/login",
+            data=b"username=%ff%fe&password=%c3",  # not UTF-8
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            allow_redirects=False,
+        )
+        assert resp.status in (400, 401)
+        assert 'id="login"' in await resp.text()
         assert not fake.records
 
     run(tmp_path, scenario)
@@ -544,3 +552,31 @@ def test_portal_section_is_optional_and_validated(tmp_path: Path) -> None:
     ):
         with pytest.raises(ConfigError, match=match):
             _config(tmp_path, "[portal]\n" + bad)
+
+
+def test_portal_command_refuses_bad_configs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_key(tmp_path / "psk")
+    common = (
+        '[node]\nname = "fw-a"\n[link]\nlisten = "127.0.0.1:7000"\n'
+        'peers = ["127.0.0.1:7001"]\npsk_file = "psk"\n[api]\nsocket = "api.sock"\n'
+    )
+    portal = '[portal]\nlisten = "127.0.0.1:8443"\nusers_file = "users"\n'
+    cases = (
+        (common, "no [portal] section"),
+        (common + portal, 'needs [sync] mode = "sync"'),
+        (common + '[sync]\nmode = "sync"\n' + portal, "chmod 600"),
+    )
+    (tmp_path / "users").write_text("")
+    (tmp_path / "users").chmod(0o644)
+    for text, reason in cases:
+        cfg = tmp_path / "x.toml"
+        cfg.write_text(text)
+        assert cli.main(["portal", "-c", str(cfg)]) == 2
+        assert reason in capsys.readouterr().err
+    # portal-user with --config writes the config's users_file
+    (tmp_path / "users").unlink()
+    monkeypatch.setattr(sys, "stdin", StringIO("pw for erin\n"))
+    assert cli.main(["portal-user", "add", "erin", "-c", str(cfg), "--password-stdin"]) == 0
+    assert verify(read_users(tmp_path / "users"), "erin", "pw for erin")
