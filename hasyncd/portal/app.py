@@ -77,7 +77,6 @@ class Portal:
         self.cfg, self.node, self.api, self.clock = cfg, node, api, clock
         self.secure = cfg.tls_cert is not None
         self.users = UsersFile(cfg.users_file)
-        self.writes = 0  # last_seen refreshes sent (coalesced)
         self._written: dict[str, float] = {}  # digest -> when this portal last wrote last_seen
         self._local_logins: dict[str, str] = {}  # digest -> user, logins made on this node
         self.tunnels: dict[str, Tunnel] = {}
@@ -136,7 +135,6 @@ class Portal:
         if now - last < interval:
             return True
         self._track(rid, now)
-        self.writes += 1
         try:
             alive = await self.api.touch(rid, {**record, "last_seen": round(now, 3)})
         except PortalError as exc:  # e.g. a standby node: the read stands, the refresh waits
