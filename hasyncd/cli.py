@@ -180,6 +180,54 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return run_lab(records=args.records, keep=args.keep, workdir=args.dir)
 
 
+def cmd_portal(args: argparse.Namespace) -> int:
+    from hasyncd.daemon import logs
+    from hasyncd.portal.app import serve
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_CONFIG
+    logs.setup(cfg.log.level)
+    try:
+        asyncio.run(serve(cfg))
+    except ConfigError as exc:
+        print(f"hasyncd: configuration error: {exc.message}", file=sys.stderr)
+        return EXIT_CONFIG
+    except HasyncdError as exc:
+        print(f"hasyncd: {exc.message}", file=sys.stderr)
+        return EXIT_RUNTIME
+    return 0
+
+
+def cmd_portal_user(args: argparse.Namespace) -> int:
+    import getpass
+
+    from hasyncd.portal.users import add_user
+
+    if args.users_file is not None:
+        users_file = Path(args.users_file)
+    else:
+        cfg = _load(args.config) if args.config is not None else None
+        if cfg is None or cfg.portal is None:
+            print("hasyncd: give --users-file, or --config with [portal]", file=sys.stderr)
+            return EXIT_CONFIG
+        users_file = cfg.portal.users_file
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            print("hasyncd: the passwords differ", file=sys.stderr)
+            return EXIT_CONFIG
+    try:
+        replaced = add_user(users_file, args.name, password)
+    except ConfigError as exc:
+        print(f"hasyncd: {exc.message}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{'replaced' if replaced else 'added'} user {args.name} in {users_file} (mode 0600)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hasyncd", description=__doc__)
     parser.add_argument("--version", action="version", version=f"hasyncd {__version__}")
@@ -215,6 +263,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the lab directory")
     p.add_argument("--dir", type=Path, help="use this directory instead of a temporary one")
     p.set_defaults(func=cmd_lab)
+
+    p = sub.add_parser("portal", help="run the reference web-mode SSL VPN portal ([portal])")
+    p.add_argument("--config", "-c", required=True, type=Path)
+    p.set_defaults(func=cmd_portal)
+
+    p = sub.add_parser("portal-user", help="manage the portal's users file")
+    p.add_argument("action", choices=["add"], help="add (or replace) a user")
+    p.add_argument("name")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", "-c", type=Path, help="use [portal].users_file of this config")
+    where.add_argument("--users-file", type=Path)
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.set_defaults(func=cmd_portal_user)
     return parser
 
 
