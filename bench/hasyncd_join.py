@@ -90,12 +90,8 @@ class JoinBench:
         rss = rss_bytes(pid(b))
         m_a1, m_b = metrics(a), metrics(b)
         lag_a, lag_b = loop_lag(m_a0, m_a1), loop_lag({}, m_b)
-        promoted = counter(m_b, "hasyncd_promotions_total") + (
-            counter(m_a1, "hasyncd_promotions_total") - counter(m_a0, "hasyncd_promotions_total")
-        )
-        lost = counter(m_b, "hasyncd_peers_lost_total") + (
-            counter(m_a1, "hasyncd_peers_lost_total") - counter(m_a0, "hasyncd_peers_lost_total")
-        )
+        promoted = _both(m_a0, m_a1, m_b, "hasyncd_promotions_total")
+        lost = _both(m_a0, m_a1, m_b, "hasyncd_peers_lost_total")
         self._kill_secondary()
         return {
             "in_sync_s": took,
@@ -106,22 +102,28 @@ class JoinBench:
                 "primary": lag_a["worst_lag_le_s"],
                 "secondary": lag_b["worst_lag_le_s"],
             },
-            "false_promotion": bool(watch.role_violations or promoted or lost),
+            "false_promotion": bool(watch.role_violations or promoted),
+            "peers_lost": lost,
             "role_violations": watch.role_violations,
             "rss_bytes": rss,
         }
 
     def _kill_secondary(self) -> None:
+        """Kill it, and wait until the primary declared it lost (not to count that in a join)."""
         self.b.kill()
 
-        def link_down() -> bool:
-            st = self.a.status() or {}
-            return all(p["link"] != "up" for p in st.get("peers", []))
+        def declared_lost() -> bool:
+            return not any(metrics(self.a).get("hasyncd_peer_up", {}).values())
 
-        self.lab.wait(link_down, 30, "the primary to see the secondary gone")
+        self.lab.wait(declared_lost, 30, "the primary to declare the secondary lost")
 
     def stop(self) -> None:
         self.lab.stop()
+
+
+def _both(a0: dict[str, Any], a1: dict[str, Any], b: dict[str, Any], name: str) -> float:
+    """A counter's increase on the primary during the join plus its value on the new secondary."""
+    return counter(a1, name) - counter(a0, name) + counter(b, name)
 
 
 class _JoinWatch:

@@ -4,8 +4,8 @@
 ``GET /v1/events?types=record_changed`` SSE stream, or a Redis replica's
 keyspace notifications) and stamps every record's arrival with
 ``time.monotonic()``, the same system-wide clock the writer stamps acks with.
-It sends back ``{id: arrival}`` once it has seen ``expected`` ids or the
-deadline passed.
+It sends back ``{id: arrival}`` once it has seen as many ids as the writer
+said it wrote (``Watcher.expect``) or the deadline passed.
 
 ``UnixHTTP`` is a keep-alive HTTP/1.1 connection to an API Unix socket.
 """
@@ -26,6 +26,7 @@ except ImportError:  # the hasyncd-only run needs no Redis client
     redis = None
 
 READY_TIMEOUT_S = 10.0
+UNKNOWN = 2**62  # expected arrivals before the writer has said how many it wrote
 
 
 class UnixHTTP(http.client.HTTPConnection):
@@ -50,13 +51,13 @@ class UnixHTTP(http.client.HTTPConnection):
         return resp.status, resp.read()
 
 
-def _watch_sse(sock: str, expected: int, deadline: float, ready: Any) -> dict[str, float]:
+def _watch_sse(sock: str, deadline: float, expected: Any, ready: Any) -> dict[str, float]:
     # The stream is silent only when writes stop: a read timeout past the deadline ends it.
     conn = UnixHTTP(sock, timeout=max(1.0, deadline - time.monotonic()))
     conn.request("GET", "/v1/events?types=record_changed")
     resp = conn.getresponse()
     seen: dict[str, float] = {}
-    while len(seen) < expected and time.monotonic() < deadline:
+    while len(seen) < expected.value and time.monotonic() < deadline:
         try:
             line = resp.readline()
         except TimeoutError:
@@ -75,7 +76,7 @@ def _watch_sse(sock: str, expected: int, deadline: float, ready: Any) -> dict[st
 
 
 def _watch_redis(
-    port: int, prefix: str, expected: int, deadline: float, ready: Any
+    port: int, prefix: str, deadline: float, expected: Any, ready: Any
 ) -> dict[str, float]:
     if redis is None:
         raise RuntimeError("redis-py is not installed (pip install -e '.[bench]')")
@@ -87,7 +88,7 @@ def _watch_redis(
     ready.set()
     seen: dict[str, float] = {}
     cut = len(channel)
-    while len(seen) < expected and time.monotonic() < deadline:
+    while len(seen) < expected.value and time.monotonic() < deadline:
         msg = sub.get_message(timeout=0.5)
         if msg is None:
             continue
@@ -98,21 +99,23 @@ def _watch_redis(
     return seen
 
 
-def _child(target: str, args: tuple[Any, ...], ready: Any, out: Connection) -> None:
+def _child(target: str, args: tuple[Any, ...], expected: Any, ready: Any, out: Connection) -> None:
     fn = _watch_sse if target == "sse" else _watch_redis
-    out.send(fn(*args, ready))
+    out.send(fn(*args, expected, ready))
     out.close()
 
 
 class Watcher:
-    """The watcher process: ``with Watcher("sse", (sock, n, deadline)) as w:`` write, then
-    ``w.result(timeout)`` gives the arrivals."""
+    """The watcher process: ``with Watcher("sse", (sock, deadline)) as w:`` write,
+    ``w.expect(n)``, then ``w.result(timeout)`` gives the arrivals."""
 
     def __init__(self, target: str, args: tuple[Any, ...]) -> None:
         ctx = mp.get_context("spawn")
         self._ready = ctx.Event()
+        self._expected = ctx.RawValue("q", UNKNOWN)
         self._recv, send = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(target=_child, args=(target, args, self._ready, send), daemon=True)
+        child_args = (target, args, self._expected, self._ready, send)
+        self._proc = ctx.Process(target=_child, args=child_args, daemon=True)
         self._proc.start()
         send.close()
 
@@ -127,6 +130,10 @@ class Watcher:
             self._proc.join(1.0)
         if self._proc.is_alive():
             self._proc.kill()
+
+    def expect(self, n: int) -> None:
+        """The writer is done: ``n`` records were written."""
+        self._expected.value = n
 
     def result(self, timeout: float) -> dict[str, float]:
         if not self._recv.poll(timeout):

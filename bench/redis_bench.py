@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hasyncd_bench import WATCH_GRACE_S, lag_figures
 from observe import Watcher
 from stats import percentiles_ms
 from sysinfo import cpu_seconds, rss_bytes
@@ -135,14 +136,19 @@ def throughput(
     """Figure 1 and 6: first pipeline sent until the replica holds all N; its CPU per key."""
     items = _items(work, start, n)
     before = replica.client.dbsize()
-    cpu0 = replica.cpu()
+    cpu0, pcpu0 = replica.cpu(), primary.cpu()
     t0 = time.monotonic()
     _set_all(primary.client, items)
     acked = time.monotonic() - t0
     _wait(lambda: replica.client.dbsize() >= before + n, SYNC_TIMEOUT_S, "the replica")
     took = time.monotonic() - t0
-    cpu = replica.cpu() - cpu0
-    return {"rec_s": n / took, "ingest_rec_s": n / acked, "cpu_us_per_rec": cpu / n * 1e6}
+    cpu, pcpu = replica.cpu() - cpu0, primary.cpu() - pcpu0
+    return {
+        "rec_s": n / took,
+        "ingest_rec_s": n / acked,
+        "cpu_us_per_rec": cpu / n * 1e6,
+        "primary_cpu_us_per_rec": pcpu / n * 1e6,
+    }
 
 
 def lag(
@@ -160,29 +166,28 @@ def lag(
     (``notify-keyspace-events KA``); its arrival at the watcher is "visible".
     """
     n = int(rate * duration)
-    items = _items(work, start, n)
-    parts = [items[i : i + batch] for i in range(0, n, batch)]
-    deadline = time.monotonic() + 3 * duration + 30
     prefix = f"{KIND}:"
-    with Watcher("redis", (replica.port, prefix, n, deadline)) as watcher:
-        acks, took = _paced(primary.client, parts, batch / rate)
+    recs = list(work.records(start, n))
+    parts = [recs[i : i + batch] for i in range(0, n, batch)]
+    deadline = time.monotonic() + duration + WATCH_GRACE_S
+    with Watcher("redis", (replica.port, prefix, deadline)) as watcher:
+        acks = _paced(primary.client, parts, batch / rate, duration)
+        sent = parts[: len(acks)]
+        watcher.expect(sum(len(p) for p in sent))
         arrivals = watcher.result(timeout=deadline - time.monotonic() + 5)
-    cut = len(prefix)
-    lags = [
-        arrivals[key[cut:]] - ack
-        for part, ack in zip(parts, acks, strict=True)
-        for key, _ in part
-        if key[cut:] in arrivals
-    ]
-    return {**percentiles_ms(lags), "achieved_w_s": n / took, "missing": n - len(lags)}
+    return lag_figures(sent, acks, arrivals, duration)
 
 
 def _paced(
-    client: Any, parts: list[list[tuple[str, bytes]]], interval: float
-) -> tuple[list[float], float]:
+    client: Any, parts: list[list[tuple[str, Any]]], interval: float, duration: float
+) -> list[float]:
+    """As hasyncd_bench._paced: pipeline k due at ``k * interval`` s, until ``duration``."""
+    values = [[(redis_key(rid), json.dumps(rec).encode()) for rid, rec in p] for p in parts]
     acks: list[float] = []
     t0 = time.monotonic()
-    for k, part in enumerate(parts):
+    for k, part in enumerate(values):
+        if time.monotonic() - t0 >= duration:
+            break
         wait = t0 + k * interval - time.monotonic()
         if wait > 0:
             time.sleep(wait)
@@ -191,7 +196,7 @@ def _paced(
             pipe.set(key, value)
         pipe.execute()
         acks.append(time.monotonic())
-    return acks, acks[-1] - t0
+    return acks
 
 
 def set_latency(

@@ -84,8 +84,10 @@ FIGURES = [
            "ms", "-", _joins("worst_heartbeat_silence_ms")),
     Figure("join_stalls_over_50ms", "during the join: event-loop lag probes over 50 ms", "count",
            "0", _joins("stalls_over_50ms")),
-    Figure("join_false_promotion", "during the join: false promotion or peer loss", "any run",
+    Figure("join_false_promotion", "during the join: a false promotion", "any run",
            "no", _joins("false_promotion"), any_run=True),
+    Figure("join_peers_lost", "during the join: peers declared lost (both nodes)", "count",
+           "0", _joins("peers_lost")),
     Figure("rss_per_record_b", "RSS per stored record on the secondary", "B", "<= 500 and <= Redis",
            _per_record("rss_bytes", "empty_rss_bytes"),
            _per_record("rss_bytes", "empty_rss_bytes")),
@@ -93,6 +95,9 @@ FIGURES = [
            lambda _s, _p: [], _per_record("used_memory", "empty_used_memory")),
     Figure("cpu_per_record_us", "CPU per replicated record on the secondary (NDJSON run)", "us",
            "<= 5", _runs("ndjson", "cpu_us_per_rec"), _runs("throughput", "cpu_us_per_rec")),
+    Figure("primary_cpu_per_record_us", "CPU per record on the primary (NDJSON run)", "us", "-",
+           _runs("ndjson", "primary_cpu_us_per_rec"),
+           _runs("throughput", "primary_cpu_us_per_rec")),
 ]  # fmt: skip
 
 

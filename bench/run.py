@@ -36,7 +36,7 @@ import hasyncd_bench as hb
 import redis_bench as rb
 from hasyncd_join import JoinBench
 from report import summarize, table
-from sysinfo import machine, rss_bytes
+from sysinfo import loadavg, machine, rss_bytes
 from workload import Workload, shape
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,7 +56,7 @@ class Preset:
 PRESETS = {
     "smoke": Preset(1_000, 1_000, 0.5, 10, 100, 1_000),  # the harness's own test
     "quick": Preset(20_000, 10_000, 3.0, 10, 1_000, 100_000),
-    "full": Preset(200_000, 10_000, 30.0, 10, 5_000, 1_000_000),
+    "full": Preset(100_000, 10_000, 30.0, 10, 5_000, 1_000_000),
 }
 
 
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-redis", action="store_true", help="measure hasyncd only")
     args = ap.parse_args(argv)
     p = PRESETS[args.preset]
-    started = time.time()
+    started, load = time.time(), loadavg()
     with tempfile.TemporaryDirectory(prefix="hasyncd-bench-") as tmp:
         got = measure(args, p, Path(tmp))
     figures = summarize(got["raw"], p)
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": args.runs,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "duration_s": round(time.time() - started, 1),
-        "machine": machine(REPO),
+        "machine": {**machine(REPO), "loadavg_at_start": load},
         "redis": rb.version() if got["redis_skipped"] is None else None,
         "redis_skipped": got["redis_skipped"],
         "records": got["records"],

@@ -61,7 +61,13 @@ def machine(repo: Path) -> dict[str, Any]:
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "hasyncd_commit": _git_commit(repo),
         "mem_total_mib": _mem_total_mib(),
+        "loadavg_at_end": loadavg(),
     }
+
+
+def loadavg() -> list[float]:
+    """1, 5 and 15 minute load averages: how busy the shared machine was."""
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
 def _mem_total_mib() -> int:

@@ -29,6 +29,8 @@ HASYNCD_FIGURES = {
     "join_worst_heartbeat_silence_ms",
     "join_stalls_over_50ms",
     "join_false_promotion",
+    "join_peers_lost",
+    "primary_cpu_per_record_us",
     "rss_per_record_b",
     "cpu_per_record_us",
 }
