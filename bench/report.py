@@ -2,7 +2,9 @@
 
 Every figure is the median over runs (``join_false_promotion``: whether any
 run saw one).  ``ratio`` is hasyncd / Redis in the figure's own unit, so it
-is above 1 where hasyncd is faster for rates and slower for times.
+is above 1 where hasyncd is faster for rates and slower for times.  A lag
+can be negative: the record was visible on the secondary before the writer
+had read the primary's ack.
 """
 
 from __future__ import annotations
@@ -55,6 +57,11 @@ def _per_record(key: str, empty: str) -> Extract:
     return get
 
 
+def _worst_lag(side: dict[str, Any], _p: Any) -> list[Any]:
+    """Per join: the upper bound of the highest loop-lag bucket either node reached."""
+    return [max(j["worst_loop_lag_le_s"].values()) for j in side["joins"]]
+
+
 FIGURES = [
     Figure("throughput_ndjson_rec_s", "end-to-end replication, batch API, one client (NDJSON)",
            "rec/s", ">= 150,000 and >= 1.3x Redis", _runs("ndjson", "rec_s"),
@@ -84,6 +91,8 @@ FIGURES = [
            "ms", "-", _joins("worst_heartbeat_silence_ms")),
     Figure("join_stalls_over_50ms", "during the join: event-loop lag probes over 50 ms", "count",
            "0", _joins("stalls_over_50ms")),
+    Figure("join_worst_loop_lag_s", "during the join: worst event-loop lag (histogram bucket)",
+           "<= s", "<= 0.05", _worst_lag),
     Figure("join_false_promotion", "during the join: a false promotion", "any run",
            "no", _joins("false_promotion"), any_run=True),
     Figure("join_peers_lost", "during the join: peers declared lost (both nodes)", "count",
@@ -114,7 +123,8 @@ def summarize(raw: dict[str, Any], preset: Any) -> dict[str, dict[str, Any]]:
         r_runs = fig.redis(raw["redis"], preset) if fig.redis and raw["redis"]["runs"] else []
         h, r = _aggregate(fig, h_runs), _aggregate(fig, r_runs)
         numeric = isinstance(h, int | float) and isinstance(r, int | float)
-        ratio = h / r if numeric and not fig.any_run and r else None
+        # A ratio of a negative lag (visible before the ack was read) means nothing.
+        ratio = h / r if numeric and not fig.any_run and h > 0 and r > 0 else None
         out[fig.key] = {
             "label": fig.label,
             "unit": fig.unit,

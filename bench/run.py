@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-redis", action="store_true", help="measure hasyncd only")
     args = ap.parse_args(argv)
     p = PRESETS[args.preset]
-    started, load = time.time(), loadavg()
+    started, load, facts = time.time(), loadavg(), machine(REPO)  # the commit measured
     with tempfile.TemporaryDirectory(prefix="hasyncd-bench-") as tmp:
         got = measure(args, p, Path(tmp))
     figures = summarize(got["raw"], p)
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": args.runs,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "duration_s": round(time.time() - started, 1),
-        "machine": {**machine(REPO), "loadavg_at_start": load},
+        "machine": {**facts, "loadavg_at_start": load, "loadavg_at_end": loadavg()},
         "redis": rb.version() if got["redis_skipped"] is None else None,
         "redis_skipped": got["redis_skipped"],
         "records": got["records"],

@@ -61,7 +61,6 @@ def machine(repo: Path) -> dict[str, Any]:
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "hasyncd_commit": _git_commit(repo),
         "mem_total_mib": _mem_total_mib(),
-        "loadavg_at_end": loadavg(),
     }
 
 

@@ -28,6 +28,7 @@ HASYNCD_FIGURES = {
     "join_in_sync_s",
     "join_worst_heartbeat_silence_ms",
     "join_stalls_over_50ms",
+    "join_worst_loop_lag_s",
     "join_false_promotion",
     "join_peers_lost",
     "primary_cpu_per_record_us",
