@@ -1,4 +1,5 @@
-"""The ``hasyncd`` command: run, keygen, lab, status, failover, check-config, policy."""
+"""The hasyncd command: run, check-config, keygen, status, history, records, failover, policy, lab,
+portal, portal-user."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -143,13 +145,87 @@ def _call(args: argparse.Namespace, method: str, path: str) -> tuple[int, Any] |
     return EXIT_RUNTIME
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    got = _call(args, "GET", "/v1/status")
+def _get(args: argparse.Namespace, path: str) -> Any:
+    """The JSON body of a successful GET, or the exit code after a one-line error."""
+    got = _call(args, "GET", path)
     if isinstance(got, int):
         return got
     code, body = got
-    print(json.dumps(body, indent=2))
-    return 0 if code == 200 else EXIT_RUNTIME
+    if code == 200:
+        return body
+    if isinstance(body, dict) and "error" in body:
+        print(f"hasyncd: {body['error']}: {body.get('message', '')}", file=sys.stderr)
+    else:
+        print(f"hasyncd: HTTP {code} from the API for {path}", file=sys.stderr)
+    return EXIT_RUNTIME
+
+
+def _show(args: argparse.Namespace, body: Any, render: Callable[[Any], str]) -> int:
+    if isinstance(body, int):
+        return body
+    print(json.dumps(body, indent=2) if args.json else render(body))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from hasyncd.statusview import render_status
+
+    return _show(args, _get(args, "/v1/status"), render_status)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from hasyncd.statusview import render_history
+
+    return _show(args, _get(args, "/v1/history"), render_history)
+
+
+# Records per API page when listing: the API's own maximum.
+RECORDS_PAGE = 1000
+
+
+def cmd_records(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    from hasyncd.statusview import hide_keys
+
+    kind = quote(args.kind, safe="")
+    if args.id is not None:
+        body = _get(args, f"/v1/records/{kind}/{quote(args.id, safe='@')}")
+        if not isinstance(body, int) and not args.show_keys:
+            body["record"] = hide_keys(body["record"])
+        return _show(args, body, lambda b: json.dumps(b, indent=2))
+    first = _get(args, f"/v1/records/{kind}?limit=1")  # an unknown kind fails here, in one line
+    if isinstance(first, int):
+        return first
+    if args.count:
+        st = _get(args, "/v1/status")
+        if isinstance(st, int):
+            return st
+        count = int(st["records"].get(args.kind, 0))
+        print(json.dumps({"kind": args.kind, "count": count}) if args.json else count)
+        return 0
+    after: str | None = None
+    shown = 0
+    while args.limit is None or shown < args.limit:
+        query = f"limit={RECORDS_PAGE}" + (f"&after={quote(after, safe='')}" if after else "")
+        page = _get(args, f"/v1/records/{kind}?{query}")
+        if isinstance(page, int):
+            return page
+        for item in page["items"]:
+            if args.limit is not None and shown >= args.limit:
+                break
+            v = item["version"]
+            if args.json:
+                if not args.show_keys:
+                    item["record"] = hide_keys(item["record"])
+                print(json.dumps(item))
+            else:
+                print(f"{item['id']}  {v['epoch']}.{v['seq']}")
+            shown += 1
+        after = page["next"]
+        if after is None:
+            break
+    return 0
 
 
 def cmd_failover(args: argparse.Namespace) -> int:
@@ -229,7 +305,11 @@ def cmd_portal_user(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hasyncd", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="hasyncd",
+        description="State synchronization for HA VPN gateway clusters: one daemon per node "
+        "(hasyncd run), and the commands an operator runs next to it.",
+    )
     parser.add_argument("--version", action="version", version=f"hasyncd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -246,14 +326,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing file")
     p.set_defaults(func=cmd_keygen)
 
-    for name, func, text in (
-        ("status", cmd_status, "show a running node's status"),
-        ("failover", cmd_failover, "hand the primary role to the best in-sync secondary"),
-    ):
-        p = sub.add_parser(name, help=text)
+    def api_command(name: str, func: Callable[[argparse.Namespace], int], text: str) -> Any:
+        p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--config", "-c", help="read the API address from this config")
-        p.add_argument("--api", help="API socket path or host:port")
+        p.add_argument("--api", help=f"API socket path or host:port (default {DEFAULT_SOCKET})")
         p.set_defaults(func=func)
+        return p
+
+    for name, func, text in (
+        ("status", cmd_status, "show a running node's role, peers, sync and recent role changes"),
+        ("history", cmd_history, "show a running node's recent role changes"),
+    ):
+        api_command(name, func, text).add_argument(
+            "--json", action="store_true", help="the API's JSON document, for scripts"
+        )
+    api_command("failover", cmd_failover, "hand the primary role to the best in-sync secondary")
+    p = api_command("records", cmd_records, "list a kind's records, or show one")
+    p.add_argument("kind", help="ipsec_sa, ike_sa or sslvpn_web_session")
+    p.add_argument("id", nargs="?", help="show this record")
+    p.add_argument("--count", action="store_true", help="print how many records of KIND exist")
+    p.add_argument("--limit", type=int, help="list at most this many")
+    p.add_argument("--show-keys", action="store_true", help="show key material (hidden otherwise)")
+    p.add_argument("--json", action="store_true", help="JSON (one item per line when listing)")
 
     p = sub.add_parser("policy", help="print the replication policy table")
     p.set_defaults(func=cmd_policy)
