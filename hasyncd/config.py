@@ -119,6 +119,20 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class PortalConfig:
+    """``[portal]``: the reference web-mode portal (``hasyncd portal``), optional."""
+
+    listen: Address
+    tls_cert: Path | None
+    tls_key: Path | None
+    users_file: Path
+    cookie_name: str
+    idle_timeout_s: int
+    session_lifetime_s: int
+    single_session: bool
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     node: NodeConfig
@@ -130,6 +144,7 @@ class Config:
     store: StoreConfig
     log: LogConfig
     psk: Secret
+    portal: PortalConfig | None = None
 
 
 # --- value checkers -----------------------------------------------------------------
@@ -196,6 +211,15 @@ def _peers(v: Any, where: str) -> tuple[Address, ...]:
     return out
 
 
+COOKIE_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")  # an RFC 6265 token, kept short
+
+
+def _cookie_name(v: Any, where: str) -> str:
+    if not isinstance(v, str) or not COOKIE_NAME_RE.match(v):
+        raise ConfigError(f"{where}: expected 1..64 characters of [A-Za-z0-9_-], got {v!r}")
+    return v
+
+
 def _monitors(v: Any, where: str) -> tuple[str, ...]:
     if not isinstance(v, list) or len(v) > 32:
         raise ConfigError(f"{where}: expected a list of at most 32 interface names")
@@ -252,7 +276,20 @@ SCHEMA: dict[str, dict[str, tuple[Check, Any]]] = {
     "log": {
         "level": (_choice("debug", "info", "warning", "error"), "info"),
     },
+    "portal": {
+        "listen": (_address, REQUIRED),
+        "tls_cert": (_path, None),
+        "tls_key": (_path, None),
+        "users_file": (_path, REQUIRED),
+        "cookie_name": (_cookie_name, "HASYNCD_SESSION"),
+        # last_seen is refreshed at most every max(5 s, idle/10), so a session can end up
+        # to that much early; at least 10 s keeps that below half the idle timeout.
+        "idle_timeout_s": (_int(10, 86400), 1800),
+        "session_lifetime_s": (_int(10, 30 * 86400), 28800),
+        "single_session": (_bool, False),
+    },
 }
+OPTIONAL_SECTIONS = frozenset({"portal"})  # absent: no defaults filled in, the field is None
 
 
 def default_node_id(name: str) -> int:
@@ -316,6 +353,8 @@ def parse(data: dict[str, Any], path: Path, *, load_key: bool = True) -> Config:
             raise ConfigError(f"unknown section [{section}]")
     values: dict[str, dict[str, Any]] = {}
     for section, keys in SCHEMA.items():
+        if section in OPTIONAL_SECTIONS and section not in data:
+            continue
         raw = data.get(section, {})
         if not isinstance(raw, dict):
             raise ConfigError(f"[{section}] must be a table")
@@ -351,6 +390,7 @@ def parse(data: dict[str, Any], path: Path, *, load_key: bool = True) -> Config:
     hooks = values["hooks"]
     for name in ("on_primary", "on_secondary", "on_fault"):
         _check_hook(hooks[name], f"[hooks].{name}")
+    portal = _portal(values["portal"], path) if "portal" in values else None
     psk = load_psk(link["psk_file"]) if load_key else Secret(bytes(PSK_BYTES))
     return Config(
         path=path,
@@ -363,10 +403,20 @@ def parse(data: dict[str, Any], path: Path, *, load_key: bool = True) -> Config:
         store=StoreConfig(**values["store"]),
         log=LogConfig(**values["log"]),
         psk=psk,
+        portal=portal,
     )
 
 
-def load(path: Path | str) -> Config:
+def _portal(values: dict[str, Any], path: Path) -> PortalConfig:
+    if (values["tls_cert"] is None) != (values["tls_key"] is None):
+        raise ConfigError("[portal]: set both tls_cert and tls_key, or neither")
+    for key in ("tls_cert", "tls_key", "users_file"):
+        if values[key] is not None and not values[key].is_absolute():
+            values[key] = (path.parent / values[key]).absolute()
+    return PortalConfig(**values)
+
+
+def load(path: Path | str, *, load_key: bool = True) -> Config:
     path = Path(path)
     try:
         text = path.read_bytes()
@@ -376,7 +426,7 @@ def load(path: Path | str) -> Config:
         data = tomllib.loads(text.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    return parse(data, path)
+    return parse(data, path, load_key=load_key)
 
 
 def write_key(path: Path, *, force: bool = False) -> None:

@@ -76,6 +76,20 @@ class WriteRefused(HasyncdError):
         self.primary = primary
 
 
+class PortalError(HasyncdError):
+    """The reference web portal cannot complete a request (``hasyncd.portal``).
+
+    ``code`` is precise (``api_unreachable``, ``not_primary``, ``api_error``...);
+    messages name the session by at most an 8-hex-character digest prefix.
+    """
+
+    code = "portal"
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class ProtocolError(HasyncdError):
     """A peer sent something the link protocol does not allow.
 

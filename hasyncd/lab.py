@@ -23,6 +23,7 @@ from typing import Any
 from hasyncd import samples
 from hasyncd.client import Client
 from hasyncd.config import write_key
+from hasyncd.portal import lab as portal_lab
 
 HOOK_SCRIPT = """#!/bin/sh
 # lab hook: record what hasyncd told the data plane
@@ -46,6 +47,7 @@ class LabNode:
     prefix: Sequence[str] = ()  # e.g. ("ip", "netns", "exec", "ns-a")
     env: dict[str, str] | None = None  # extra environment variables for the process
     proc: subprocess.Popen[bytes] | None = None
+    portal: subprocess.Popen[bytes] | None = None  # ``hasyncd portal`` of this node, if started
 
     @property
     def config(self) -> Path:
@@ -58,6 +60,10 @@ class LabNode:
     @property
     def log(self) -> Path:
         return self.dir / f"{self.name}.log"
+
+    @property
+    def portal_log(self) -> Path:
+        return self.dir / f"{self.name}-portal.log"
 
     @property
     def client(self) -> Client:
@@ -81,6 +87,21 @@ class LabNode:
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env)
         log.close()
 
+    def start_portal(self) -> None:
+        """``hasyncd portal`` with this node's config (which needs a [portal] section)."""
+        cmd = [
+            *self.prefix,
+            sys.executable,
+            "-m",
+            "hasyncd",
+            "portal",
+            "--config",
+            str(self.config),
+        ]
+        log = self.portal_log.open("ab")
+        self.portal = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -90,11 +111,20 @@ class LabNode:
         self.proc.send_signal(sig)
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        """SIGKILL the daemon and, if started, the portal: the node dies."""
+        for proc in (self.portal, self.proc):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
 
     def stop(self, timeout: float = 10.0) -> int | None:
+        if self.portal is not None and self.portal.poll() is None:
+            self.portal.send_signal(signal.SIGTERM)
+            try:
+                self.portal.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.portal.kill()
+                self.portal.wait(10)
         if self.proc is None:
             return None
         if self.proc.poll() is None:
@@ -238,9 +268,17 @@ def run_lab(records: int = 200, keep: bool = False, workdir: Path | None = None)
         "hooks": {"on_primary": str(hook), "on_secondary": str(hook)},
     }
     lab = LabCluster.loopback(tmp, base=base)
+    portal = portal_lab.configure(
+        lab,
+        {name: f"127.0.0.1:{free_port()}" for name in lab.nodes},
+        {portal_lab.LAB_USER: portal_lab.LAB_PASSWORD},
+        tls_names=["127.0.0.1"],
+    )
     ok = False
     try:
-        ok = _lab_steps(lab, records)
+        ok = _lab_steps(lab, records) and portal_lab.lab_steps(lab, portal, _say)
+        if ok:
+            _say("== lab passed")
     except (TimeoutError, RuntimeError, AssertionError) as exc:
         _say(f"LAB FAILED: {exc}")
     finally:
@@ -349,7 +387,6 @@ def _lab_steps(lab: LabCluster, records: int) -> bool:
     )
     st = primary.status() or {}
     _say(f"   {primary.name} is {st['role']}, in sync, records {st['records']}")
-    _say("== lab passed")
     return missing == 0
 
 

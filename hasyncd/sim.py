@@ -15,11 +15,15 @@ Model:
   across a partition times out after ``connect_timeout``;
 * a killed node's connections are reset; a frozen node (SIGSTOP) handles
   nothing, and on thaw handles buffered input before its late timer, as an
-  asyncio loop does.
+  asyncio loop does;
+* ``flood`` plays an attacker without the key: it holds raw connections to a
+  node's link port, sending nothing or a fixed prefix, and reconnects each
+  one as soon as the node closes it (or refuses it while the node is down).
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import random
@@ -51,6 +55,17 @@ class _Pipe:
     dst_conn: int
     held: list[bytes] = field(default_factory=list)
     next_free: float = 0.0  # FIFO: nothing is delivered before the previous chunk
+
+
+@dataclass
+class _Flood:
+    """An attacker's raw connections to one node (see ``Sim.flood``)."""
+
+    target: str
+    host: str
+    payloads: tuple[bytes, ...]
+    until: float
+    connects: int = 0
 
 
 @dataclass
@@ -89,6 +104,7 @@ class Sim:
         self._pipes: dict[tuple[str, int], _Pipe] = {}  # (node, local conn) -> outgoing pipe
         self._blocked: set[frozenset[str]] = set()
         self._pending_rst: list[tuple[str, int]] = []
+        self._raw: dict[tuple[str, int], _Flood] = {}  # (node, conn) -> the flood it belongs to
         self.log: list[tuple[float, str, str]] = []
 
     # -- building -----------------------------------------------------------------
@@ -280,6 +296,11 @@ class Sim:
         self.at(t, lambda: self._input(dst, arrive))
 
     def _close(self, node: SimNode, conn_id: int) -> None:
+        flood = self._raw.pop((node.name, conn_id), None)
+        if flood is not None:
+            # The attacker sees the FIN after one latency and reconnects at once.
+            self.at(self.now + self._delay(), lambda: self._raw_connect(flood))
+            return
         pipe = self._pipes.pop((node.name, conn_id), None)
         if pipe is None:
             return
@@ -338,6 +359,10 @@ class Sim:
         node = self.nodes[name]
         node.alive = False
         node.timer_gen += 1
+        for key, flood in list(self._raw.items()):
+            if key[0] == name:
+                del self._raw[key]
+                self.at(self.now + self._delay(), functools.partial(self._raw_connect, flood))
         for (owner, cid), pipe in list(self._pipes.items()):
             if owner != name:
                 continue
@@ -374,6 +399,46 @@ class Sim:
             fn()
         node.core.handle_timer(self.now)
         self._after(node)
+
+    # -- an attacker without the key -----------------------------------------------------
+
+    def flood(
+        self, target: str, n: int, *, host: str, payloads: tuple[bytes, ...], seconds: float
+    ) -> _Flood:
+        """Hold ``n`` raw connections to ``target`` from ``host`` for ``seconds``.
+
+        The k-th connection made sends ``payloads[k % len(payloads)]`` once
+        connected (``b""``: nothing).  A closed or refused one is reopened at once.
+        """
+        flood = _Flood(target, host, payloads, self.now + seconds)
+        for _ in range(n):
+            self._raw_connect(flood)
+        return flood
+
+    def _raw_connect(self, flood: _Flood) -> None:
+        if self.now >= flood.until:
+            return
+        node = self.nodes[flood.target]
+        if not node.alive:  # refused: try again after the RST
+            self.at(self.now + self._delay(), lambda: self._raw_connect(flood))
+            return
+        payload = flood.payloads[flood.connects % len(flood.payloads)]
+        flood.connects += 1
+        conn_id = next(self._conn_ids)
+        address = f"{flood.host}:raw{conn_id}"
+
+        def made() -> None:
+            self._raw[(node.name, conn_id)] = flood
+            node.core.connection_made(conn_id, initiator=False, address=address, now=self.now)
+
+        def data() -> None:
+            if self._raw.get((node.name, conn_id)) is flood:
+                node.core.receive_data(conn_id, payload, self.now)
+
+        t = self.now + self._delay()
+        self.at(t, lambda: self._input(node, made) if node.alive else self._raw_connect(flood))
+        if payload:
+            self.at(t + self._delay(), lambda: self._input(node, data))
 
     # -- operations ----------------------------------------------------------------------
 

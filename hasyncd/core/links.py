@@ -7,6 +7,11 @@ from a peer with a new boot id replaces the old one (the peer restarted).
 A link whose handshake never completed (wrong key, group, version) is
 retried with exponential backoff, so a misconfigured peer is not hammered;
 an authenticated link that ends is redialed at once.
+
+Inbound handshakes are bounded (``MAX_UNPROVEN``, ``MAX_HANDSHAKING``), but
+a full budget never refuses a new connection: it evicts one
+(``HandshakeBudget.victim``), so an unauthenticated flood cannot lock the
+configured peers out.
 """
 
 from __future__ import annotations
@@ -16,7 +21,33 @@ from collections.abc import Iterable, Mapping
 
 from hasyncd.core.peers import Conn, DialState, Peer
 from hasyncd.core.settings import CoreSettings
+from hasyncd.wire.channel import State
 from hasyncd.wire.messages import Hello
+
+# Inbound handshakes come in two budgets; when one is full, the next
+# connection is still admitted and another one of that budget evicted.
+#
+# Connections whose INIT decrypted (the sender knows the PSK, or replays a
+# captured INIT), awaiting the initiator's confirmation: each has cost an
+# X25519 key generation and DH and may buffer one 64 KiB frame.
+MAX_HANDSHAKING = 16
+# Connections that have not delivered a valid INIT: no crypto yet and at most
+# one 1 KiB handshake frame buffered each, so this bound only protects file
+# descriptors.  It is above the number of connections an asyncio loop can
+# admit between a peer's connection and the read of its INIT: it accepts at
+# most its listen backlog (100) per loop iteration, and the INIT, already in
+# the socket buffer, is read before the connections of any accept batch but
+# the peer's own and the next (fewer than 200 newer ones admitted in
+# between, in CPython 3.11's selector loop).  So evicting the oldest, a flood from the
+# peer's own address cannot push the peer's connection out before its INIT
+# is read.
+MAX_UNPROVEN = 256
+# An inbound connection that has not delivered a complete INIT by then is
+# closed, long before the handshake timeout: an initiator sends its INIT as
+# soon as it is connected, so it arrives within one round trip (milliseconds
+# on an HA link); a second is far above that yet frees a slot held by a
+# silent or trickling connection three times sooner than the 3 s default.
+INIT_TIMEOUT = 1.0
 
 
 class Dialer:
@@ -105,3 +136,66 @@ def keep_new_link(settings: CoreSettings, peer: Peer, new: Conn, hello: Hello) -
         return True  # the peer restarted: its old link is dead
     # Both ends keep the link the lower name initiated.
     return new.initiator == (settings.name < hello.node)
+
+
+def host_of(address: str) -> str:
+    """The source host of ``host:port`` (IPv6 too): what fairness between sources counts."""
+    return address.rpartition(":")[0] or address
+
+
+class HandshakeBudget:
+    """One budget of inbound handshakes, by source host and oldest first.
+
+    When it is full, ``victim`` names the connection to close so that a new
+    one can have its slot: one of the source host holding the most (a flood
+    from another address never pushes out a peer's connection while it holds
+    more than the peer), and of that host's, the oldest: a real peer's INIT
+    arrives within a round trip of its connect, so to push it out a flood
+    from its own address has to replace the whole budget within that time.
+    Everything is O(number of source hosts), not O(connections): a flood
+    makes the node evict at the rate it connects.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self._by_host: dict[str, dict[int, Conn]] = {}  # insertion order: oldest first
+
+    def __contains__(self, conn: Conn) -> bool:
+        return conn.id in self._by_host.get(host_of(conn.address), {})
+
+    @property
+    def full(self) -> bool:
+        return self.size >= self.limit
+
+    def add(self, conn: Conn) -> None:
+        held = self._by_host.setdefault(host_of(conn.address), {})
+        if conn.id not in held:
+            held[conn.id] = conn
+            self.size += 1
+
+    def discard(self, conn: Conn) -> None:
+        host = host_of(conn.address)
+        held = self._by_host.get(host)
+        if held is not None and held.pop(conn.id, None) is not None:
+            self.size -= 1
+            if not held:
+                del self._by_host[host]
+
+    def victim(self) -> Conn | None:
+        def rank(held: dict[int, Conn]) -> tuple[int, float, int]:
+            oldest = next(iter(held.values()))
+            return len(held), -oldest.created, -oldest.id
+
+        if not self._by_host:
+            return None
+        return next(iter(max(self._by_host.values(), key=rank).values()))
+
+
+def init_overdue(conn: Conn, now: float, handshake_timeout: float) -> bool:
+    """An inbound connection that has not delivered its INIT in time."""
+    return (
+        not conn.initiator
+        and conn.channel.state is State.AWAIT_INIT
+        and now - conn.created > min(INIT_TIMEOUT, handshake_timeout)
+    )

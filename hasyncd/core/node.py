@@ -30,7 +30,16 @@ from hasyncd.core.events import (
     RecordChanged,
     Watermark,
 )
-from hasyncd.core.links import Dialer, admission_conflict, keep_new_link
+from hasyncd.core.links import (
+    MAX_HANDSHAKING,
+    MAX_UNPROVEN,
+    Dialer,
+    HandshakeBudget,
+    admission_conflict,
+    host_of,
+    init_overdue,
+    keep_new_link,
+)
 from hasyncd.core.merge import merge_end, receive_merge
 from hasyncd.core.outputs import Outputs
 from hasyncd.core.peers import Conn, Peer
@@ -68,9 +77,6 @@ from hasyncd.wire.messages import (
 
 log = logging.getLogger("hasyncd.core")
 
-# Inbound connections still in their handshake: more are refused, so an
-# unauthenticated flood cannot exhaust memory or CPU (each costs an X25519).
-MAX_HANDSHAKING = 16
 # Expired records and old tombstones are swept this many per kind per second.
 SWEEP_BUDGET = 4096
 
@@ -115,6 +121,9 @@ class NodeCore(Outputs):
         self.conns: dict[int, Conn] = {}
         self.peers: dict[str, Peer] = {}
         self.dialer = Dialer(settings, self.rng)
+        # Inbound handshakes: before a valid INIT, and after it until confirmed.
+        self.unproven = HandshakeBudget(MAX_UNPROVEN)
+        self.proven = HandshakeBudget(MAX_HANDSHAKING)
         self.record_events = False
         self.watermark: int | None = None
         self._next_hb = now
@@ -184,6 +193,8 @@ class NodeCore(Outputs):
         self.emit(Close(conn.id, reason))
 
     def _detach(self, conn: Conn, reason: str) -> None:
+        self.unproven.discard(conn)
+        self.proven.discard(conn)
         self.dialer.ended(conn, self.now)
         if conn.peer is None:
             return
@@ -199,11 +210,7 @@ class NodeCore(Outputs):
     def connection_made(self, conn_id: int, *, initiator: bool, address: str, now: float) -> None:
         self.now = now
         if not initiator:
-            handshaking = sum(1 for c in self.conns.values() if c.peer is None and not c.initiator)
-            if handshaking >= MAX_HANDSHAKING:
-                self.count("link_refused", "too_many_handshakes")
-                self.emit(Close(conn_id, "too many links in handshake"))
-                return
+            self._make_room(self.unproven, address)
         hello = Hello(self.s.name, self.boot_id, self.s.tag, self.s.window, self.s.listen[:64])
         channel = Channel(
             initiator=initiator,
@@ -215,10 +222,30 @@ class NodeCore(Outputs):
         conn = Conn(conn_id, channel, initiator, address, now)
         self.conns[conn_id] = conn
         log.debug("link %d %s %s: handshake", conn_id, "to" if initiator else "from", address)
+        if not initiator:
+            self.unproven.add(conn)
         if initiator:
             self.dialer.connected(address, now)
             channel.start()
             self.flush_conn(conn)
+
+    def _make_room(self, budget: HandshakeBudget, address: str) -> None:
+        """A full budget of inbound handshakes evicts one: the newcomer is always admitted."""
+        if not budget.full:
+            return
+        victim = budget.victim()
+        assert victim is not None
+        self.count("link_refused", "handshake_evicted")
+        self.log_limited(
+            ("evict", host_of(victim.address)),
+            logging.WARNING,
+            "%d inbound links in handshake (%s): evicted one from %s for a newer one from %s",
+            budget.size,
+            victim.channel.state.value,
+            host_of(victim.address),
+            host_of(address),
+        )
+        self.close(victim, "evicted: too many links in handshake")
 
     def connect_failed(self, address: str, now: float, reason: str) -> None:
         self.now = now
@@ -256,12 +283,25 @@ class NodeCore(Outputs):
             self._link_error(conn, exc)
         if conn.channel.error is not None and conn.id in self.conns:
             self._link_error(conn, conn.channel.error)
+        if conn.id in self.conns:
+            self._rebudget(conn)
         self.flush_conn(conn)
         if conn.ack_frame is not None and conn.id in self.conns:
             frame_no, conn.ack_frame = conn.ack_frame, None
             conn.channel.send(Ack(frame_no), self.roles.epoch)
             self.flush_conn(conn)
         self._after_input(now)
+
+    def _rebudget(self, conn: Conn) -> None:
+        """After input: an inbound handshake whose INIT decrypted moves to the proven budget."""
+        state = conn.channel.state
+        if state is not State.AWAIT_INIT and conn in self.unproven:
+            self.unproven.discard(conn)
+            if state is State.AWAIT_CONFIRM and conn.peer is None:
+                self._make_room(self.proven, conn.address)
+                self.proven.add(conn)
+        elif state is not State.AWAIT_CONFIRM and conn in self.proven:
+            self.proven.discard(conn)
 
     def _link_error(self, conn: Conn, exc: ProtocolError) -> None:
         self.count("link_errors", exc.code)
@@ -515,6 +555,9 @@ class NodeCore(Outputs):
             if conn.peer is None and now - conn.created > self.s.handshake_timeout:
                 self.count("link_errors", "handshake_timeout")
                 self.close(conn, "handshake timeout")
+            elif conn.peer is None and init_overdue(conn, now, self.s.handshake_timeout):
+                self.count("link_errors", "init_timeout")
+                self.close(conn, "no INIT in time")
         check_peers(self, now)
         if now >= self._next_hb:
             self.send_heartbeats(now)

@@ -9,20 +9,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgpack
 import msgspec
+import yaml
 from aiohttp import web
 
 from hasyncd.core.status import version_json
+from hasyncd.daemon.batchops import (
+    Op,
+    OpError,
+    batch_reply,
+    count_ndjson_ops,
+    iter_ndjson_ops,
+)
+from hasyncd.daemon.bodies import (
+    ApiError,
+    BadLine,
+    decode_json,
+    iter_batch,
+    last_event_id,
+    read_body,
+)
 from hasyncd.daemon.eventhub import SHUTDOWN, event_type_name
 from hasyncd.daemon.metrics import CONTENT_TYPE
 from hasyncd.errors import HasyncdError, NotReplicated, RecordError, UnknownKind, WriteRefused
@@ -38,18 +55,34 @@ log = logging.getLogger("hasyncd.api")
 MAX_RECORD_BODY = 64 * 1024  # one record's JSON: far above the largest legal record
 MAX_PAGE = 1000  # records per list page: bounds the time one request holds the loop
 DEFAULT_PAGE = 100
-MAX_BATCH_OPS = 200_000  # ops per batch request
-# Validated ops handed to the core in one call: a few milliseconds of store
-# and replication work, so one chunk stays well inside a slice.
-BATCH_APPLY_CHUNK = 1024
 # Longest stretch a batch request holds the event loop before yielding: far
 # below the heartbeat interval, so heartbeats and replication keep flowing.
 BATCH_SLICE_S = 0.005
+# Validated ops handed to the core in one call: a few milliseconds of store
+# and replication work, so one chunk stays well inside a slice.
+BATCH_APPLY_CHUNK = 1024
 SSE_KEEPALIVE = 15.0  # seconds between comment lines on an idle event stream
 # At a stop, requests still running get this long to finish (a sync-mode write
 # waits at most sync_timeout_ms) before they are cancelled: part of the stop
 # budget (hasyncd.daemon.shell.STOP_BUDGET_S).  aiohttp applies it twice at most.
 API_DRAIN_S = 1.0
+
+# Every route, once: the router is built from it and tests/test_openapi.py checks
+# that proto/openapi.yaml documents exactly these.
+ROUTES: tuple[tuple[str, str, str], ...] = (
+    ("GET", "/v1/status", "status"),
+    ("GET", "/v1/policy", "policy"),
+    ("GET", "/v1/history", "history"),
+    ("POST", "/v1/records:batch", "batch"),
+    ("GET", "/v1/records/{kind}", "list"),
+    ("PUT", "/v1/records/{kind}/{id}", "put"),
+    ("GET", "/v1/records/{kind}/{id}", "get"),
+    ("DELETE", "/v1/records/{kind}/{id}", "delete"),
+    ("GET", "/v1/events", "events"),
+    ("POST", "/v1/failover", "failover"),
+    ("GET", "/metrics", "metrics"),
+    ("GET", "/v1/openapi.json", "openapi"),
+)
 
 _STATUS_BY_ERROR = {
     "unknown_kind": 404,
@@ -60,20 +93,6 @@ _STATUS_BY_ERROR = {
     "fenced": 503,
     "handover_in_progress": 503,
 }
-
-
-# (Api has a method named ``list``: these aliases keep the builtin in its annotations.)
-_Chunk = list[tuple[int, str, Record | None]]
-_Parts = list[bytes]
-_Outcomes = list[Any]
-
-
-class ApiError(HasyncdError):
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.extra = extra
 
 
 def _error_from(exc: HasyncdError) -> ApiError:
@@ -109,6 +128,13 @@ def _check_id(rid: str) -> None:
         )
 
 
+_MISSING: Any = object()
+# (Api has a method named ``list``: these aliases keep the builtin in its annotations.)
+_Chunk = list[tuple[int, str, Record | None]]
+_Parts = list[bytes]
+_Outcomes = list[Any]
+
+
 class Api:
     def __init__(self, daemon: Daemon) -> None:
         self.d = daemon
@@ -117,17 +143,8 @@ class Api:
             client_max_size=cfg.max_body_mib * 1024 * 1024, middlewares=[self._errors]
         )
         r = self.app.router
-        r.add_get("/v1/status", self.status)
-        r.add_get("/v1/policy", self.policy)
-        r.add_get("/v1/history", self.history)
-        r.add_post("/v1/records:batch", self.batch)
-        r.add_get("/v1/records/{kind}", self.list)
-        r.add_put("/v1/records/{kind}/{id}", self.put)
-        r.add_get("/v1/records/{kind}/{id}", self.get)
-        r.add_delete("/v1/records/{kind}/{id}", self.delete)
-        r.add_get("/v1/events", self.events)
-        r.add_post("/v1/failover", self.failover)
-        r.add_get("/metrics", self.metrics)
+        for method, path, handler in ROUTES:
+            r.add_route(method, path, getattr(self, handler))
         self._runner: web.AppRunner | None = None
         self._socket: Path | None = None
 
@@ -140,11 +157,15 @@ class Api:
         )
         await self._runner.setup()
         if cfg.socket is not None:
-            _prepare_socket_path(cfg.socket)
-            site = web.UnixSite(self._runner, str(cfg.socket))
-            await site.start()
-            self._socket = cfg.socket  # ours now: removed by stop()
-            os.chmod(cfg.socket, 0o660)
+            try:
+                _prepare_socket_path(cfg.socket)
+                await web.UnixSite(self._runner, str(cfg.socket)).start()
+                self._socket = cfg.socket  # ours now: removed by stop()
+                os.chmod(cfg.socket, 0o660)
+            except OSError as exc:
+                raise HasyncdError(
+                    f"cannot create the API socket {cfg.socket}: {exc.strerror or exc}"
+                ) from None
         if cfg.listen is not None:
             try:
                 await web.TCPSite(
@@ -192,15 +213,7 @@ class Api:
         return resp
 
     async def _json_body(self, request: web.Request, limit: int) -> Any:
-        if request.content_length is not None and request.content_length > limit:
-            raise ApiError(413, "body_too_large", f"body exceeds {limit} bytes")
-        raw = await request.content.read(limit + 1)
-        if len(raw) > limit:
-            raise ApiError(413, "body_too_large", f"body exceeds {limit} bytes")
-        try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+        return decode_json(await read_body(request, limit))
 
     def _kind(self, name: str, *, write: bool = False) -> Kind:
         try:
@@ -300,63 +313,73 @@ class Api:
     async def batch(self, request: web.Request) -> web.StreamResponse:
         """A batch in two passes over the body, each in slices of BATCH_SLICE_S.
 
-        Pass 1 checks the framing of the whole body (a msgpack array of ops, at
-        most MAX_BATCH_OPS) and applies nothing, so a body refused as a whole
-        stores nothing.  Pass 2 decodes and validates ops a chunk at a time and
-        hands each chunk of validated records to the core in one call (one
-        store pass, one replication enqueue and flush per chunk); a bad op
-        fails alone.  No decoded op outlives its chunk, and each result is
-        kept encoded, so a large batch leaves nothing for the collector to walk.
+        Pass 1 checks the whole body as a batch (NDJSON: at most MAX_BATCH_OPS
+        lines; msgpack: framing, nesting, op count, nothing after the array)
+        and applies nothing, so a body refused as a whole stores nothing.
+        Pass 2 decodes and validates ops a chunk at a time and hands each chunk
+        of validated records to the core in one call (one store pass, one
+        replication enqueue and flush per chunk); a bad op fails alone.  No
+        decoded op outlives its chunk and each result is kept encoded, so a
+        large batch leaves the collector nothing to walk.
         """
         use_msgpack = request.content_type in ("application/msgpack", "application/x-msgpack")
-        raw = await request.read()
-        iter_ops = _iter_msgpack_batch if use_msgpack else _iter_ndjson_batch
-        encode = msgspec.msgpack.encode if use_msgpack else msgspec.json.encode
-        loop = self.d.loop
-        deadline = loop.time() + BATCH_SLICE_S
-        for _ in iter_ops(raw, framing_only=True):
-            if loop.time() >= deadline:
-                await asyncio.sleep(0)
-                deadline = loop.time() + BATCH_SLICE_S
+        raw = await read_body(request, self.d.config.api.max_body_mib * 1024 * 1024)
+        if use_msgpack:
+            async for _ in self._sliced(iter_batch(raw, use_msgpack=True)):
+                pass
+            ops: Iterator[Any] = iter_batch(raw, use_msgpack=True)
+            encode: Any = msgspec.msgpack.encode
+        else:
+            count_ndjson_ops(raw)
+            ops = iter_ndjson_ops(raw)
+            encode = msgspec.json.encode
         parts: _Parts = []
         chunk: _Chunk = []
         newest = 0
-        for op in iter_ops(raw, framing_only=False):
+        loop = self.d.loop
+        deadline = loop.time() + BATCH_SLICE_S
+        for op in ops:
             try:
                 chunk.append(self._parse_op(op))
             except Exception as exc:  # one op's failure must not abort the rest of the batch
-                self._flush_chunk(chunk, parts, encode)
-                newest = max(newest, self._newest)
+                newest = max(newest, self._apply_chunk(chunk, parts, encode))
                 chunk = []
                 parts.append(encode(self._op_error(exc, op)))
             if len(chunk) >= BATCH_APPLY_CHUNK or loop.time() >= deadline:
-                self._flush_chunk(chunk, parts, encode)
-                newest = max(newest, self._newest)
+                newest = max(newest, self._apply_chunk(chunk, parts, encode))
                 chunk = []
                 if loop.time() >= deadline:
                     await asyncio.sleep(0)
                     deadline = loop.time() + BATCH_SLICE_S
-        self._flush_chunk(chunk, parts, encode)
-        newest = max(newest, self._newest)
+        newest = max(newest, self._apply_chunk(chunk, parts, encode))
         replicated = await self._replicated(newest) if newest else None
-        if use_msgpack:
-            body = (b"\x82" if replicated is not None else b"\x81") + b"\xa7results"
-            body += _msgpack_array_header(len(parts)) + b"".join(parts)
-            if replicated is not None:
-                body += b"\xaareplicated" + (b"\xc3" if replicated else b"\xc2")
-            return web.Response(body=body, content_type="application/msgpack")
-        body = b'{"results":[' + b",".join(parts) + b"]"
-        if replicated is not None:
-            body += b',"replicated":' + (b"true" if replicated else b"false")
-        return web.Response(body=body + b"}", content_type="application/json")
+        return web.Response(
+            body=batch_reply(parts, replicated, use_msgpack),
+            content_type="application/msgpack" if use_msgpack else "application/json",
+        )
 
-    _newest = 0
+    async def _sliced(self, items: Iterator[Any]) -> AsyncIterator[Any]:
+        """``items``, yielding to the loop every BATCH_SLICE_S of work on them.
 
-    def _flush_chunk(self, chunk: _Chunk, parts: _Parts, encode: Any) -> None:
-        """Apply validated ops in one core call; append their encoded results."""
-        self._newest = 0
+        Work in slices of a few milliseconds: parsing and validating a large
+        batch in one go would stall heartbeats long enough for a false failover.
+        """
+        loop = self.d.loop
+        deadline = loop.time() + BATCH_SLICE_S
+        for item in items:
+            yield item
+            if loop.time() >= deadline:
+                self.d.flush()
+                await asyncio.sleep(0)
+                deadline = loop.time() + BATCH_SLICE_S
+
+    def _apply_chunk(self, chunk: _Chunk, parts: _Parts, encode: Any) -> int:
+        """Apply validated ops in one core call; append their encoded results.
+
+        Returns the newest version written (0: none).
+        """
         if not chunk:
-            return
+            return 0
         outcomes: _Outcomes
         try:
             outcomes = self.d.core.write_batch(chunk, self._now())
@@ -376,7 +399,7 @@ class Api:
                 )
                 newest = max(newest, res.version)
         self.d.flush()
-        self._newest = newest
+        return newest
 
     def _parse_op(self, op: Any) -> tuple[int, str, Record | None]:
         """Validate one batch op: (kind code, id, record or None for a delete)."""
@@ -384,11 +407,11 @@ class Api:
         rid: Any
         verb: Any
         record_raw: msgspec.Raw | None
-        if isinstance(op, _BadLine):
-            raise ApiError(400, "invalid_json", f"line {op.line} is not JSON")
-        if isinstance(op, _OpError):
+        if isinstance(op, BadLine):
+            raise ApiError(op.error.status, op.error.code, f"line {op.line}: {op.error.message}")
+        if isinstance(op, OpError):
             raise op.error
-        if isinstance(op, _Op):
+        if isinstance(op, Op):
             kind_name, rid, verb, record_raw, body = op.kind, op.id, op.op, op.record, None
         elif isinstance(op, dict):
             unknown = set(op) - {"op", "kind", "id", "record"}
@@ -422,7 +445,7 @@ class Api:
         err = _api_error(exc)
         self.d.metrics.api_errors.labels(err.code).inc()
         res: dict[str, Any] = {"status": err.status, "error": err.code, "message": err.message}
-        rid = op.id if isinstance(op, _Op) else op.get("id") if isinstance(op, dict) else None
+        rid = op.id if isinstance(op, Op) else op.get("id") if isinstance(op, dict) else None
         if isinstance(rid, str):
             res["id"] = rid[:MAX_ID_LEN]
         res.update({k: v for k, v in err.extra.items() if v is not None})
@@ -461,20 +484,22 @@ class Api:
             )
         return web.json_response({"new_primary": target, "epoch": core.roles.epoch})
 
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.Response(body=openapi_json(), content_type="application/json")
+
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.d.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         types_q = request.query.get("types")
         types = frozenset(t.strip() for t in types_q.split(",") if t.strip()) if types_q else None
-        last = request.headers.get("Last-Event-ID")
-        last_id = int(last) if last and last.isdigit() else None
+        last_id = last_event_id(request.headers.get("Last-Event-ID"))
+        if self.d.hub.closed:
+            raise ApiError(503, "shutting_down", "the node is stopping")
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await resp.prepare(request)
-        if self.d.hub.closed:
-            raise ApiError(503, "shutting_down", "the node is stopping")
         sub, reset = self.d.hub.subscribe(types, last_id)
         try:
             if reset:
@@ -508,115 +533,11 @@ class Api:
         return resp
 
 
-class _Op(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """One NDJSON batch op; ``record`` stays raw JSON until its kind decodes it."""
-
-    op: str
-    kind: str
-    id: str
-    record: msgspec.Raw = msgspec.Raw(b"")
-
-
-class _OpError:
-    """A batch op refused while decoding: reported in its result slot."""
-
-    def __init__(self, error: HasyncdError, rid: str | None = None) -> None:
-        self.error = error
-        self.rid = rid
-
-    def get(self, key: str) -> str | None:
-        return self.rid if key == "id" else None
-
-
-_MISSING: Any = object()
-_op_decoder = msgspec.json.Decoder(_Op)
-
-
-def _iter_ndjson_batch(raw: bytes, *, framing_only: bool) -> Iterator[Any]:
-    """The ops of an NDJSON body, each decoded into an ``_Op`` (or the reason it is not one).
-
-    ``framing_only``: only count the ops (the whole-request check), decode nothing.
-    """
-    n = 0
-    for line in raw.splitlines():
-        if not line.strip():
-            continue
-        n += 1
-        if n > MAX_BATCH_OPS:
-            raise ApiError(413, "batch_too_large", f"more than {MAX_BATCH_OPS} ops")
-        if framing_only:
-            yield None
-            continue
-        try:
-            yield _op_decoder.decode(line)
-        except msgspec.ValidationError as exc:
-            yield _OpError(_op_validation_error(exc))
-        except (msgspec.DecodeError, RecursionError):
-            yield _BadLine(n)
-
-
-def _op_validation_error(exc: msgspec.ValidationError) -> ApiError:
-    text = str(exc)
-    if text.startswith("Object contains unknown field"):
-        name = text.split("`")[1][:64] if "`" in text else "?"
-        return ApiError(400, "unknown_field", f"unknown op field {name}", field=name)
-    if text.startswith("Expected `object`"):
-        return ApiError(400, "invalid_op", "an op is an object")
-    return ApiError(400, "invalid_op", 'an op needs "op" ("put"|"delete"), "kind" and "id"')
-
-
-def _msgpack_array_header(n: int) -> bytes:
-    if n < 16:
-        return bytes([0x90 | n])
-    if n < 1 << 16:
-        return b"\xdc" + n.to_bytes(2, "big")
-    return b"\xdd" + n.to_bytes(4, "big")
-
-
-def _iter_msgpack_batch(raw: bytes, *, framing_only: bool) -> Iterator[Any]:
-    """The ops of a msgpack batch body, decoded one at a time (a bad op does not spoil the rest).
-
-    ``framing_only``: check the framing of every op, keep none.
-    """
-    unpacker = msgpack.Unpacker(
-        raw=False, strict_map_key=True, max_buffer_size=len(raw) + 1, max_ext_len=0
-    )
-    unpacker.feed(raw)
-    try:
-        count = unpacker.read_array_header()
-    except (ValueError, TypeError, msgpack.UnpackException):
-        raise ApiError(400, "invalid_batch", "a msgpack batch body is an array of ops") from None
-    if count > MAX_BATCH_OPS:
-        raise ApiError(413, "batch_too_large", f"more than {MAX_BATCH_OPS} ops")
-    for _ in range(count):
-        try:
-            op = unpacker.unpack()
-            yield None if framing_only else _jsonable(op)
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:
-            raise ApiError(
-                400, "invalid_msgpack", f"body is not valid msgpack: {type(exc).__name__}"
-            ) from None
-
-
-class _BadLine:
-    """An NDJSON line that is not JSON: reported in its result slot, the rest still applies."""
-
-    def __init__(self, line: int) -> None:
-        self.line = line
-
-    def get(self, key: str) -> None:
-        return None
-
-
-def _jsonable(v: Any) -> Any:
-    """msgpack batches may carry keys and SPIs as bin: present them as the hex JSON uses."""
-    if isinstance(v, bytes):
-        return v.hex()
-    if isinstance(v, list):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    return v
+@functools.cache
+def openapi_json() -> bytes:
+    """hasyncd/openapi.yaml (proto/openapi.yaml links to it) as JSON, read once."""
+    text = resources.files("hasyncd").joinpath("openapi.yaml").read_text()
+    return json.dumps(yaml.safe_load(text)).encode()
 
 
 def _prepare_socket_path(path: Path) -> None:
