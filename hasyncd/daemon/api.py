@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hmac
 import json
 import logging
 import os
 import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Iterator
 from importlib import resources
@@ -74,6 +76,16 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     ("GET", "/v1/openapi.json", "openapi"),
 )
 
+# The body formats each route with a body accepts; anything else is 415.
+BODY_TYPES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("PUT", "/v1/records/{kind}/{id}"): ("application/json",),
+    ("POST", "/v1/records:batch"): (
+        "application/x-ndjson",
+        "application/msgpack",
+        "application/x-msgpack",
+    ),
+}
+
 _STATUS_BY_ERROR = {
     "unknown_kind": 404,
     "not_found": 404,
@@ -123,8 +135,10 @@ class Api:
         self.d = daemon
         cfg = daemon.config.api
         self.app = web.Application(
-            client_max_size=cfg.max_body_mib * 1024 * 1024, middlewares=[self._errors]
+            client_max_size=cfg.max_body_mib * 1024 * 1024,
+            middlewares=[self._errors, self._guard],
         )
+        self._token = daemon.config.api_token
         r = self.app.router
         for method, path, handler in ROUTES:
             r.add_route(method, path, getattr(self, handler))
@@ -176,6 +190,33 @@ class Api:
     # -- plumbing -----------------------------------------------------------------------
 
     @web.middleware
+    async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Who may ask (TCP: the bearer token), and in which body format."""
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        if sock is not None and sock.family == socket.AF_UNIX:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("api %s %s from %s", request.method, request.path, _peer_cred(sock))
+        elif not self._authorized(request):
+            raise ApiError(401, "unauthorized", "the TCP API needs 'Authorization: Bearer <token>'")
+        allowed = BODY_TYPES.get((request.method, _route_path(request)))
+        if allowed is not None and request.content_type not in allowed:
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                f"Content-Type must be {' or '.join(allowed)}",
+            )
+        resp: web.StreamResponse = await handler(request)
+        return resp
+
+    def _authorized(self, request: web.Request) -> bool:
+        token = self._token
+        given = request.headers.get("Authorization", "")
+        if token is None or not given.startswith("Bearer "):
+            return False
+        # Constant time: the comparison must not tell how much of a guess was right.
+        return hmac.compare_digest(given[7:].strip().encode(), token.reveal().hex().encode())
+
+    @web.middleware
     async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
         route = request.match_info.route.resource
         name = route.canonical if route is not None else "unmatched"
@@ -192,6 +233,8 @@ class Api:
             body = {"error": err.code, "message": err.message}
             body.update({k: v for k, v in err.extra.items() if v is not None or k == "primary"})
             resp = web.json_response(body, status=err.status)
+            if err.status == 401:
+                resp.headers["WWW-Authenticate"] = "Bearer"
         self.d.metrics.api_requests.labels(name, str(resp.status)).inc()
         return resp
 
@@ -470,6 +513,21 @@ class Api:
         finally:
             self.d.hub.unsubscribe(sub)
         return resp
+
+
+def _route_path(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else ""
+
+
+def _peer_cred(sock: socket.socket) -> str:
+    """The Unix-socket client's uid and pid (SO_PEERCRED), for the debug log."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return "an unknown local process"
+    pid, uid, _gid = struct.unpack("3i", raw)
+    return f"uid {uid} pid {pid}"
 
 
 @functools.cache
