@@ -31,7 +31,7 @@ cat > "{dir}/hook-$HASYNCD_NODE-$HASYNCD_HOOK-$HASYNCD_EPOCH-$$.json"
 """
 
 
-API_TOKEN = "api-token"  # next to the key: the lab's TCP API token
+API_TOKEN_FILE = "api-token"  # noqa: S105 - a file name: next to the key, the lab's TCP API token
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -83,7 +83,7 @@ class LabNode:
                 sections.setdefault(section, {}).update(values)
         api = sections["api"]
         if "listen" in api and "token_file" not in api:  # a TCP API needs its token
-            api["token_file"] = str(psk.parent / API_TOKEN)
+            api["token_file"] = str(psk.parent / API_TOKEN_FILE)
         self.config.write_text(_toml(sections))
 
     def start(self) -> None:
@@ -205,7 +205,7 @@ class LabCluster:
     @property
     def api_token(self) -> Path:
         """The bearer token of every node's TCP API (``[api] token_file``)."""
-        return self.psk.parent / API_TOKEN
+        return self.psk.parent / API_TOKEN_FILE
 
     def write(self) -> None:
         if not self.psk.exists():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -133,3 +134,47 @@ def test_a_wrong_content_type_is_415_and_stores_nothing(make_cluster: Any) -> No
     assert (
         a.client.request("PUT", path, rec, content_type="application/json; charset=utf-8")[0] == 201
     )
+
+
+def run_node(cluster: LabCluster, node: LabNode) -> subprocess.CompletedProcess[str]:
+    """Start ``node`` in the foreground until it exits (a refused start exits at once)."""
+    cluster.write()
+    return subprocess.run(
+        [sys.executable, "-m", "hasyncd", "run", "--config", str(node.config)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.integration
+def test_a_socket_directory_others_can_write_is_refused(tmp_path: Path) -> None:
+    cluster = LabCluster.loopback(tmp_path)
+    a = cluster["fw-a"]
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    a.extra = {"api": {"socket": str(shared / "api.sock")}}
+    out = run_node(cluster, a)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "writable by group or others (mode 0777" in lines[0], out.stderr
+    assert not (shared / "api.sock").exists()
+
+
+@pytest.mark.integration
+def test_only_a_stale_socket_is_replaced_never_another_file(tmp_path: Path) -> None:
+    cluster = LabCluster.loopback(tmp_path)
+    a = cluster["fw-a"]
+    a.socket.write_text("not a socket: the operator's file")
+    out = run_node(cluster, a)
+    assert out.returncode == 1
+    assert "exists and is not a socket: refusing to remove it" in out.stderr
+    assert a.socket.read_text() == "not a socket: the operator's file"
+    a.socket.unlink()
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(a.socket))  # bound, never listening: what a killed node leaves
+    stale.close()
+    a.start()
+    try:
+        cluster.wait(lambda: a.status() is not None, 15, "the API on the stale socket's path")
+    finally:
+        a.kill()

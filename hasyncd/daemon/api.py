@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import struct
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -538,15 +539,37 @@ def openapi_json() -> bytes:
 
 
 def _prepare_socket_path(path: Path) -> None:
-    """Create the socket's directory; remove a stale socket, refuse a live one."""
+    """Create the socket's directory; refuse one others could write to; replace a stale socket.
+
+    Whoever can write to the directory can replace the socket with an impostor
+    and receive the keys clients send: the directory must be writable by this
+    service user alone (or be sticky and owned by it).  Only a stale socket is
+    removed, never another kind of file, and a live one is refused.
+    """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-    if not path.exists():
+    st = os.stat(path.parent)
+    others_write = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    ours = st.st_uid == os.geteuid()
+    if others_write and not (ours and st.st_mode & stat.S_ISVTX):
+        owner = "this user" if ours else f"uid {st.st_uid}"
+        raise HasyncdError(
+            f"API socket directory {path.parent} is writable by group or others (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}, owner {owner}): another user could replace "
+            f"the socket; use a directory only this service user can write (chmod 750)"
+        )
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
         return
+    if not stat.S_ISSOCK(mode):
+        raise HasyncdError(
+            f"API socket path {path} exists and is not a socket: refusing to remove it"
+        )
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(str(path))
     except OSError:
-        path.unlink()
+        path.unlink()  # a stale socket left by a node that died
         return
     finally:
         probe.close()
