@@ -81,7 +81,10 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"hasyncd: {exc.message}", file=sys.stderr)
         return EXIT_CONFIG
-    print(f"wrote a new 32-byte key to {args.path} (mode 0600); copy it to every member")
+    if args.token:
+        print(f"wrote a new API token to {args.path} (mode 0600); set [api] token_file to it")
+    else:
+        print(f"wrote a new 32-byte key to {args.path} (mode 0600); copy it to every member")
     return 0
 
 
@@ -106,6 +109,7 @@ def _client(args: argparse.Namespace) -> tuple[Client, str]:
     """
     from hasyncd.client import Client
 
+    token_file: Path | None = None
     if args.api:
         sock, address = _api_target(args.api)
     elif args.config:
@@ -117,11 +121,19 @@ def _client(args: argparse.Namespace) -> tuple[Client, str]:
             sock, address = str(cfg.api.socket), None
         else:
             sock, address = None, str(cfg.api.listen)
+            token_file = cfg.api.token_file
     else:
         sock, address = DEFAULT_SOCKET, None
     if sock is not None:
         return Client(socket=sock), f"socket {sock}"
-    return Client(address=address), str(address)
+    token = None
+    if getattr(args, "token_file", None):
+        token_file = Path(args.token_file)
+    if token_file is not None:
+        from hasyncd.config import load_secret
+
+        token = load_secret(token_file, "--token-file" if args.api else "[api].token_file")
+    return Client(address=address, token=token), str(address)
 
 
 def _call(args: argparse.Namespace, method: str, path: str) -> tuple[int, Any] | int:
@@ -321,8 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", required=True, type=Path)
     p.set_defaults(func=cmd_check_config)
 
-    p = sub.add_parser("keygen", help="write a new random 32-byte link key (mode 0600)")
+    p = sub.add_parser(
+        "keygen", help="write a new random 32-byte key (mode 0600): the link key, or an API token"
+    )
     p.add_argument("path")
+    p.add_argument(
+        "--token", action="store_true", help="for [api] token_file (the TCP API's bearer token)"
+    )
     p.add_argument("--force", action="store_true", help="replace an existing file")
     p.set_defaults(func=cmd_keygen)
 
@@ -330,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--config", "-c", help="read the API address from this config")
         p.add_argument("--api", help=f"API socket path or host:port (default {DEFAULT_SOCKET})")
+        p.add_argument("--token-file", help="the TCP API's token (default: [api].token_file)")
         p.set_defaults(func=func)
         return p
 

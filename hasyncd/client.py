@@ -9,6 +9,8 @@ from typing import Any
 
 import msgpack
 
+from hasyncd.secret import Secret
+
 
 class _UnixConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float) -> None:
@@ -30,11 +32,17 @@ class Client:
     """``Client(socket="/run/hasyncd/api.sock")`` or ``Client(address="127.0.0.1:7480")``."""
 
     def __init__(
-        self, *, socket: str | None = None, address: str | None = None, timeout: float = 10.0
+        self,
+        *,
+        socket: str | None = None,
+        address: str | None = None,
+        timeout: float = 10.0,
+        token: Secret | None = None,
     ) -> None:
         if (socket is None) == (address is None):
             raise ValueError("give exactly one of socket= or address=")
         self.socket, self.address, self.timeout = socket, address, timeout
+        self._token = token  # the TCP API's bearer token
 
     def _conn(self) -> http.client.HTTPConnection:
         if self.socket is not None:
@@ -55,6 +63,8 @@ class Client:
         try:
             data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
             headers = {"Content-Type": content_type} if data is not None else {}
+            if self._token is not None:
+                headers["Authorization"] = "Bearer " + self._token.reveal().hex()
             conn.request(method, path, body=data, headers=headers)
             resp = conn.getresponse()
             payload = resp.read()

@@ -86,6 +86,7 @@ class ApiConfig:
     socket: Path | None
     listen: Address | None
     max_body_mib: int
+    token_file: Path | None = None  # required with listen: the TCP API's bearer token
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ class Config:
     log: LogConfig
     psk: Secret
     portal: PortalConfig | None = None
+    api_token: Secret | None = None  # the TCP API's bearer token ([api] token_file)
 
 
 # --- value checkers -----------------------------------------------------------------
@@ -255,6 +257,7 @@ SCHEMA: dict[str, dict[str, tuple[Check, Any]]] = {
         "socket": (_path, None),
         "listen": (_address, None),
         "max_body_mib": (_int(1, 1024), 64),
+        "token_file": (_path, None),
     },
     "sync": {
         "mode": (_choice("async", "sync"), "async"),
@@ -298,39 +301,43 @@ def default_node_id(name: str) -> int:
 
 
 def load_psk(path: Path) -> Secret:
-    """Read the shared key; refuse files that others can read or write."""
+    """Read the shared link key; refuse files that others can read or write."""
+    return load_secret(path, "[link].psk_file")
+
+
+def load_secret(path: Path, where: str) -> Secret:
+    """Read a 32-byte key file (the link key, the API token); refuse unsafe files."""
     try:
         # O_NONBLOCK: a FIFO planted at the key path must not hang the start-up.
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
-        raise ConfigError(f"[link].psk_file: cannot open {path}: {exc.strerror}") from None
+        raise ConfigError(f"{where}: cannot open {path}: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"[link].psk_file: {path} is not a regular file")
+            raise ConfigError(f"{where}: {path} is not a regular file")
         mode = stat.S_IMODE(st.st_mode)
         if mode & 0o077:
             raise ConfigError(
-                f"[link].psk_file: {path} has mode {mode:04o}; group and others must have no "
+                f"{where}: {path} has mode {mode:04o}; group and others must have no "
                 f"access (chmod 600 {path})"
             )
         if st.st_size > MAX_PSK_FILE:
-            raise ConfigError(f"[link].psk_file: {path} is too large to be a key file")
+            raise ConfigError(f"{where}: {path} is too large to be a key file")
         raw = os.read(fd, MAX_PSK_FILE + 1)
     finally:
         os.close(fd)
-    return Secret(parse_psk(raw, str(path)))
+    return Secret(parse_psk(raw, str(path), where))
 
 
-def parse_psk(raw: bytes, where: str) -> bytes:
+def parse_psk(raw: bytes, path: str, where: str = "[link].psk_file") -> bytes:
     text = raw.strip()
     if len(text) == 2 * PSK_BYTES and re.fullmatch(rb"[0-9a-fA-F]+", text):
         return bytes.fromhex(text.decode())
     if len(raw) == PSK_BYTES:
         return raw
     raise ConfigError(
-        f"[link].psk_file: {where} must hold a 32-byte key as 64 hex characters "
-        "(hasyncd keygen writes one)"
+        f"{where}: {path} must hold a 32-byte key as 64 hex characters (hasyncd keygen writes one)"
     )
 
 
@@ -387,11 +394,20 @@ def parse(data: dict[str, Any], path: Path, *, load_key: bool = True) -> Config:
         api["socket"] = (path.parent / api["socket"]).absolute()
     if api["listen"] is not None and not ipaddress.ip_address(api["listen"].host).is_loopback:
         raise ConfigError("[api].listen must be a loopback address: the API is local only")
+    if api["listen"] is not None and api["token_file"] is None:
+        raise ConfigError(
+            "[api].listen needs [api].token_file: any local user can reach a TCP port "
+            "(hasyncd keygen --token FILE writes one)"
+        )
+    if api["token_file"] is not None and not api["token_file"].is_absolute():
+        api["token_file"] = (path.parent / api["token_file"]).absolute()
     hooks = values["hooks"]
     for name in ("on_primary", "on_secondary", "on_fault"):
         _check_hook(hooks[name], f"[hooks].{name}")
     portal = _portal(values["portal"], path) if "portal" in values else None
     psk = load_psk(link["psk_file"]) if load_key else Secret(bytes(PSK_BYTES))
+    token = api["token_file"]
+    api_token = load_secret(token, "[api].token_file") if token is not None and load_key else None
     return Config(
         path=path,
         node=NodeConfig(**node),
@@ -404,6 +420,7 @@ def parse(data: dict[str, Any], path: Path, *, load_key: bool = True) -> Config:
         log=LogConfig(**values["log"]),
         psk=psk,
         portal=portal,
+        api_token=api_token,
     )
 
 

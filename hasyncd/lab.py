@@ -31,6 +31,9 @@ cat > "{dir}/hook-$HASYNCD_NODE-$HASYNCD_HOOK-$HASYNCD_EPOCH-$$.json"
 """
 
 
+API_TOKEN_FILE = "api-token"  # noqa: S105 - a file name: next to the key, the lab's TCP API token
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -78,6 +81,9 @@ class LabNode:
         for layer in (base, self.extra):
             for section, values in layer.items():
                 sections.setdefault(section, {}).update(values)
+        api = sections["api"]
+        if "listen" in api and "token_file" not in api:  # a TCP API needs its token
+            api["token_file"] = str(psk.parent / API_TOKEN_FILE)
         self.config.write_text(_toml(sections))
 
     def start(self) -> None:
@@ -196,9 +202,16 @@ class LabCluster:
             defaults.setdefault(section, {}).update(values)
         return cls(workdir, nodes, defaults)
 
+    @property
+    def api_token(self) -> Path:
+        """The bearer token of every node's TCP API (``[api] token_file``)."""
+        return self.psk.parent / API_TOKEN_FILE
+
     def write(self) -> None:
         if not self.psk.exists():
             write_key(self.psk)
+        if not self.api_token.exists():
+            write_key(self.api_token)
         for node in self.nodes.values():
             peers = [n.link for n in self.nodes.values() if n is not node]
             node.write_config(peers, self.psk, self.base)

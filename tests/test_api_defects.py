@@ -136,6 +136,8 @@ def raw_request(
 
     The reply body is read by its Content-Length (an event stream has none: body None).
     """
+    if via == "tcp":
+        head += f"Authorization: Bearer {pair.cluster.api_token.read_text().strip()}\r\n"
     with _connect(pair, via) as s:
         s.sendall(head.encode("utf-8") + b"\r\n")
         try:

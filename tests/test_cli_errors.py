@@ -136,6 +136,6 @@ def test_status_api_socket_path_reaches_a_live_daemon(make_cluster: Any) -> None
         (cluster.dir.parent, str(rel)),  # relative, with a directory: was taken as host:port
         (None, str(node.socket)),
     ):
-        proc = run_cli(["status", "--api", value], cwd=cwd)
+        proc = run_cli(["status", "--json", "--api", value], cwd=cwd)
         assert proc.returncode == 0, (value, proc.stderr)
         assert '"node": "fw-a"' in proc.stdout, proc.stdout

@@ -184,7 +184,10 @@ def test_full_config(tmp_path: Path, base: dict[str, Any]) -> None:
         handshake_timeout_ms=60000,
         window_kib=64,
     )
-    data["api"].update(listen="[::1]:8080", max_body_mib=1024)
+    token = tmp_path / "api-token"
+    token.write_text("ab" * 32)
+    token.chmod(0o600)
+    data["api"].update(listen="[::1]:8080", max_body_mib=1024, token_file=str(token))
     data["sync"] = {"mode": "sync", "sync_timeout_ms": 60000}
     data["promotion"] = {"esp_seq_margin": 2**32 - 1, "handover_timeout_ms": 100}
     data["hooks"] = {
@@ -257,7 +260,7 @@ def test_parse_without_the_key(tmp_path: Path) -> None:
             "peers": ["127.0.0.1:2"],
             "psk_file": str(tmp_path / "missing.key"),
         },
-        "api": {"listen": "127.0.0.1:8080"},
+        "api": {"listen": "127.0.0.1:8080", "token_file": str(tmp_path / "missing.token")},
     }
     cfg = parse(data, tmp_path / "x.toml", load_key=False)
     assert cfg.psk == Secret(bytes(32))
@@ -563,10 +566,15 @@ def test_api_listen_must_be_loopback(tmp_path: Path, base: dict[str, Any], liste
 @pytest.mark.parametrize("listen", ["127.0.0.1:8080", "127.9.9.9:8080", "[::1]:8080"])
 def test_api_listen_on_loopback(tmp_path: Path, base: dict[str, Any], listen: str) -> None:
     data = copy.deepcopy(base)
-    data["api"] = {"listen": listen}
+    token = tmp_path / "api-token"
+    token.write_text("cd" * 32)
+    token.chmod(0o600)
+    data["api"] = {"listen": listen, "token_file": str(token)}
     cfg = load_data(tmp_path, data)
     assert cfg.api.socket is None
     assert str(cfg.api.listen) == listen
+    assert cfg.api_token is not None
+    assert cfg.api_token.reveal() == bytes.fromhex("cd" * 32)
 
 
 # --- the key file --------------------------------------------------------------------------------

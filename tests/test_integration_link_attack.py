@@ -21,6 +21,8 @@ from hasyncd.core.links import MAX_UNPROVEN
 from hasyncd.lab import LabCluster, LabNode
 from hasyncd.wire import handshake as hs
 
+from .test_integration_spine import metric
+
 pytestmark = pytest.mark.integration
 
 ATTACK_SECONDS = 10.0
@@ -170,17 +172,7 @@ def test_a_handshake_flood_does_not_stop_a_restarted_secondary_rejoining(
     assert st is not None
     peer = next(p for p in st["peers"] if p["node"] == secondary.name)
     assert peer["link"] == "up" and peer["in_sync"] is True, peer
-    evicted = metric(primary, "hasyncd_link_refused_total", "handshake_evicted")
+    evicted = metric(primary, "hasyncd_link_refused_total", reason="handshake_evicted")
     if conns_per_node > MAX_UNPROVEN:
         assert evicted > 0, "the flood never filled the primary's budget"
-    assert metric(primary, "hasyncd_link_refused_total", "too_many_handshakes") == 0
-
-
-def metric(node: LabNode, name: str, label: str = "") -> float:
-    code, text = node.client.get("/metrics")
-    assert code == 200
-    want = f'{name}{{label="{label}"}}'
-    for line in text.splitlines():
-        if line.startswith(want + " "):
-            return float(line.split()[-1])
-    return 0.0
+    assert metric(primary, "hasyncd_link_refused_total", reason="too_many_handshakes") == 0

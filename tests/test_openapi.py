@@ -93,6 +93,8 @@ def run_schemathesis(cluster: LabCluster, port: int, tmp_path: Path) -> None:
             # test_api_defects.py and test_integration_lifecycle.py.
             "--exclude-path",
             "/v1/events",
+            "--header",
+            f"Authorization: Bearer {cluster.api_token.read_text().strip()}",
             "--seed",
             "1",
             "--request-timeout",

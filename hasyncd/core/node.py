@@ -307,10 +307,12 @@ class NodeCore(Outputs):
         self.count("link_errors", exc.code)
         who = conn.peer or conn.address
         if conn.peer is None:
+            # One line a minute per source host and error, whatever its port:
+            # a flood of wrong-key attempts must not flood the log.
             self.log_limited(
-                ("link", f"{conn.address}:{exc.code}"),
+                ("link", f"{host_of(conn.address)}:{exc.code}"),
                 logging.WARNING,
-                "link %s refused during handshake: %s: %s",
+                "link %s refused during handshake: %s: %s (logged once a minute per host)",
                 who,
                 exc.code,
                 exc.message,

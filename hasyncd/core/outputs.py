@@ -7,7 +7,7 @@ inputs; the shell drains it with ``data_to_send()`` and ``events()``.
 from __future__ import annotations
 
 import logging
-from collections import Counter, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 
 from hasyncd.core.counters import COUNTERS
 from hasyncd.core.events import Event
@@ -16,6 +16,9 @@ from hasyncd.core.peers import Conn
 log = logging.getLogger("hasyncd.core")
 
 LOG_EVERY = 60.0  # seconds between two identical rate-limited log lines
+# Rate-limit keys remembered: a flood from many source hosts evicts the
+# oldest keys (each of which may then log once more), never grows memory.
+LOG_KEYS = 4096
 
 
 class Outputs:
@@ -24,7 +27,7 @@ class Outputs:
         self.stats: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self._out: dict[int, list[bytes]] = {}
         self._events: list[Event] = []
-        self._log_once: dict[tuple[str, str], float] = {}
+        self._log_once: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     def emit(self, event: Event) -> None:
         self._events.append(event)
@@ -38,6 +41,9 @@ class Outputs:
         last = self._log_once.get(key)
         if last is None or self.now - last >= LOG_EVERY:
             self._log_once[key] = self.now
+            self._log_once.move_to_end(key)
+            if len(self._log_once) > LOG_KEYS:
+                self._log_once.popitem(last=False)
             log.log(level, msg, *args)
 
     def flush_conn(self, conn: Conn) -> None:

@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hmac
 import json
 import logging
 import os
 import socket
+import stat
+import struct
 import time
 from collections.abc import AsyncIterator, Iterator
 from importlib import resources
@@ -84,6 +87,16 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     ("GET", "/v1/openapi.json", "openapi"),
 )
 
+# The body formats each route with a body accepts; anything else is 415.
+BODY_TYPES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("PUT", "/v1/records/{kind}/{id}"): ("application/json",),
+    ("POST", "/v1/records:batch"): (
+        "application/x-ndjson",
+        "application/msgpack",
+        "application/x-msgpack",
+    ),
+}
+
 _STATUS_BY_ERROR = {
     "unknown_kind": 404,
     "not_found": 404,
@@ -140,8 +153,10 @@ class Api:
         self.d = daemon
         cfg = daemon.config.api
         self.app = web.Application(
-            client_max_size=cfg.max_body_mib * 1024 * 1024, middlewares=[self._errors]
+            client_max_size=cfg.max_body_mib * 1024 * 1024,
+            middlewares=[self._errors, self._guard],
         )
+        self._token = daemon.config.api_token
         r = self.app.router
         for method, path, handler in ROUTES:
             r.add_route(method, path, getattr(self, handler))
@@ -193,6 +208,33 @@ class Api:
     # -- plumbing -----------------------------------------------------------------------
 
     @web.middleware
+    async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Who may ask (TCP: the bearer token), and in which body format."""
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        if sock is not None and sock.family == socket.AF_UNIX:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("api %s %s from %s", request.method, request.path, _peer_cred(sock))
+        elif not self._authorized(request):
+            raise ApiError(401, "unauthorized", "the TCP API needs 'Authorization: Bearer <token>'")
+        allowed = BODY_TYPES.get((request.method, _route_path(request)))
+        if allowed is not None and request.content_type not in allowed:
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                f"Content-Type must be {' or '.join(allowed)}",
+            )
+        resp: web.StreamResponse = await handler(request)
+        return resp
+
+    def _authorized(self, request: web.Request) -> bool:
+        token = self._token
+        given = request.headers.get("Authorization", "")
+        if token is None or not given.startswith("Bearer "):
+            return False
+        # Constant time: the comparison must not tell how much of a guess was right.
+        return hmac.compare_digest(given[7:].strip().encode(), token.reveal().hex().encode())
+
+    @web.middleware
     async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
         route = request.match_info.route.resource
         name = route.canonical if route is not None else "unmatched"
@@ -209,6 +251,8 @@ class Api:
             body = {"error": err.code, "message": err.message}
             body.update({k: v for k, v in err.extra.items() if v is not None or k == "primary"})
             resp = web.json_response(body, status=err.status)
+            if err.status == 401:
+                resp.headers["WWW-Authenticate"] = "Bearer"
         self.d.metrics.api_requests.labels(name, str(resp.status)).inc()
         return resp
 
@@ -533,6 +577,21 @@ class Api:
         return resp
 
 
+def _route_path(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else ""
+
+
+def _peer_cred(sock: socket.socket) -> str:
+    """The Unix-socket client's uid and pid (SO_PEERCRED), for the debug log."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return "an unknown local process"
+    pid, uid, _gid = struct.unpack("3i", raw)
+    return f"uid {uid} pid {pid}"
+
+
 @functools.cache
 def openapi_json() -> bytes:
     """hasyncd/openapi.yaml (proto/openapi.yaml links to it) as JSON, read once."""
@@ -541,15 +600,37 @@ def openapi_json() -> bytes:
 
 
 def _prepare_socket_path(path: Path) -> None:
-    """Create the socket's directory; remove a stale socket, refuse a live one."""
+    """Create the socket's directory; refuse one others could write to; replace a stale socket.
+
+    Whoever can write to the directory can replace the socket with an impostor
+    and receive the keys clients send: the directory must be writable by this
+    service user alone (or be sticky and owned by it).  Only a stale socket is
+    removed, never another kind of file, and a live one is refused.
+    """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-    if not path.exists():
+    st = os.stat(path.parent)
+    others_write = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    ours = st.st_uid == os.geteuid()
+    if others_write and not (ours and st.st_mode & stat.S_ISVTX):
+        owner = "this user" if ours else f"uid {st.st_uid}"
+        raise HasyncdError(
+            f"API socket directory {path.parent} is writable by group or others (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}, owner {owner}): another user could replace "
+            f"the socket; use a directory only this service user can write (chmod 750)"
+        )
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
         return
+    if not stat.S_ISSOCK(mode):
+        raise HasyncdError(
+            f"API socket path {path} exists and is not a socket: refusing to remove it"
+        )
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(str(path))
     except OSError:
-        path.unlink()
+        path.unlink()  # a stale socket left by a node that died
         return
     finally:
         probe.close()
