@@ -3,6 +3,7 @@ and the HA link keeps its descriptors (issue 13)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from hasyncd.daemon.apilimits import API_BACKLOG, API_IDLE_S, FD_RESERVE
 from hasyncd.lab import LabCluster, LabNode
 
 from .test_integration_spine import metric
+from .test_integration_spine import metrics as metrics_of
 
 pytestmark = pytest.mark.integration
 
@@ -126,3 +128,42 @@ def test_many_api_clients_cannot_starve_the_ha_link(tmp_path: Path) -> None:
             s.close()
         for node in cluster.nodes.values():
             node.kill()
+
+
+def raw_reply(node: LabNode, request: bytes) -> tuple[int, dict[str, object], str]:
+    with unix(node, request) as s:
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    ctype = next(
+        line.split(b":", 1)[1].strip().decode()
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-type:")
+    )
+    return status, json.loads(body), ctype
+
+
+def test_requests_aiohttp_refuses_get_json_errors_and_leak_nothing(make_cluster: object) -> None:
+    cluster: LabCluster = make_cluster()  # type: ignore[operator]
+    a, _ = cluster.wait_pair()
+    digest = "ab" * 32  # a web session id: the cookie's digest must never reach a log
+    cases = [
+        b"GET /v1/records/sslvpn_web_session/" + digest.encode() * 200 + b" HTTP/1.1\r\n\r\n",
+        b"GET /v1/status HTTP/1.1\r\nX-Big: " + b"x" * 20000 + b"\r\n\r\n",
+        b"\x16\x03\x01 not http at all " + digest.encode() + b"\r\n\r\n",
+    ]
+    for request in cases:
+        status, body, ctype = raw_reply(a, request)
+        assert 400 <= status < 500, status
+        assert ctype.startswith("application/json")
+        assert body["error"] == f"http_{status}"
+        assert digest not in json.dumps(body)
+    counted = sum(
+        v
+        for (name, labels), v in metrics_of(a).items()
+        if name == "hasyncd_api_errors_total" and dict(labels)["error"].startswith("http_4")
+    )
+    assert counted >= len(cases)
+    assert digest not in a.log.read_text()

@@ -38,6 +38,7 @@ from hasyncd.daemon.bodies import (
     read_body,
 )
 from hasyncd.daemon.eventhub import SHUTDOWN, event_type_name
+from hasyncd.daemon.httperrors import handler_factory
 from hasyncd.daemon.metrics import CONTENT_TYPE
 from hasyncd.errors import HasyncdError, NotReplicated, RecordError, UnknownKind, WriteRefused
 from hasyncd.policy import policy_table
@@ -162,7 +163,8 @@ class Api:
         await self._runner.setup()
         server = self._runner.server
         assert server is not None
-        admit = Admission(server, lambda: len(server.connections), self._count_busy)
+        make = handler_factory(server, lambda code: self.d.metrics.api_errors.labels(code).inc())
+        admit = Admission(make, lambda: len(server.connections), self._count_busy)
         loop = asyncio.get_running_loop()
         if cfg.socket is not None:
             try:
