@@ -28,6 +28,7 @@ import yaml
 from aiohttp import web
 
 from hasyncd.core.status import version_json
+from hasyncd.daemon.apilimits import API_BACKLOG, API_IDLE_S, Admission
 from hasyncd.daemon.batchops import (
     Op,
     OpError,
@@ -44,6 +45,7 @@ from hasyncd.daemon.bodies import (
     read_body,
 )
 from hasyncd.daemon.eventhub import SHUTDOWN, event_type_name
+from hasyncd.daemon.httperrors import handler_factory
 from hasyncd.daemon.metrics import CONTENT_TYPE
 from hasyncd.errors import HasyncdError, NotReplicated, RecordError, UnknownKind, WriteRefused
 from hasyncd.policy import policy_table
@@ -162,19 +164,31 @@ class Api:
             r.add_route(method, path, getattr(self, handler))
         self._runner: web.AppRunner | None = None
         self._socket: Path | None = None
+        self._listeners: list[asyncio.Server] = []
 
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
         cfg = self.d.config.api
         self._runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False, shutdown_timeout=API_DRAIN_S
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=API_DRAIN_S,
+            keepalive_timeout=API_IDLE_S,
         )
         await self._runner.setup()
+        server = self._runner.server
+        assert server is not None
+        make = handler_factory(server, lambda code: self.d.metrics.api_errors.labels(code).inc())
+        admit = Admission(make, lambda: len(server.connections), self._count_busy)
+        loop = asyncio.get_running_loop()
         if cfg.socket is not None:
             try:
                 _prepare_socket_path(cfg.socket)
-                await web.UnixSite(self._runner, str(cfg.socket)).start()
+                self._listeners.append(
+                    await loop.create_unix_server(admit, str(cfg.socket), backlog=API_BACKLOG)
+                )
                 self._socket = cfg.socket  # ours now: removed by stop()
                 os.chmod(cfg.socket, 0o660)
             except OSError as exc:
@@ -183,13 +197,23 @@ class Api:
                 ) from None
         if cfg.listen is not None:
             try:
-                await web.TCPSite(
-                    self._runner, cfg.listen.host, cfg.listen.port, reuse_address=True
-                ).start()
+                self._listeners.append(
+                    await loop.create_server(
+                        admit,
+                        cfg.listen.host,
+                        cfg.listen.port,
+                        reuse_address=True,
+                        backlog=API_BACKLOG,
+                    )
+                )
             except OSError as exc:
                 raise HasyncdError(
                     f"cannot listen on {cfg.listen} for the API: {exc.strerror}"
                 ) from None
+        log.debug("API: at most %d connections at once", admit.cap)
+
+    def _count_busy(self) -> None:
+        self.d.metrics.api_errors.labels("too_many_connections").inc()
 
     async def stop(self) -> None:
         """Stop listening; requests still running get API_DRAIN_S, then are cancelled.
@@ -197,6 +221,9 @@ class Api:
         The shell ends the event streams first (``EventHub.close``).  Safe when
         ``start()`` failed half-way: aiohttp's runner cleanup is.
         """
+        for listener in self._listeners:
+            listener.close()  # no new connections; the open ones are aiohttp's to drain
+        self._listeners.clear()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

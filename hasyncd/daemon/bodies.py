@@ -8,6 +8,7 @@ and the error code; ``hasyncd.daemon.api`` answers and counts it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import msgpack
 from aiohttp import web
 
+from hasyncd.daemon.apilimits import BODY_TIMEOUT_S
 from hasyncd.errors import HasyncdError
 
 MAX_BATCH_OPS = 200_000  # ops per batch request
@@ -66,13 +68,19 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
     buf = bytearray()
-    while True:
-        chunk = await request.content.read(limit + 1 - len(buf))
-        if not chunk:
-            return bytes(buf)
-        buf += chunk
-        if len(buf) > limit:
-            raise _too_large(limit)
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            while True:
+                chunk = await request.content.read(limit + 1 - len(buf))
+                if not chunk:
+                    return bytes(buf)
+                buf += chunk
+                if len(buf) > limit:
+                    raise _too_large(limit)
+    except TimeoutError:
+        raise ApiError(
+            408, "body_timeout", f"the body did not arrive within {BODY_TIMEOUT_S:g} s"
+        ) from None
 
 
 def _too_deep() -> ApiError:
