@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from hasyncd.errors import RecordError
+from hasyncd.policy import shown_id
 from hasyncd.records import KINDS_BY_CODE
 from hasyncd.store import Entry, Store, pack_version, unpack_version
 from hasyncd.wire.framing import MAX_TRANSPORT_FRAME
@@ -306,7 +307,7 @@ def apply_changes(
         except RecordError as exc:
             result.invalid += 1
             if result.first_error is None:
-                result.first_error = f"{change.id}: {exc.message}"
+                result.first_error = f"{shown_id(change.kind, change.id)}: {exc.message}"
             continue
         version = pack_version(change.epoch, change.seq)
         if change.blob is None:

@@ -41,7 +41,7 @@ from hasyncd.daemon.eventhub import SHUTDOWN, event_type_name
 from hasyncd.daemon.httperrors import handler_factory
 from hasyncd.daemon.metrics import CONTENT_TYPE
 from hasyncd.errors import HasyncdError, NotReplicated, RecordError, UnknownKind, WriteRefused
-from hasyncd.policy import policy_table
+from hasyncd.policy import policy_table, shown_id
 from hasyncd.records import Kind, kind_for_api
 from hasyncd.wire.messages import MAX_ID_LEN
 
@@ -325,7 +325,7 @@ class Api:
         _check_id(rid)
         entry = self.d.store.get(kind.code, rid, time.time())
         if entry is None or entry.blob is None:
-            raise ApiError(404, "not_found", f"no {kind.name} {rid}")
+            raise ApiError(404, "not_found", f"no {kind.name} {shown_id(kind.name, rid)}")
         return web.json_response(
             {
                 "kind": kind.name,
@@ -342,7 +342,7 @@ class Api:
         result = self.d.core.write(kind.code, rid, None, None, self._now())
         self.d.flush()
         if result is None:
-            raise ApiError(404, "not_found", f"no {kind.name} {rid}")
+            raise ApiError(404, "not_found", f"no {kind.name} {shown_id(kind.name, rid)}")
         out: dict[str, Any] = {"id": rid, "version": version_json(result.version)}
         status = 200
         replicated = await self._replicated(result.version)
@@ -435,7 +435,7 @@ class Api:
         _check_id(rid)
         result = self.d.core.write(kind.code, rid, None, None, self._now())
         if result is None:
-            raise ApiError(404, "not_found", f"no {kind.name} {rid}")
+            raise ApiError(404, "not_found", f"no {kind.name} {shown_id(kind.name, rid)}")
         return 200, result.version
 
     def _batch_op(self, op: Any) -> dict[str, Any]:
