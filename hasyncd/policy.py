@@ -82,3 +82,17 @@ def require_replicated(kind: str) -> KindPolicy:
 
 def policy_table() -> list[dict[str, object]]:
     return [p.as_json() for p in POLICY]
+
+
+# Kinds whose id is a secret's digest (the web session's cookie): logs name at
+# most this many hex characters of it, enough to tell sessions apart.
+SECRET_ID_KINDS = frozenset({"sslvpn_web_session"})
+SHOWN_ID_CHARS = 8
+
+
+def shown_id(kind: int | str, rid: str) -> str:
+    """A record id as logs and error messages may show it (kind by name or wire code)."""
+    name = KIND_BY_CODE.get(kind, "") if isinstance(kind, int) else kind
+    if name in SECRET_ID_KINDS:
+        return rid[:SHOWN_ID_CHARS] + "..."
+    return rid

@@ -27,7 +27,7 @@ from hasyncd.core.events import MergeApplied, Reannounce, SplitBrain
 from hasyncd.core.peers import Peer
 from hasyncd.core.replication import Mark, MarkKind, Position, Walker, decode_change
 from hasyncd.errors import RecordError
-from hasyncd.policy import KIND_BY_CODE
+from hasyncd.policy import KIND_BY_CODE, shown_id
 from hasyncd.records import KINDS_BY_CODE, Record
 from hasyncd.store import HEADER, Entry, Store, pack_version, unpack_version
 from hasyncd.wire.messages import Change, Heartbeat, MergeEnd, Message, Phase, Records
@@ -151,7 +151,10 @@ def receive_merge(core: NodeCore, peer: Peer, epoch: int, msg: Records) -> bool:
         except RecordError as exc:
             core.count("records_invalid", "merge")
             log.error(  # noqa: TRY400 - a peer sent bad data; no traceback to show
-                "merge from %s: invalid record %s: %s", peer.name, change.id, exc.message
+                "merge from %s: invalid record %s: %s",
+                peer.name,
+                shown_id(change.kind, change.id),
+                exc.message,
             )
             continue
         if decision.conflict:
@@ -160,7 +163,7 @@ def receive_merge(core: NodeCore, peer: Peer, epoch: int, msg: Records) -> bool:
             log.warning(
                 "merge conflict on %s %s: changed on both sides, newer version kept",
                 KIND_BY_CODE[change.kind],
-                change.id,
+                shown_id(change.kind, change.id),
             )
         if decision.write:
             peer.merge_merged += 1

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from hasyncd.errors import RecordError
+from hasyncd.policy import shown_id
 from hasyncd.records import KINDS_BY_CODE
 from hasyncd.store import HEADER, Store, pack_value, unpack_version
 from hasyncd.store import HEADER_LEN as VALUE_HEADER
@@ -322,7 +323,7 @@ def apply_changes(
         except RecordError as exc:
             result.invalid += 1
             if result.first_error is None:
-                result.first_error = f"{rid}: {exc.message}"
+                result.first_error = f"{shown_id(kind_code, rid)}: {exc.message}"
             continue
         put(kind_code, rid, value)
         result.applied += 1

@@ -48,7 +48,7 @@ from hasyncd.daemon.eventhub import SHUTDOWN, event_type_name
 from hasyncd.daemon.httperrors import handler_factory
 from hasyncd.daemon.metrics import CONTENT_TYPE
 from hasyncd.errors import HasyncdError, NotReplicated, RecordError, UnknownKind, WriteRefused
-from hasyncd.policy import policy_table
+from hasyncd.policy import policy_table, shown_id
 from hasyncd.records import KINDS_BY_CODE, Kind, Record, kind_for_api
 from hasyncd.wire.messages import MAX_ID_LEN
 
@@ -337,7 +337,7 @@ class Api:
         _check_id(rid)
         entry = self.d.store.get(kind.code, rid, time.time())
         if entry is None or entry.blob is None:
-            raise ApiError(404, "not_found", f"no {kind.name} {rid}")
+            raise ApiError(404, "not_found", f"no {kind.name} {shown_id(kind.name, rid)}")
         return web.json_response(
             {
                 "kind": kind.name,
@@ -354,7 +354,7 @@ class Api:
         result = self.d.core.delete(kind.code, rid, self._now())
         self.d.flush()
         if result is None:
-            raise ApiError(404, "not_found", f"no {kind.name} {rid}")
+            raise ApiError(404, "not_found", f"no {kind.name} {shown_id(kind.name, rid)}")
         out: dict[str, Any] = {"id": rid, "version": version_json(result.version)}
         status = 200
         replicated = await self._replicated(result.version)
@@ -461,7 +461,8 @@ class Api:
             if isinstance(res, Exception):
                 parts.append(encode(self._op_error(res, {"id": rid})))
             elif res is None:
-                err = ApiError(404, "not_found", f"no {KINDS_BY_CODE[kind].name} {rid}")
+                name = KINDS_BY_CODE[kind].name
+                err = ApiError(404, "not_found", f"no {name} {shown_id(name, rid)}")
                 parts.append(encode(self._op_error(err, {"id": rid})))
             else:
                 status = (201 if res.created else 200) if rec is not None else 200
