@@ -21,7 +21,7 @@ from collections.abc import Callable
 import atheris
 
 with atheris.instrument_imports(include=["hasyncd"]):  # our code, not the libraries'
-    from hasyncd.daemon import bodies
+    from hasyncd.daemon import batchops, bodies
     from hasyncd.errors import HasyncdError
     from hasyncd.secret import Secret
     from hasyncd.wire import messages
@@ -58,11 +58,12 @@ def decode_message(data: bytes) -> None:
 
 
 def batch(data: bytes) -> None:
-    for use_msgpack in (False, True):
-        try:
-            for _op in bodies.iter_batch(data, use_msgpack):
-                pass
-        except HasyncdError:
+    with contextlib.suppress(HasyncdError):  # NDJSON, as the API takes it: count, then decode
+        batchops.count_ndjson_ops(data)
+        for _op in batchops.iter_ndjson_ops(data):
+            pass
+    with contextlib.suppress(HasyncdError):
+        for _op in bodies.iter_msgpack_batch(data):
             pass
     bodies.decode_json(data)
 

@@ -40,7 +40,7 @@ from hasyncd.daemon.bodies import (
     ApiError,
     BadLine,
     decode_json,
-    iter_batch,
+    iter_msgpack_batch,
     last_event_id,
     read_body,
 )
@@ -396,9 +396,9 @@ class Api:
         use_msgpack = request.content_type in ("application/msgpack", "application/x-msgpack")
         raw = await read_body(request, self.d.config.api.max_body_mib * 1024 * 1024)
         if use_msgpack:
-            async for _ in self._sliced(iter_batch(raw, use_msgpack=True)):
+            async for _ in self._sliced(iter_msgpack_batch(raw)):
                 pass
-            ops: Iterator[Any] = iter_batch(raw, use_msgpack=True)
+            ops: Iterator[Any] = iter_msgpack_batch(raw)
             encode: Any = msgspec.msgpack.encode
         else:
             count_ndjson_ops(raw)

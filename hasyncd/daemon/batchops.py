@@ -4,7 +4,7 @@ NDJSON lines decode with msgspec into an ``Op`` whose ``record`` stays raw JSON
 until its kind decodes it (``Kind.parse_json``, straight into the kind's API
 Struct); a line nested deeper than ``MAX_NESTING`` (cheaply bounded by its
 bracket count) goes through ``bodies.decode_json``, which refuses it with
-``nesting_too_deep``.  msgpack batches use ``bodies.iter_batch``.  Results are
+``nesting_too_deep``.  msgpack batches use ``bodies.iter_msgpack_batch``.  Results are
 encoded one by one, so a large batch keeps bytes, not dicts, until it answers.
 """
 
@@ -15,7 +15,14 @@ from typing import Any
 
 import msgspec
 
-from hasyncd.daemon.bodies import MAX_BATCH_OPS, MAX_NESTING, ApiError, BadLine, decode_json
+from hasyncd.daemon.bodies import (
+    MAX_BATCH_OPS,
+    MAX_NESTING,
+    ApiError,
+    BadLine,
+    decode_json,
+    ndjson_lines,
+)
 from hasyncd.errors import HasyncdError
 
 
@@ -41,28 +48,16 @@ _op_decoder = msgspec.json.Decoder(Op)
 def count_ndjson_ops(raw: bytes) -> int:
     """The number of ops (non-blank lines); 413 ``batch_too_large`` past MAX_BATCH_OPS."""
     n = 0
-    for _ in _lines(raw):
+    for _ in ndjson_lines(raw):
         n += 1
         if n > MAX_BATCH_OPS:
             raise ApiError(413, "batch_too_large", f"more than {MAX_BATCH_OPS} ops")
     return n
 
 
-def _lines(raw: bytes) -> Iterator[bytes]:
-    pos = 0
-    while pos < len(raw):
-        end = raw.find(b"\n", pos)
-        if end < 0:
-            end = len(raw)
-        line = raw[pos:end]
-        pos = end + 1
-        if line.strip():
-            yield line
-
-
 def iter_ndjson_ops(raw: bytes) -> Iterator[Op | OpError | BadLine | Any]:
     """Each line as an ``Op``, an ``OpError``, a ``BadLine``, or (deep lines) a decoded value."""
-    for n, line in enumerate(_lines(raw), 1):
+    for n, line in enumerate(ndjson_lines(raw), 1):
         if line.count(b"[") + line.count(b"{") > MAX_NESTING:
             try:
                 yield decode_json(line)  # the slow path that measures the depth

@@ -119,41 +119,44 @@ def decode_json(raw: bytes) -> Any:
 _MSGPACK_ERRORS = (ValueError, TypeError, msgpack.UnpackException)
 
 
-def iter_batch(raw: bytes, use_msgpack: bool) -> Iterator[Any]:
-    """The ops of a batch body, decoded one at a time.
+def iter_msgpack_batch(raw: bytes) -> Iterator[Any]:
+    """The ops of a msgpack batch body, decoded one at a time.
 
     Raises ApiError for a body that cannot be used as a whole (not a msgpack
-    array, undecodable msgpack, more than MAX_BATCH_OPS ops); an NDJSON line
-    that is not JSON, or too deep, becomes a ``BadLine`` that fails alone.
-    The caller runs it to the end once before applying any op.
+    array, undecodable msgpack, more than MAX_BATCH_OPS ops, data after the
+    array).  The caller runs it to the end once before applying any op.
+    (NDJSON bodies: ``hasyncd.daemon.batchops``, over ``ndjson_lines``.)
     """
-    if use_msgpack:
-        unpacker = msgpack.Unpacker(
-            raw=False, strict_map_key=True, max_buffer_size=len(raw) + 1, max_ext_len=0
-        )
-        unpacker.feed(raw)
+    unpacker = msgpack.Unpacker(
+        raw=False, strict_map_key=True, max_buffer_size=len(raw) + 1, max_ext_len=0
+    )
+    unpacker.feed(raw)
+    try:
+        count = unpacker.read_array_header()
+    except _MSGPACK_ERRORS:
+        raise ApiError(400, "invalid_batch", "a msgpack batch body is an array of ops") from None
+    if count > MAX_BATCH_OPS:
+        raise ApiError(413, "batch_too_large", f"more than {MAX_BATCH_OPS} ops")
+    for i in range(count):
         try:
-            count = unpacker.read_array_header()
-        except _MSGPACK_ERRORS:
+            op = unpacker.unpack()
+        except _MSGPACK_ERRORS as exc:
             raise ApiError(
-                400, "invalid_batch", "a msgpack batch body is an array of ops"
+                400,
+                "invalid_msgpack",
+                f"op {i} is not valid msgpack: {type(exc).__name__}",
             ) from None
-        if count > MAX_BATCH_OPS:
-            raise ApiError(413, "batch_too_large", f"more than {MAX_BATCH_OPS} ops")
-        for i in range(count):
-            try:
-                op = unpacker.unpack()
-            except _MSGPACK_ERRORS as exc:
-                raise ApiError(
-                    400,
-                    "invalid_msgpack",
-                    f"op {i} is not valid msgpack: {type(exc).__name__}",
-                ) from None
-            yield _jsonable(op, 1)
-        if unpacker.tell() != len(raw):
-            raise ApiError(400, "invalid_batch", "data after the msgpack array of ops")
-        return
-    n = 0
+        yield _jsonable(op, 1)
+    if unpacker.tell() != len(raw):
+        raise ApiError(400, "invalid_batch", "data after the msgpack array of ops")
+
+
+def ndjson_lines(raw: bytes) -> Iterator[bytes]:
+    """The non-blank lines of an NDJSON body, split on "\n" only (CRLF lines still decode).
+
+    ``bytes.splitlines()`` would also split on other separators, and held the
+    event loop for 196 ms on a 60 MB body.
+    """
     pos = 0
     while pos < len(raw):
         end = raw.find(b"\n", pos)
@@ -161,15 +164,8 @@ def iter_batch(raw: bytes, use_msgpack: bool) -> Iterator[Any]:
             end = len(raw)
         line = raw[pos:end]
         pos = end + 1
-        if not line.strip():
-            continue
-        n += 1
-        if n > MAX_BATCH_OPS:
-            raise ApiError(413, "batch_too_large", f"more than {MAX_BATCH_OPS} ops")
-        try:
-            yield decode_json(line)
-        except ApiError as exc:
-            yield BadLine(n, exc)
+        if line.strip():
+            yield line
 
 
 class BadLine:
