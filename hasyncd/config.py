@@ -308,8 +308,22 @@ def load_psk(path: Path) -> Secret:
 def load_secret(path: Path, where: str) -> Secret:
     """Read a 32-byte key file (the link key, the API token); refuse unsafe files."""
     try:
-        # O_NONBLOCK: a FIFO planted at the key path must not hang the start-up.
+        raw = read_private_file(path, where, MAX_PSK_FILE)
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: cannot open {path}: No such file or directory") from None
+    return Secret(parse_psk(raw, str(path), where))
+
+
+def read_private_file(path: Path, where: str, max_bytes: int) -> bytes:
+    """A file only its owner may access (key, token, users file), read without following links.
+
+    Refused: not a regular file, accessible to group or others, larger than ``max_bytes``.
+    """
+    try:
+        # O_NONBLOCK: a FIFO planted at the path must not hang the start-up.
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
     except OSError as exc:
         raise ConfigError(f"{where}: cannot open {path}: {exc.strerror}") from None
     try:
@@ -322,12 +336,11 @@ def load_secret(path: Path, where: str) -> Secret:
                 f"{where}: {path} has mode {mode:04o}; group and others must have no "
                 f"access (chmod 600 {path})"
             )
-        if st.st_size > MAX_PSK_FILE:
-            raise ConfigError(f"{where}: {path} is too large to be a key file")
-        raw = os.read(fd, MAX_PSK_FILE + 1)
+        if st.st_size > max_bytes:
+            raise ConfigError(f"{where}: {path} is too large (over {max_bytes} bytes)")
+        return os.read(fd, max_bytes + 1)
     finally:
         os.close(fd)
-    return Secret(parse_psk(raw, str(path), where))
 
 
 def parse_psk(raw: bytes, path: str, where: str = "[link].psk_file") -> bytes:

@@ -28,6 +28,8 @@ from hasyncd.daemon.api import MAX_RECORD_BODY
 from hasyncd.daemon.bodies import MAX_BATCH_OPS
 from hasyncd.lab import LabCluster, LabNode, free_port
 
+from .test_integration_spine import api_up
+
 pytestmark = pytest.mark.integration
 
 GAP_S = 0.05  # the pause between the two parts of a body, as in the report
@@ -44,15 +46,6 @@ class Pair:
         self.tcp = {n.name: n.extra["api"]["listen"] for n in cluster.nodes.values()}
 
 
-def _api_up(node: LabNode) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        try:
-            s.connect(str(node.socket))
-        except OSError:
-            return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     workdir: Path = tmp_path_factory.mktemp("api-defects")
@@ -61,7 +54,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         node.extra = {"api": {"listen": f"127.0.0.1:{free_port()}"}}
     try:
         cluster.start()
-        cluster.wait(lambda: all(_api_up(n) for n in cluster.nodes.values()), 20, "the APIs")
+        cluster.wait(lambda: all(api_up(n) for n in cluster.nodes.values()), 20, "the APIs")
         primary, secondary = cluster.wait_pair()
         yield Pair(cluster, primary, secondary)
     finally:

@@ -12,10 +12,10 @@ import hmac
 import os
 import re
 import secrets
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from hasyncd.config import read_private_file
 from hasyncd.errors import ConfigError
 
 USER_RE = re.compile(r"[A-Za-z0-9._@-]{1,64}\Z")
@@ -104,26 +104,11 @@ def parse_users(text: str, where: str) -> dict[str, PasswordHash]:
 
 
 def read_users(path: Path) -> dict[str, PasswordHash]:
-    """The users file; refused if group or others can access it."""
+    """The users file (none yet: no users); refused if group or others can access it."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        raw = read_private_file(path, "[portal].users_file", MAX_USERS_FILE)
     except FileNotFoundError:
         return {}
-    except OSError as exc:
-        raise ConfigError(f"[portal].users_file: cannot open {path}: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"[portal].users_file: {path} is not a regular file")
-        if stat.S_IMODE(st.st_mode) & 0o077:
-            raise ConfigError(
-                f"[portal].users_file: {path} is accessible to group or others (chmod 600 {path})"
-            )
-        if st.st_size > MAX_USERS_FILE:
-            raise ConfigError(f"[portal].users_file: {path} is larger than {MAX_USERS_FILE} bytes")
-        raw = os.read(fd, MAX_USERS_FILE + 1)
-    finally:
-        os.close(fd)
     return parse_users(raw.decode("utf-8", "replace"), str(path))
 
 
