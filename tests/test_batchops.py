@@ -8,8 +8,17 @@ import msgpack
 import msgspec
 import pytest
 
-from hasyncd.daemon.batchops import Op, OpError, batch_reply, count_ndjson_ops, iter_ndjson_ops
+from hasyncd import samples
+from hasyncd.daemon.batchops import (
+    PUT_KINDS,
+    Op,
+    OpError,
+    batch_reply,
+    count_ndjson_ops,
+    iter_ndjson_ops,
+)
 from hasyncd.daemon.bodies import MAX_BATCH_OPS, ApiError, BadLine
+from hasyncd.records import KINDS
 
 
 @pytest.mark.parametrize("n", [0, 1, 15, 16, 65535, 65536, 70000])
@@ -44,3 +53,35 @@ def test_ndjson_op_count_is_bounded() -> None:
     with pytest.raises(ApiError) as err:
         count_ndjson_ops(b"{}\n" * (MAX_BATCH_OPS + 1))
     assert err.value.code == "batch_too_large"
+
+
+def test_a_well_formed_put_decodes_in_one_pass_into_its_kind() -> None:
+    lines = []
+    for i, (rid, rec) in enumerate([samples.ipsec_sa(3, "in", 1.7e9), samples.ipsec_sa(4)]):
+        lines.append(json.dumps({"id": rid, "record": rec, "kind": "ipsec_sa", "op": "put"}))
+        if i == 0:
+            lines.append(json.dumps({"op": "put", "kind": "ipsec_sa", "id": rid, "record": rec}))
+    got = list(iter_ndjson_ops("\n".join(lines).encode()))
+    assert [PUT_KINDS.get(type(op)) for op in got] == ["ipsec_sa"] * 3
+    sa = KINDS["ipsec_sa"]
+    for op, line in zip(got, lines, strict=True):
+        raw = msgspec.json.encode(json.loads(line)["record"])
+        want = sa.parse_json(raw, op.id)  # the general path's result
+        got_rec = sa.from_api(op.record, op.id)
+        assert (got_rec.blob, got_rec.expires) == (want.blob, want.expires)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        {"op": "delete", "kind": "ipsec_sa", "id": "esp-00000001@192.0.2.1"},
+        {"op": "put", "kind": "no_such_kind", "id": "x", "record": {}},
+        {"op": "put", "kind": "ipsec_sa", "id": "x", "record": {"spi": "not a number"}},
+        {"op": "put", "kind": "ipsec_sa", "id": "x", "record": None},
+        {"op": "put", "kind": "ipsec_sa", "id": "x"},
+    ],
+    ids=["delete", "unknown kind", "bad record", "null record", "no record"],
+)
+def test_any_other_line_takes_the_general_path(line: dict[str, object]) -> None:
+    (got,) = iter_ndjson_ops(json.dumps(line).encode())
+    assert isinstance(got, Op)  # its errors are the general path's, unchanged

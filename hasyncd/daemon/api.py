@@ -30,6 +30,7 @@ from aiohttp import web
 from hasyncd.core.status import version_json
 from hasyncd.daemon.apilimits import API_BACKLOG, API_IDLE_S, Admission
 from hasyncd.daemon.batchops import (
+    PUT_KINDS,
     Op,
     OpError,
     batch_reply,
@@ -479,6 +480,11 @@ class Api:
         rid: Any
         verb: Any
         record_raw: msgspec.Raw | None
+        put_kind = PUT_KINDS.get(type(op))
+        if put_kind is not None:  # a put decoded in one pass: the checks of the Op path below
+            kind = self._kind(put_kind, write=True)
+            _check_id(op.id)
+            return kind.code, op.id, kind.from_api(op.record, op.id)
         if isinstance(op, BadLine):
             raise ApiError(op.error.status, op.error.code, f"line {op.line}: {op.error.message}")
         if isinstance(op, OpError):
@@ -517,7 +523,10 @@ class Api:
         err = _api_error(exc)
         self.d.metrics.api_errors.labels(err.code).inc()
         res: dict[str, Any] = {"status": err.status, "error": err.code, "message": err.message}
-        rid = op.id if isinstance(op, Op) else op.get("id") if isinstance(op, dict) else None
+        if isinstance(op, Op) or type(op) in PUT_KINDS:
+            rid = op.id
+        else:
+            rid = op.get("id") if isinstance(op, dict) else None
         if isinstance(rid, str):
             res["id"] = rid[:MAX_ID_LEN]
         res.update({k: v for k, v in err.extra.items() if v is not None})

@@ -1,17 +1,22 @@
 """Batch ops as the API's batch handler sees them: decoded once, straight into Structs.
 
-NDJSON lines decode with msgspec into an ``Op`` whose ``record`` stays raw JSON
-until its kind decodes it (``Kind.parse_json``, straight into the kind's API
-Struct); a line nested deeper than ``MAX_NESTING`` (cheaply bounded by its
-bracket count) goes through ``bodies.decode_json``, which refuses it with
-``nesting_too_deep``.  msgpack batches use ``bodies.iter_msgpack_batch``.  Results are
-encoded one by one, so a large batch keeps bytes, not dicts, until it answers.
+The common NDJSON line, a put of a well-formed record of a replicated kind,
+decodes in one pass into a put Struct of its kind (``PUT_KINDS``: ``op`` is
+"put", ``kind`` the tag, ``record`` the kind's API Struct).  Any other line
+fails that decode and takes the general path, exactly as before: an ``Op``
+whose ``record`` stays raw JSON until its kind decodes it
+(``Kind.parse_json``); a line nested deeper than ``MAX_NESTING`` (cheaply
+bounded by its bracket count) goes through ``bodies.decode_json``, which
+refuses it with ``nesting_too_deep``.  (A put the one-pass decode accepts
+nests no deeper than its kind's schema, far below ``MAX_NESTING``.)  msgpack
+batches use ``bodies.iter_msgpack_batch``.  Results are encoded one by one, so
+a large batch keeps bytes, not dicts, until it answers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal, Union
 
 import msgspec
 
@@ -24,6 +29,7 @@ from hasyncd.daemon.bodies import (
     ndjson_lines,
 )
 from hasyncd.errors import HasyncdError
+from hasyncd.records import KINDS
 
 
 class Op(msgspec.Struct, forbid_unknown_fields=True, gc=False):
@@ -44,6 +50,19 @@ class OpError:
 
 _op_decoder = msgspec.json.Decoder(Op)
 
+# One put Struct per replicated kind, tagged by "kind": type -> kind name.
+PUT_KINDS: dict[type, str] = {
+    msgspec.defstruct(
+        f"Put_{name}",
+        [("op", Literal["put"]), ("id", str), ("record", kind.schema.api)],
+        tag_field="kind",
+        tag=name,
+        forbid_unknown_fields=True,
+    ): name
+    for name, kind in KINDS.items()
+}
+_put_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(Union[tuple(PUT_KINDS)])  # noqa: UP007
+
 
 def count_ndjson_ops(raw: bytes) -> int:
     """The number of ops (non-blank lines); 413 ``batch_too_large`` past MAX_BATCH_OPS."""
@@ -56,8 +75,16 @@ def count_ndjson_ops(raw: bytes) -> int:
 
 
 def iter_ndjson_ops(raw: bytes) -> Iterator[Op | OpError | BadLine | Any]:
-    """Each line as an ``Op``, an ``OpError``, a ``BadLine``, or (deep lines) a decoded value."""
+    """Each line as a put Struct (``PUT_KINDS``), an ``Op``, an ``OpError``, a ``BadLine``,
+    or (deep lines) a decoded value."""
     for n, line in enumerate(ndjson_lines(raw), 1):
+        try:
+            put = _put_decoder.decode(line)
+        except (msgspec.MsgspecError, RecursionError):
+            put = None  # not a well-formed put: the general path says why
+        if put is not None:
+            yield put
+            continue
         if line.count(b"[") + line.count(b"{") > MAX_NESTING:
             try:
                 yield decode_json(line)  # the slow path that measures the depth
