@@ -35,13 +35,13 @@ from hasyncd.daemon.batchops import (
     OpError,
     batch_reply,
     count_ndjson_ops,
+    iter_msgpack_ops,
     iter_ndjson_ops,
 )
 from hasyncd.daemon.bodies import (
     ApiError,
     BadLine,
     decode_json,
-    iter_msgpack_batch,
     last_event_id,
     read_body,
 )
@@ -397,9 +397,9 @@ class Api:
         use_msgpack = request.content_type in ("application/msgpack", "application/x-msgpack")
         raw = await read_body(request, self.d.config.api.max_body_mib * 1024 * 1024)
         if use_msgpack:
-            async for _ in self._sliced(iter_msgpack_batch(raw)):
+            async for _ in self._sliced(iter_msgpack_ops(raw)):
                 pass
-            ops: Iterator[Any] = iter_msgpack_batch(raw)
+            ops: Iterator[Any] = iter_msgpack_ops(raw)
             encode: Any = msgspec.msgpack.encode
         else:
             count_ndjson_ops(raw)

@@ -9,13 +9,17 @@ whose ``record`` stays raw JSON until its kind decodes it
 bounded by its bracket count) goes through ``bodies.decode_json``, which
 refuses it with ``nesting_too_deep``.  (A put the one-pass decode accepts
 nests no deeper than its kind's schema, far below ``MAX_NESTING``.)  msgpack
-batches use ``bodies.iter_msgpack_batch``.  Results are encoded one by one, so
-a large batch keeps bytes, not dicts, until it answers.
+batches the same way (``iter_msgpack_ops``): each op's span is found with the
+unpacker's ``skip``; a well-formed put decodes straight into its put Struct,
+any other op (or a body refused as a whole) is read as by
+``bodies.iter_msgpack_batch``.  Results are encoded one by one, so a large
+batch keeps bytes, not dicts, until it answers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import islice
 from typing import Any, Literal, Union
 
 import msgspec
@@ -23,9 +27,13 @@ import msgspec
 from hasyncd.daemon.bodies import (
     MAX_BATCH_OPS,
     MAX_NESTING,
+    MSGPACK_ERRORS,
     ApiError,
     BadLine,
     decode_json,
+    decode_msgpack_op,
+    iter_msgpack_batch,
+    msgpack_unpacker,
     ndjson_lines,
 )
 from hasyncd.errors import HasyncdError
@@ -62,6 +70,9 @@ PUT_KINDS: dict[type, str] = {
     for name, kind in KINDS.items()
 }
 _put_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(Union[tuple(PUT_KINDS)])  # noqa: UP007
+_put_msgpack_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(
+    Union[tuple(PUT_KINDS)]  # noqa: UP007
+)
 
 
 def count_ndjson_ops(raw: bytes) -> int:
@@ -97,6 +108,40 @@ def iter_ndjson_ops(raw: bytes) -> Iterator[Op | OpError | BadLine | Any]:
             yield OpError(_op_error(exc))
         except msgspec.DecodeError as exc:
             yield BadLine(n, ApiError(400, "invalid_json", f"body is not valid JSON: {exc}"))
+
+
+def iter_msgpack_ops(raw: bytes) -> Iterator[Any]:
+    """The ops of a msgpack batch body: put Structs, or what ``iter_msgpack_batch`` yields.
+
+    Refuses (ApiError) exactly what ``iter_msgpack_batch`` refuses: when the
+    array header or an op's msgpack is unusable, it is the one that raises.
+    """
+    unpacker = msgpack_unpacker(raw)
+    try:
+        count = unpacker.read_array_header()
+    except MSGPACK_ERRORS:
+        count = -1
+    if not 0 <= count <= MAX_BATCH_OPS:
+        yield from iter_msgpack_batch(raw)  # raises the body's refusal
+        return
+    view = memoryview(raw)
+    start = unpacker.tell()
+    for i in range(count):
+        try:
+            unpacker.skip()
+        except MSGPACK_ERRORS:  # op i is malformed: the general reader refuses it
+            yield from islice(iter_msgpack_batch(raw), i, None)
+            return
+        end = unpacker.tell()
+        data = view[start:end]
+        start = end
+        try:
+            put = _put_msgpack_decoder.decode(data)
+        except (msgspec.MsgspecError, RecursionError):
+            put = None  # not a well-formed put: read as the general reader does
+        yield put if put is not None else decode_msgpack_op(data, i)
+    if unpacker.tell() != len(raw):
+        raise ApiError(400, "invalid_batch", "data after the msgpack array of ops")
 
 
 def _op_error(exc: msgspec.ValidationError) -> ApiError:

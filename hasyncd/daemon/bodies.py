@@ -116,7 +116,7 @@ def decode_json(raw: bytes) -> Any:
     return value
 
 
-_MSGPACK_ERRORS = (ValueError, TypeError, msgpack.UnpackException)
+MSGPACK_ERRORS = (ValueError, TypeError, msgpack.UnpackException)
 
 
 def iter_msgpack_batch(raw: bytes) -> Iterator[Any]:
@@ -127,20 +127,17 @@ def iter_msgpack_batch(raw: bytes) -> Iterator[Any]:
     array).  The caller runs it to the end once before applying any op.
     (NDJSON bodies: ``hasyncd.daemon.batchops``, over ``ndjson_lines``.)
     """
-    unpacker = msgpack.Unpacker(
-        raw=False, strict_map_key=True, max_buffer_size=len(raw) + 1, max_ext_len=0
-    )
-    unpacker.feed(raw)
+    unpacker = msgpack_unpacker(raw)
     try:
         count = unpacker.read_array_header()
-    except _MSGPACK_ERRORS:
+    except MSGPACK_ERRORS:
         raise ApiError(400, "invalid_batch", "a msgpack batch body is an array of ops") from None
     if count > MAX_BATCH_OPS:
         raise ApiError(413, "batch_too_large", f"more than {MAX_BATCH_OPS} ops")
     for i in range(count):
         try:
             op = unpacker.unpack()
-        except _MSGPACK_ERRORS as exc:
+        except MSGPACK_ERRORS as exc:
             raise ApiError(
                 400,
                 "invalid_msgpack",
@@ -149,6 +146,26 @@ def iter_msgpack_batch(raw: bytes) -> Iterator[Any]:
         yield _jsonable(op, 1)
     if unpacker.tell() != len(raw):
         raise ApiError(400, "invalid_batch", "data after the msgpack array of ops")
+
+
+def msgpack_unpacker(raw: bytes) -> msgpack.Unpacker:
+    """An unpacker over a whole msgpack batch body, with the limits every op is read with."""
+    unpacker = msgpack.Unpacker(
+        raw=False, strict_map_key=True, max_buffer_size=len(raw) + 1, max_ext_len=0
+    )
+    unpacker.feed(raw)
+    return unpacker
+
+
+def decode_msgpack_op(data: bytes | memoryview, i: int) -> Any:
+    """Op ``i`` from its exact msgpack span, as ``iter_msgpack_batch`` yields (or refuses) it."""
+    try:
+        op = msgpack.unpackb(data, raw=False, strict_map_key=True, max_ext_len=0)
+    except MSGPACK_ERRORS as exc:
+        raise ApiError(
+            400, "invalid_msgpack", f"op {i} is not valid msgpack: {type(exc).__name__}"
+        ) from None
+    return _jsonable(op, 1)
 
 
 def ndjson_lines(raw: bytes) -> Iterator[bytes]:
