@@ -5,6 +5,8 @@ PROTOCOL.md section 5.2.1; README "Rotating the link key".
 
 from __future__ import annotations
 
+import pytest
+
 from hasyncd.core.events import PeerChanged, RoleChanged
 from hasyncd.core.keys import REKEY_RETRY, Keyring, prefers_new_link
 from hasyncd.errors import HandshakeError
@@ -76,16 +78,14 @@ def test_psk_mismatch_names_every_held_key_id_and_no_key() -> None:
         accept=(Sim().psk,),
     )
     a.start()
-    try:
+    with pytest.raises(HandshakeError) as caught:
         b.receive_data(a.take_output())
-    except HandshakeError as exc:
-        assert exc.code == "psk_mismatch"
-        assert key_id(NEW.reveal()).hex() in exc.message
-        assert key_id(Sim().psk.reveal()).hex() in exc.message
-        for key in (NEW, OTHER, Sim().psk):
-            assert key.reveal().hex() not in exc.message
-    else:
-        raise AssertionError("a key the responder does not hold was accepted")
+    exc = caught.value
+    assert exc.code == "psk_mismatch"
+    assert key_id(NEW.reveal()).hex() in exc.message
+    assert key_id(Sim().psk.reveal()).hex() in exc.message
+    for key in (NEW, OTHER, Sim().psk):
+        assert key.reveal().hex() not in exc.message
 
 
 def test_keyring_prefers_next_and_believes_a_refusal_only_for_a_while() -> None:
@@ -185,7 +185,7 @@ def test_the_rotation_sequence_keeps_the_link_and_ends_under_the_new_key() -> No
 
 def test_retiring_a_key_a_link_still_uses_is_visible_first_then_closes_that_link() -> None:
     sim = Sim(seed=7)
-    primary, secondary = pair(sim)
+    primary, _ = pair(sim)
     sim.reconfigure(primary, psk_next=NEW)  # the secondary never gets NEW
     sim.run_for(1.0)
     (peer,) = sim.nodes[primary].core.status(sim.now)["peers"]  # type: ignore[misc]
