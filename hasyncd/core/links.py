@@ -192,6 +192,25 @@ def keep_new_link(settings: CoreSettings, peer: Peer, new: Conn, hello: Hello) -
     return new.initiator == (settings.name < hello.node), "duplicate"
 
 
+# Why the losing link of a pair is closed, by its GOODBYE code (keep_new_link).
+WHY_CLOSED = {
+    "replaced": "replaced: peer restarted",
+    "rekeyed": "rekeyed: a link under the preferred key replaced this one",
+    "duplicate": "duplicate link",
+}
+
+
+def link_kid(conn: Conn) -> str:
+    """The key id a connection is (being) authenticated under, for logs."""
+    kid = conn.channel.key_id
+    return kid.hex() if kid is not None else "-"
+
+
+def under_retired_key(conns: Iterable[Conn], keys: Keyring) -> list[Conn]:
+    """Connections under a key the node no longer holds (a reload retired it)."""
+    return [c for c in conns if c.channel.key_id is not None and not keys.holds(c.channel.key_id)]
+
+
 def host_of(address: str) -> str:
     """The source host of ``host:port`` (IPv6 too): what fairness between sources counts."""
     return address.rpartition(":")[0] or address

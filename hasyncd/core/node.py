@@ -33,12 +33,15 @@ from hasyncd.core.events import (
 from hasyncd.core.links import (
     MAX_HANDSHAKING,
     MAX_UNPROVEN,
+    WHY_CLOSED,
     Dialer,
     HandshakeBudget,
     admission_conflict,
     host_of,
     init_overdue,
     keep_new_link,
+    link_kid,
+    under_retired_key,
 )
 from hasyncd.core.merge import merge_end, receive_merge
 from hasyncd.core.outputs import Outputs
@@ -329,7 +332,7 @@ class NodeCore(Outputs):
                 "link to %s: the peer does not hold the next key (key id %s) yet; "
                 "dialing with the current key (key id %s)",
                 conn.address,
-                _kid(conn),
+                link_kid(conn),
                 keys.current_id.hex(),
             )
         elif conn.peer is None:
@@ -366,12 +369,12 @@ class NodeCore(Outputs):
             self.peers[hello.node] = peer
         elif peer.conn is not None and peer.conn is not conn:
             keep, code = keep_new_link(self.s, peer, conn, hello)
-            why = _WHY_CLOSED[code]
+            why = WHY_CLOSED[code]
             if not keep:
                 self.close(conn, why, code=code)
                 return
             if code == "rekeyed":
-                log.info("link to %s re-keyed: now under key id %s", peer.name, _kid(conn))
+                log.info("link to %s re-keyed: now under key id %s", peer.name, link_kid(conn))
             self.close(peer.conn, why, code=code)
         peer.boot_id, peer.tag, peer.window = hello.boot_id, hello.tag, hello.window
         log.debug(
@@ -698,17 +701,10 @@ class NodeCore(Outputs):
 
     def _retire_keys(self, settings: CoreSettings) -> None:
         """Close every link and handshake under a key this node no longer holds."""
-        keys = settings.keyring()
-        for conn in list(self.conns.values()):
-            kid = conn.channel.key_id
-            if kid is None or keys.holds(kid):
-                continue
+        for conn in under_retired_key(self.conns.values(), settings.keyring()):
             self.count("link_refused", "key_retired")
-            log.warning(
-                "link %s was under key id %s, which this node no longer holds: closed",
-                conn.peer or conn.address,
-                kid.hex(),
-            )
+            who = conn.peer or conn.address
+            log.warning("link %s was under key id %s, no longer held: closed", who, link_kid(conn))
             self.close(conn, "key retired", code="key_retired")
 
     def finish_shutdown(self, now: float) -> None:
@@ -720,18 +716,6 @@ class NodeCore(Outputs):
 
     def status(self, now: float) -> dict[str, object]:
         return node_status(self, now)
-
-
-_WHY_CLOSED = {
-    "replaced": "replaced: peer restarted",
-    "rekeyed": "rekeyed: a link under the preferred key replaced this one",
-    "duplicate": "duplicate link",
-}
-
-
-def _kid(conn: Conn) -> str:
-    kid = conn.channel.key_id
-    return kid.hex() if kid is not None else "-"
 
 
 def _describe(msg: Message) -> str:
