@@ -79,6 +79,7 @@ class LinkConfig:
     hello_holddown_ms: int
     handshake_timeout_ms: int
     window_kib: int
+    psk_next_file: Path | None = None  # the next cluster key during a rotation
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ class Config:
     psk: Secret
     portal: PortalConfig | None = None
     api_token: Secret | None = None  # the TCP API's bearer token ([api] token_file)
+    psk_next: Secret | None = None  # the next link key ([link] psk_next_file), during a rotation
 
 
 # --- value checkers -----------------------------------------------------------------
@@ -246,6 +248,7 @@ SCHEMA: dict[str, dict[str, tuple[Check, Any]]] = {
         "listen": (_address, REQUIRED),
         "peers": (_peers, REQUIRED),
         "psk_file": (_path, REQUIRED),
+        "psk_next_file": (_path, None),
         "group_id": (_int(0, 255), 0),
         "heartbeat_interval_ms": (_int(10, 10000), 100),
         "heartbeat_lost_threshold": (_int(2, 100), 5),
@@ -398,8 +401,9 @@ def parse(data: dict[str, Any], path: Path, *, load_key: bool = True) -> Config:
     link = values["link"]
     if link["listen"] in link["peers"]:
         raise ConfigError("[link].peers lists this node's own listen address")
-    if not link["psk_file"].is_absolute():
-        link["psk_file"] = (path.parent / link["psk_file"]).absolute()
+    for key in ("psk_file", "psk_next_file"):
+        if link[key] is not None and not link[key].is_absolute():
+            link[key] = (path.parent / link[key]).absolute()
     api = values["api"]
     if api["socket"] is None and api["listen"] is None:
         raise ConfigError("[api]: set socket, listen or both")
@@ -419,6 +423,8 @@ def parse(data: dict[str, Any], path: Path, *, load_key: bool = True) -> Config:
         _check_hook(hooks[name], f"[hooks].{name}")
     portal = _portal(values["portal"], path) if "portal" in values else None
     psk = load_psk(link["psk_file"]) if load_key else Secret(bytes(PSK_BYTES))
+    nxt = link["psk_next_file"]
+    psk_next = load_secret(nxt, "[link].psk_next_file") if nxt is not None and load_key else None
     token = api["token_file"]
     api_token = load_secret(token, "[api].token_file") if token is not None and load_key else None
     return Config(
@@ -434,6 +440,7 @@ def parse(data: dict[str, Any], path: Path, *, load_key: bool = True) -> Config:
         psk=psk,
         portal=portal,
         api_token=api_token,
+        psk_next=psk_next,
     )
 
 

@@ -51,7 +51,21 @@ def _peer_row(p: dict[str, Any]) -> list[str]:
         _ms(p.get("rtt_ms")),
         lag,
         _ms(p.get("last_seen_ms")),
+        _key(p),
     ]
+
+
+def _key(p: dict[str, Any]) -> str:
+    kid = p.get("key_id")
+    return f"{kid} ({p.get('key') or 'retired'})" if kid else "-"
+
+
+def _keys_line(st: dict[str, Any]) -> list[str]:
+    keys = st.get("link_keys")
+    if not keys:
+        return []
+    nxt = keys.get("next")
+    return [f"  link keys: current {keys.get('current')}" + (f", next {nxt}" if nxt else "")]
 
 
 def _state_lines(st: dict[str, Any]) -> list[str]:
@@ -102,10 +116,11 @@ def render_status(st: dict[str, Any]) -> str:
     if st.get("sync_mode"):
         lines.append(f"  sync mode: {st['sync_mode']}")
     lines += _state_lines(st)
+    lines += _keys_line(st)
     peers = st.get("peers") or []
     lines.append("peers:")
     if peers:
-        head = ["NODE", "ADDRESS", "LINK", "ROLE", "IN SYNC", "RTT", "LAG", "LAST SEEN"]
+        head = ["NODE", "ADDRESS", "LINK", "ROLE", "IN SYNC", "RTT", "LAG", "LAST SEEN", "KEY"]
         lines += _table([head] + [_peer_row(p) for p in peers])
     else:
         lines.append("  (none configured)")

@@ -33,12 +33,15 @@ from hasyncd.core.events import (
 from hasyncd.core.links import (
     MAX_HANDSHAKING,
     MAX_UNPROVEN,
+    WHY_CLOSED,
     Dialer,
     HandshakeBudget,
     admission_conflict,
     host_of,
     init_overdue,
     keep_new_link,
+    link_kid,
+    under_retired_key,
 )
 from hasyncd.core.merge import merge_end, receive_merge
 from hasyncd.core.outputs import Outputs
@@ -53,7 +56,13 @@ from hasyncd.core.replication import (
 from hasyncd.core.roles import RoleManager
 from hasyncd.core.settings import CoreSettings
 from hasyncd.core.status import node_status
-from hasyncd.errors import HasyncdError, ProtocolError, RecordError, RecordExpired
+from hasyncd.errors import (
+    HasyncdError,
+    PeerRejected,
+    ProtocolError,
+    RecordError,
+    RecordExpired,
+)
 from hasyncd.policy import KIND_BY_CODE
 from hasyncd.records import KINDS_BY_CODE, Record
 from hasyncd.store import Store, pack_value, unpack_version, value_is_record
@@ -212,12 +221,14 @@ class NodeCore(Outputs):
         if not initiator:
             self._make_room(self.unproven, address)
         hello = Hello(self.s.name, self.boot_id, self.s.tag, self.s.window, self.s.listen[:64])
+        keys = self.s.keyring()
         channel = Channel(
             initiator=initiator,
-            psk=self.s.psk,
+            psk=self.dialer.dial_key(address, keys, now) if initiator else keys.preferred,
             group_id=self.s.group_id,
             hello=hello,
             epoch=self.roles.epoch,
+            accept=() if initiator else keys.others,
         )
         conn = Conn(conn_id, channel, initiator, address, now)
         self.conns[conn_id] = conn
@@ -306,7 +317,25 @@ class NodeCore(Outputs):
     def _link_error(self, conn: Conn, exc: ProtocolError) -> None:
         self.count("link_errors", exc.code)
         who = conn.peer or conn.address
-        if conn.peer is None:
+        keys = self.s.keyring()
+        # The peer refused the next key we dialed with: it does not hold it yet.
+        fallback = (
+            isinstance(exc, PeerRejected)
+            and exc.code == "psk_mismatch"
+            and conn.initiator
+            and conn.channel.key_id == keys.next_id
+        )
+        if fallback:
+            self.log_limited(
+                ("fallback", conn.address),
+                logging.INFO,
+                "link to %s: the peer does not hold the next key (key id %s) yet; "
+                "dialing with the current key (key id %s)",
+                conn.address,
+                link_kid(conn),
+                keys.current_id.hex(),
+            )
+        elif conn.peer is None:
             # One line a minute per source host and error, whatever its port:
             # a flood of wrong-key attempts must not flood the log.
             self.log_limited(
@@ -322,6 +351,8 @@ class NodeCore(Outputs):
         self.flush_conn(conn)  # a queued REJECT tells the peer why
         if conn.id in self.conns:
             self.close(conn, f"{exc.code}: {exc.message}")
+        if fallback:
+            self.dialer.key_refused(conn, keys, self.now)
 
     # -- adoption: an authenticated peer ------------------------------------------
 
@@ -337,12 +368,14 @@ class NodeCore(Outputs):
             peer = Peer(hello.node, hello.tag, hello.boot_id, hello.window, conn.address)
             self.peers[hello.node] = peer
         elif peer.conn is not None and peer.conn is not conn:
-            if not keep_new_link(self.s, peer, conn, hello):
-                self.close(conn, "duplicate link", code="duplicate")
+            keep, code = keep_new_link(self.s, peer, conn, hello)
+            why = WHY_CLOSED[code]
+            if not keep:
+                self.close(conn, why, code=code)
                 return
-            restarted = peer.boot_id != hello.boot_id
-            why = "replaced: peer restarted" if restarted else "duplicate link"
-            self.close(peer.conn, why, code="replaced" if restarted else "duplicate")
+            if code == "rekeyed":
+                log.info("link to %s re-keyed: now under key id %s", peer.name, link_kid(conn))
+            self.close(peer.conn, why, code=code)
         peer.boot_id, peer.tag, peer.window = hello.boot_id, hello.tag, hello.window
         log.debug(
             "link %d authenticated: %s (%s, epoch %d)",
@@ -397,7 +430,8 @@ class NodeCore(Outputs):
             self.roles.on_handover(peer, epoch, msg, now)
         elif isinstance(msg, Goodbye):
             self.count("goodbyes", msg.code)
-            log.warning("%s closed the link: %s: %s", peer.name, msg.code, msg.text)
+            level = logging.INFO if msg.code == "rekeyed" else logging.WARNING
+            log.log(level, "%s closed the link: %s: %s", peer.name, msg.code, msg.text)
             self.close(conn, f"peer said goodbye: {msg.code}")
             if msg.code in ("shutdown", "name_conflict", "tag_conflict"):
                 self.roles.peer_lost(peer, now, f"peer said goodbye: {msg.code}")
@@ -587,6 +621,14 @@ class NodeCore(Outputs):
         for address in self.dialer.due(now, self.conns.values(), self.peers):
             log.debug("dialing %s", address)
             self.emit(Dial(address))
+        keys = self.s.keyring()
+        for address in self.dialer.rekey_due(now, self.conns.values(), self.peers, keys):
+            log.info(
+                "re-keying the link to %s: dialing under key id %s",
+                address,
+                keys.preferred_id.hex(),
+            )
+            self.emit(Dial(address))
 
     def _after_input(self, now: float) -> None:
         self.roles.evaluate(now)
@@ -651,9 +693,19 @@ class NodeCore(Outputs):
             settings.window,
         ), "identity settings change only with a restart"
         self.dialer.s = settings
+        self.dialer.rekey_now()
+        self._retire_keys(settings)
         self.roles.reconfigure(settings)
         self._next_hb = now  # tell the peers a new priority at once
         self._after_input(now)
+
+    def _retire_keys(self, settings: CoreSettings) -> None:
+        """Close every link and handshake under a key this node no longer holds."""
+        for conn in under_retired_key(self.conns.values(), settings.keyring()):
+            self.count("link_refused", "key_retired")
+            who = conn.peer or conn.address
+            log.warning("link %s was under key id %s, no longer held: closed", who, link_kid(conn))
+            self.close(conn, "key retired", code="key_retired")
 
     def finish_shutdown(self, now: float) -> None:
         self.now = now

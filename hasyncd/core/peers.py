@@ -111,6 +111,9 @@ class DialState:
     backoff: float = 0.0
     pending: bool = False
     name: str | None = None  # learned from the first successful handshake
+    refused_kid: bytes | None = None  # the key id this address last refused (psk_mismatch)
+    refused_at: float = 0.0
+    rekey_at: float = 0.0  # no re-key dial (core.keys) before this
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hasyncd.core.keys import Keyring
 from hasyncd.secret import Secret
 
 
@@ -34,6 +35,10 @@ class CoreSettings:
     reconnect_min: float = 0.1
     reconnect_max: float = 1.0
     monitors: tuple[str, ...] = ()
+    psk_next: Secret | None = None  # the next cluster key during a rotation (core.keys)
+
+    def keyring(self) -> Keyring:
+        return Keyring.of(self.psk, self.psk_next)
 
     @property
     def lost_timeout(self) -> float:

@@ -112,8 +112,18 @@ class _CoreCollector(Collector):
             "writes of the current epoch the secondary has not acknowledged",
             labels=["peer"],
         )
+        key = GaugeMetricFamily(
+            "hasyncd_peer_link_key",
+            "1 for the key the link is under, by key id and which of this node's keys it is "
+            "(current, next, retired): retire a key only when no link is under it",
+            labels=["peer", "key_id", "key"],
+        )
+        keys = core.s.keyring()
         current = core.version
         for p in core.peers.values():
+            kid = p.conn.channel.key_id if p.conn is not None else None
+            if kid is not None:
+                key.add_metric([p.name, kid.hex(), keys.name_of(kid) or "retired"], 1.0)
             up.add_metric([p.name], 1.0 if p.up else 0.0)
             link.add_metric([p.name], 1.0 if p.conn is not None else 0.0)
             silence.add_metric([p.name], now - p.last_rx if p.last_rx else 0.0)
@@ -125,7 +135,7 @@ class _CoreCollector(Collector):
                 lag_s.add_metric([p.name], p.lag.lag(now))
                 lag_n.add_metric([p.name], writes_behind(p.session.acked, current))
             inflight.add_metric([p.name], p.flow.in_flight)
-        yield from (up, link, silence, rtt, pending, inflight, insync, lag_s, lag_n)
+        yield from (up, link, silence, rtt, pending, inflight, insync, lag_s, lag_n, key)
 
 
 class Metrics:

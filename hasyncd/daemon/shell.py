@@ -84,6 +84,7 @@ def core_settings(config: Config) -> CoreSettings:
         priority=node.priority,
         group_id=link.group_id,
         psk=config.psk,
+        psk_next=config.psk_next,
         peers=tuple(str(a) for a in link.peers),
         listen=str(link.listen),
         heartbeat_interval=link.heartbeat_interval_ms / 1000.0,
