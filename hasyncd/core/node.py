@@ -22,6 +22,7 @@ import logging
 import random
 from collections.abc import Callable
 
+from hasyncd.core.backlog import Backlog, plan_resync
 from hasyncd.core.detector import check_peers, loss_deadline, own_lateness
 from hasyncd.core.events import (
     Close,
@@ -132,6 +133,7 @@ class NodeCore(Outputs):
         self._next_sweep = now + 1.0
         self._pump_needed = False
         self._snap_ids = 0
+        self.backlog = Backlog(settings.backlog_bytes, settings.backlog_s)
         self.roles = RoleManager(self, now)
 
     # -- small helpers --------------------------------------------------------
@@ -433,16 +435,49 @@ class NodeCore(Outputs):
         if not self.roles.is_primary:
             self.count("refused", "sync_request_not_primary")
             return
-        self._snap_ids = (self._snap_ids + 1) & 0xFFFFFFFF
-        peer.session = OutboundSession(self._snap_ids)
+        epoch, now = self.roles.epoch, self.now
+        ticket = peer.resume
+        plan = plan_resync(msg, ticket, peer.boot_id, epoch, backlog=self.backlog, now=now)
+        if plan.refused is not None:
+            self.count("resync_refused", plan.refused)
+        self.count("resyncs", plan.outcome)
+        if plan.outcome == "full" or ticket is None:
+            self._snap_ids = (self._snap_ids + 1) & 0xFFFFFFFF
+            if ticket is not None and self._snap_ids == ticket.snap_id:  # never reuse its id
+                self._snap_ids = (self._snap_ids + 1) & 0xFFFFFFFF
+            session = OutboundSession(self._snap_ids, epoch, self.version)
+            self.count("snapshots_started")
+            why = f"; resume refused: {plan.refused}" if plan.refused else ""
+            log.info(
+                "%s requested a snapshot (%s): sending snapshot %d%s",
+                peer.name,
+                msg.reason,
+                self._snap_ids,
+                why,
+            )
+        else:
+            partial = plan.outcome == "partial"
+            session = OutboundSession(
+                ticket.snap_id,
+                epoch,
+                ticket.start,
+                resume=plan.position,
+                floor=plan.since if partial else None,
+                bulk_sent=ticket.bulk_sent,
+            )
+            for version, kind, rid in self.backlog.since(plan.since):
+                session.enqueue(kind, rid, version)
+            log.info(
+                "%s resumes %s %d: %d changed records since %s%s",
+                peer.name,
+                "after" if partial else "snapshot",
+                ticket.snap_id,
+                len(session.pending),
+                unpack_version(plan.since),
+                "" if partial else f", walk continues after kind {msg.resume_kind}",
+            )
+        peer.session = session
         peer.flow = Flow(peer.window)
-        log.info(
-            "%s requested a snapshot (%s): sending snapshot %d",
-            peer.name,
-            msg.reason,
-            self._snap_ids,
-        )
-        self.count("snapshots_started")
         self.recompute_watermark()
         self._pump_needed = True
 
@@ -524,6 +559,7 @@ class NodeCore(Outputs):
         else:
             value = pack_value(version, record.expires, record.blob)
         old = self.store.put_value(kind, rid, value)
+        self.backlog.append(version, kind, rid, self.now)
         for peer in self.peers.values():
             if peer.session is not None:
                 peer.session.enqueue(kind, rid, version)

@@ -185,12 +185,32 @@ class SessionState(Enum):
 class OutboundSession:
     """Primary -> one secondary: a snapshot, then the change stream."""
 
-    def __init__(self, snap_id: int) -> None:
+    def __init__(
+        self,
+        snap_id: int,
+        epoch: int = 0,
+        start: int = 0,
+        *,
+        resume: Position | None = None,
+        floor: int | None = None,
+        bulk_sent: int = 0,
+    ) -> None:
+        """A new snapshot, or (``hasyncd.core.backlog``) the resumption of one.
+
+        ``start`` is the primary's version when the snapshot began; a resumed
+        snapshot continues its walk after ``resume``; a partial resync
+        (``floor``: the peer holds every write up to it) walks nothing.  The
+        caller queues in ``pending`` the writes the peer may lack.
+        """
         self.snap_id = snap_id
+        self.epoch = epoch  # the primary's epoch: a ticket is valid only within it
+        self.start = start
         self.state = SessionState.BULK_START
         self.pending: OrderedDict[tuple[int, str], int] = OrderedDict()
-        self._walker = Walker()
-        self.bulk_sent = 0
+        done = (len(REPLICATED_KIND_CODES), None)
+        self._walker = Walker(done if floor is not None else resume)
+        self.floor = floor  # the peer holds every write up to it once it processes BULK_END
+        self.bulk_sent = bulk_sent
         self.bulk_acked = 0  # snapshot records the peer acknowledged
         self.in_sync = False  # the peer acknowledged BULK_END
         self.acked = 0  # watermark the peer acknowledged
@@ -232,6 +252,7 @@ class OutboundSession:
             )
         self.state = SessionState.STREAM
         wm = self.watermark(current)
+        self.floor = wm if self.floor is None else max(self.floor, wm)
         epoch, seq = unpack_version(wm)
         return BulkEnd(self.snap_id, self.bulk_sent, epoch, seq), Mark(MarkKind.BULK_END, wm)
 

@@ -48,6 +48,8 @@ def node_status(core: NodeCore, now: float) -> dict[str, object]:
         "version": version_json(core.version),
         "uptime_s": round(now - core.started, 3),
         "clock": core.wall(),
+        # A primary's replication backlog (what a reconnecting secondary can resume from).
+        "backlog": core.backlog.status(now) if core.roles.is_primary else None,
     }
     out.update(role_status(core.roles, now))
     return out

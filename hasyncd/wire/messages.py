@@ -222,18 +222,55 @@ class Heartbeat:
 
 @dataclass(frozen=True, slots=True)
 class SyncRequest:
-    """A secondary asks its primary for a snapshot followed by the change stream."""
+    """A secondary asks its primary for a snapshot followed by the change stream.
+
+    With ``resume_epoch`` set it asks to resume instead (PROTOCOL.md 10.7): it
+    still holds what session ``resume_snap`` of that epoch delivered, either
+    the whole snapshot (``resume_kind`` 0) or the snapshot up to record
+    ``resume_after`` of kind ``resume_kind`` (None: none of that kind yet).
+    The short form (``resume_epoch`` 0) is encoded as one field, as before.
+    """
 
     TYPE: ClassVar[MsgType] = MsgType.SYNC_REQUEST
     reason: str
+    resume_epoch: int = 0
+    resume_snap: int = 0
+    resume_kind: int = 0
+    resume_after: str | None = None
 
     def body(self) -> list[Any]:
-        return [self.reason]
+        if not self.resume_epoch:
+            return [self.reason]
+        return [
+            self.reason,
+            self.resume_epoch,
+            self.resume_snap,
+            self.resume_kind,
+            self.resume_after,
+        ]
 
     @classmethod
     def from_body(cls, b: list[Any]) -> SyncRequest:
-        _fields(b, 1, "SYNC_REQUEST")
-        return cls(_text(b[0], "reason", 64))
+        if len(b) == 1:
+            return cls(_text(b[0], "reason", 64))
+        _fields(b, 5, "SYNC_REQUEST")
+        kind = _int(b[3], 0, 255, "resume_kind")
+        after = b[4]
+        if kind and kind not in KIND_BY_CODE:
+            raise MalformedMessage(f"SYNC_REQUEST: unknown record kind code {kind}")
+        if after is not None and (
+            not kind or type(after) is not str or not 0 < len(after) <= MAX_ID_LEN
+        ):
+            raise MalformedMessage(
+                f"field resume_after: expected nil or (with a kind) 1..{MAX_ID_LEN} chars"
+            )
+        return cls(
+            _text(b[0], "reason", 64),
+            _int(b[1], 1, U64, "resume_epoch"),
+            _int(b[2], 0, U32, "resume_snap"),
+            kind,
+            after,
+        )
 
 
 @dataclass(frozen=True, slots=True)
