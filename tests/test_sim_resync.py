@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
+from hasyncd.core.follower import RESUME_ATTEMPTS
 from hasyncd.core.peers import Conn
+from hasyncd.errors import MalformedMessage
 from hasyncd.sim import WALL_BASE, Sim
 from hasyncd.wire.messages import Role, SyncRequest
 
@@ -314,3 +316,29 @@ def test_random_cuts_during_snapshot_and_stream_end_exact(seed: int) -> None:
     assert sim.primaries() == ["a"]
     assert stat(sim, "a", "snapshots_started") <= 2
     assert_exact(sim, "a", "b", deleted)
+
+
+def test_a_primary_refusing_the_resume_form_gets_the_short_form_after_three_tries() -> None:
+    """A primary of a release without resumption closes the link on the 5-field form."""
+    sim = Sim(seed=28)
+    primary, secondary = pair(sim)
+    core = sim.nodes[primary].core
+    answer = core._on_sync_request
+
+    def older_release(peer: Any, msg: SyncRequest) -> None:
+        if msg.resume_epoch:
+            raise MalformedMessage("SYNC_REQUEST: expected 1 fields, got 5")
+        answer(peer, msg)
+
+    core._on_sync_request = older_release  # type: ignore[method-assign]
+    for i in range(30):
+        put(sim, primary, WEB, i)
+    sim.run_for(0.1)
+    drop_link(sim, primary, secondary, 0.05)
+    sim.run_until_true(lambda: stat(sim, primary, "resyncs", "full") == 2, limit=20)
+    sim.run_until_true(lambda: in_sync(sim, secondary), limit=10)
+    sim.run_for(0.2)
+    # Each refusal closed the link; a request lost with a duplicate link counts as one too.
+    assert 1 <= stat(sim, primary, "link_errors", "malformed_message") <= RESUME_ATTEMPTS
+    assert sim.nodes[secondary].role is Role.SECONDARY
+    assert_exact(sim, primary, secondary, set())

@@ -31,6 +31,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hasyncd.roles")
 
+# Resume requests in a row whose link ended before any BULK_START answered
+# them, after which the follower asks for a snapshot instead: a primary of a
+# release without resumption closes the link on the resume form (malformed),
+# and a link that keeps failing this early is not helped by resuming.
+RESUME_ATTEMPTS = 3
+
 
 class FollowState(Enum):
     NEED_REQUEST = "need_request"
@@ -90,6 +96,7 @@ class Follower:
         store = roles.core.store
         if isinstance(msg, BulkStart):
             asked = self.asked
+            roles.resume_failures = 0
             if asked is not None and msg.snap_id == asked.snap_id:
                 if asked.kind and not store.resyncing:
                     raise UnexpectedMessage("BULK_START resumes a snapshot this node abandoned")
@@ -175,6 +182,15 @@ class Follower:
             self.state = FollowState.NEED_REQUEST
 
     def link_down(self, roles: RoleManager) -> None:
+        if self.state is FollowState.REQUESTED and self.asked is not None:
+            roles.resume_failures += 1
+            if roles.resume_failures >= RESUME_ATTEMPTS:
+                log.warning(
+                    "%d resume requests in a row got no answer before the link ended: "
+                    "asking for a snapshot next",
+                    roles.resume_failures,
+                )
+                roles.resume_claim, roles.resume_failures = None, 0
         if self.state is FollowState.BULK:
             roles.set_in_sync(False)  # the resync stays open: the primary may resume it
         self.state = FollowState.NEED_REQUEST if self.merge is None else FollowState.MERGING

@@ -88,6 +88,7 @@ class RoleManager:
         self.reason = "starting: hello hold-down, discovering peers"
         self.follower: Follower | None = None
         self.resume_claim: Claim | None = None  # what it holds of its primary's last session
+        self.resume_failures = 0  # resume requests in a row that got no BULK_START
         self.promotion: PromotionWork | None = None
         self.last_promotion: dict[str, object] | None = None
         self.monitors_down: tuple[str, ...] = ()
