@@ -172,3 +172,19 @@ def plan_resync(
         return Plan("full", f"backlog_{backlog.trimmed_by or 'bytes'}")
     position = (REPLICATED_KIND_CODES.index(req.resume_kind), req.resume_after)
     return Plan("resumed_snapshot", since=ticket.start, position=position)
+
+
+def resumed_session(plan: Plan, ticket: Ticket, epoch: int, backlog: Backlog) -> OutboundSession:
+    """The session that resumes ``ticket``'s as ``plan`` says, every write since queued."""
+    partial = plan.outcome == "partial"
+    session = OutboundSession(
+        ticket.snap_id,
+        epoch,
+        ticket.start,
+        resume=plan.position,
+        floor=plan.since if partial else None,
+        bulk_sent=ticket.bulk_sent,
+    )
+    for version, kind, rid in backlog.since(plan.since):
+        session.enqueue(kind, rid, version)
+    return session

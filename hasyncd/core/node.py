@@ -22,7 +22,7 @@ import logging
 import random
 from collections.abc import Callable
 
-from hasyncd.core.backlog import Backlog, plan_resync
+from hasyncd.core.backlog import Backlog, plan_resync, resumed_session
 from hasyncd.core.detector import check_peers, loss_deadline, own_lateness
 from hasyncd.core.events import (
     Close,
@@ -442,8 +442,12 @@ class NodeCore(Outputs):
             self.count("resync_refused", plan.refused)
         self.count("resyncs", plan.outcome)
         if plan.outcome == "full" or ticket is None:
+            taken = {
+                msg.resume_snap if msg.resume_epoch else -1,
+                -1 if ticket is None else ticket.snap_id,
+            }
             self._snap_ids = (self._snap_ids + 1) & 0xFFFFFFFF
-            if ticket is not None and self._snap_ids == ticket.snap_id:  # never reuse its id
+            while self._snap_ids in taken:  # a resumed session's id means "resumed"
                 self._snap_ids = (self._snap_ids + 1) & 0xFFFFFFFF
             session = OutboundSession(self._snap_ids, epoch, self.version)
             self.count("snapshots_started")
@@ -456,25 +460,14 @@ class NodeCore(Outputs):
                 why,
             )
         else:
-            partial = plan.outcome == "partial"
-            session = OutboundSession(
-                ticket.snap_id,
-                epoch,
-                ticket.start,
-                resume=plan.position,
-                floor=plan.since if partial else None,
-                bulk_sent=ticket.bulk_sent,
-            )
-            for version, kind, rid in self.backlog.since(plan.since):
-                session.enqueue(kind, rid, version)
+            session = resumed_session(plan, ticket, epoch, self.backlog)
             log.info(
-                "%s resumes %s %d: %d changed records since %s%s",
+                "%s resumes snapshot %d (%s): %d records changed since %s",
                 peer.name,
-                "after" if partial else "snapshot",
                 ticket.snap_id,
+                plan.outcome,
                 len(session.pending),
                 unpack_version(plan.since),
-                "" if partial else f", walk continues after kind {msg.resume_kind}",
             )
         peer.session = session
         peer.flow = Flow(peer.window)
