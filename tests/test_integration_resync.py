@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from hasyncd import samples
+from hasyncd.statusview import render_status
 
 from .test_integration_spine import (
     caught_up,
@@ -68,6 +69,8 @@ def test_secondary_stopped_past_the_link_timeout_resumes_partially(make_cluster:
     assert metric(primary, "hasyncd_resyncs_total", outcome="full") == 1
     backlog = status(primary)["backlog"]
     assert backlog is not None and backlog["entries"] > 0, backlog
+    assert status(secondary)["backlog"] is None
+    assert f"  backlog: {backlog['entries']} writes, " in render_status(status(primary))
     pst, sst = status(primary), status(secondary)
     assert (pst["role"], sst["role"], pst["epoch"]) == ("primary", "secondary", epoch)
     assert sst["in_sync"] is True
