@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from hasyncd.core import replication
 from hasyncd.core.follower import RESUME_ATTEMPTS
 from hasyncd.core.peers import Conn
 from hasyncd.errors import MalformedMessage
@@ -342,3 +343,34 @@ def test_a_primary_refusing_the_resume_form_gets_the_short_form_after_three_trie
     assert 1 <= stat(sim, primary, "link_errors", "malformed_message") <= RESUME_ATTEMPTS
     assert sim.nodes[secondary].role is Role.SECONDARY
     assert_exact(sim, primary, secondary, set())
+
+
+def test_backlog_trimmed_while_a_resume_is_fed_falls_back_to_a_snapshot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A resume queues the backlog step by step; writes that trim it first force a snapshot."""
+    monkeypatch.setattr(replication, "FEED_STEP", 4)
+    sim = Sim(seed=29)
+    # About 280 writes of backlog; a small window keeps the feed slow.
+    primary, secondary = pair(sim, backlog_bytes=64 * 1024, window=4096)
+    for i in range(100):
+        put(sim, primary, SA, i)
+    sim.run_for(0.2)
+    drop_link(sim, primary, secondary, 0.2)
+    rng = random.Random(6)
+    deleted = churn(sim, primary, rng, 200, 500, 100)  # covered by the backlog
+    sim.run_until_true(lambda: stat(sim, primary, "resyncs", "partial") == 1, limit=5, step=0)
+    # Faster than the feed: each message queues 4 backlog writes, 400 are written.
+    deleted |= churn(sim, primary, rng, 400, 900, 100)
+    sim.run_until_true(lambda: stat(sim, primary, "resyncs", "full") == 2, limit=10)
+    sim.run_until_true(lambda: in_sync(sim, secondary), limit=10)
+    sim.run_for(0.3)
+    assert stat(sim, primary, "resync_refused", "backlog_bytes") == 1
+    assert_exact(sim, primary, secondary, deleted)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_cuts_with_a_slow_feed_end_exact(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The campaign again, with resumes fed 3 backlog writes per message."""
+    monkeypatch.setattr(replication, "FEED_STEP", 3)
+    test_random_cuts_during_snapshot_and_stream_end_exact(seed + 50)

@@ -24,9 +24,9 @@ says so in SYNC_REQUEST; ``plan_resync`` then picks one of:
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterator
+from bisect import bisect_right
 from dataclasses import dataclass
+from operator import itemgetter
 
 from hasyncd.core.replication import REPLICATED_KIND_CODES, OutboundSession, Position
 from hasyncd.store import unpack_version
@@ -51,23 +51,34 @@ ENTRY_OVERHEAD = 200
 
 OUTCOMES = ("partial", "resumed_snapshot", "full")
 
+_version = itemgetter(0)
+
 
 class Backlog:
-    """Recent writes of the current epoch, oldest first, bounded in bytes and age."""
+    """Recent writes of the current epoch, oldest first, bounded in bytes and age.
 
-    __slots__ = ("entries", "floor", "max_age", "max_bytes", "size", "trimmed_by")
+    A list with a moving head rather than a deque: a resume looks up its
+    starting version by bisection and takes its next step as a slice, both
+    without walking the entries before it.
+    """
+
+    __slots__ = ("entries", "floor", "head", "max_age", "max_bytes", "size", "trimmed_by")
 
     def __init__(self, max_bytes: int, max_age: float) -> None:
         self.max_bytes = max_bytes
         self.max_age = max_age
-        self.entries: deque[tuple[int, int, str, float]] = deque()  # version, kind, id, time
+        self.entries: list[tuple[int, int, str, float]] = []  # version, kind, id, time
+        self.head = 0  # entries before it are trimmed (compacted now and then)
         self.size = 0
         self.floor = 0  # every write after this version is in the backlog
         self.trimmed_by: str | None = None  # why the floor last moved: "bytes" or "age"
 
+    def __len__(self) -> int:
+        return len(self.entries) - self.head
+
     def reset(self, floor: int) -> None:
         """A new epoch (promotion) or no longer primary: start empty, covering after ``floor``."""
-        self.entries.clear()
+        self.entries, self.head = [], 0
         self.size, self.floor, self.trimmed_by = 0, floor, None
 
     def append(self, version: int, kind: int, rid: str, now: float) -> None:
@@ -78,39 +89,48 @@ class Backlog:
 
     def trim(self, now: float) -> None:
         """Drop the oldest entries beyond the byte budget or older than ``max_age``."""
-        entries = self.entries
+        entries, head = self.entries, self.head
         oldest = now - self.max_age
-        while entries and (self.size > self.max_bytes or entries[0][3] < oldest):
+        while head < len(entries) and (self.size > self.max_bytes or entries[head][3] < oldest):
             self.trimmed_by = "bytes" if self.size > self.max_bytes else "age"
-            version, _, rid, _ = entries.popleft()
+            version, _, rid, _ = entries[head]
+            head += 1
             self.size -= ENTRY_OVERHEAD + len(rid)
             self.floor = version
+        if head > 4096 and 2 * head > len(entries):  # amortized: each entry moves once
+            del entries[:head]
+            head = 0
+        self.head = head
 
     def covers(self, version: int, now: float) -> bool:
         """Every write after ``version`` (of the backlog's epoch) is still held."""
         self.trim(now)
+        return self.holds_after(version)
+
+    def holds_after(self, version: int) -> bool:
+        """Every write after ``version`` is still held (no trimming first)."""
         return unpack_version(version)[0] == unpack_version(self.floor)[0] and version >= self.floor
 
-    def since(self, version: int) -> Iterator[tuple[int, int, str]]:
-        """(version, kind, id) of every held write after ``version``, in version order."""
-        for v, kind, rid, _ in self.entries:
-            if v > version:
-                yield v, kind, rid
+    def since(self, version: int, limit: int) -> list[tuple[int, int, str, float]]:
+        """Up to ``limit`` held writes after ``version`` (version, kind, id, time), oldest first."""
+        start = bisect_right(self.entries, version, lo=self.head, key=_version)
+        return self.entries[start : start + limit]
 
     def status(self, now: float) -> dict[str, object]:
         self.trim(now)
-        first = self.entries[0][0] if self.entries else None
+        held = len(self)
+        first = self.entries[self.head] if held else None
         epoch, seq = unpack_version(self.floor)
         return {
-            "entries": len(self.entries),
+            "entries": held,
             "bytes": self.size,
             "max_bytes": self.max_bytes,
             "max_age_s": self.max_age,
             "covers_after": {"epoch": epoch, "seq": seq},
             "first_version": None
             if first is None
-            else dict(zip(("epoch", "seq"), unpack_version(first), strict=True)),
-            "oldest_age_s": round(now - self.entries[0][3], 3) if self.entries else None,
+            else dict(zip(("epoch", "seq"), unpack_version(first[0]), strict=True)),
+            "oldest_age_s": None if first is None else round(now - first[3], 3),
         }
 
 
@@ -175,16 +195,14 @@ def plan_resync(
 
 
 def resumed_session(plan: Plan, ticket: Ticket, epoch: int, backlog: Backlog) -> OutboundSession:
-    """The session that resumes ``ticket``'s as ``plan`` says, every write since queued."""
+    """The session that resumes ``ticket``'s as ``plan`` says, fed from the backlog."""
     partial = plan.outcome == "partial"
-    session = OutboundSession(
+    return OutboundSession(
         ticket.snap_id,
         epoch,
         ticket.start,
         resume=plan.position,
         floor=plan.since if partial else None,
         bulk_sent=ticket.bulk_sent,
+        feed=(backlog, plan.since),
     )
-    for version, kind, rid in backlog.since(plan.since):
-        session.enqueue(kind, rid, version)
-    return session
