@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hasyncd.core.backlog import BACKLOG_MIB_DEFAULT, BACKLOG_S_DEFAULT
 from hasyncd.errors import ConfigError
 from hasyncd.secret import Secret
 
@@ -116,6 +117,14 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class ReplicationConfig:
+    """``[replication]``: the primary's backlog for resuming secondaries (PROTOCOL.md 10.7)."""
+
+    backlog_mib: int = BACKLOG_MIB_DEFAULT
+    backlog_s: int = BACKLOG_S_DEFAULT
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str
 
@@ -149,6 +158,7 @@ class Config:
     portal: PortalConfig | None = None
     api_token: Secret | None = None  # the TCP API's bearer token ([api] token_file)
     psk_next: Secret | None = None  # the next link key ([link] psk_next_file), during a rotation
+    replication: ReplicationConfig = ReplicationConfig()
 
 
 # --- value checkers -----------------------------------------------------------------
@@ -278,6 +288,12 @@ SCHEMA: dict[str, dict[str, tuple[Check, Any]]] = {
     },
     "store": {
         "tombstone_ttl_s": (_int(1, 7 * 86400), 3600),
+    },
+    "replication": {
+        # Up to 4 GiB: a budget beyond that is memory better spent on a snapshot.
+        "backlog_mib": (_int(1, 4096), BACKLOG_MIB_DEFAULT),
+        # 0: resume only when nothing was written meanwhile.
+        "backlog_s": (_int(0, 86400), BACKLOG_S_DEFAULT),
     },
     "log": {
         "level": (_choice("debug", "info", "warning", "error"), "info"),
@@ -418,6 +434,14 @@ def parse(data: dict[str, Any], path: Path, *, load_key: bool = True) -> Config:
         )
     if api["token_file"] is not None and not api["token_file"].is_absolute():
         api["token_file"] = (path.parent / api["token_file"]).absolute()
+    replication, ttl = values["replication"], values["store"]["tombstone_ttl_s"]
+    if "backlog_s" not in data.get("replication", {}):
+        replication["backlog_s"] = min(BACKLOG_S_DEFAULT, ttl - 1)
+    if replication["backlog_s"] >= ttl:
+        raise ConfigError(
+            "[replication].backlog_s must be below [store].tombstone_ttl_s: a resumed "
+            "secondary is sent the tombstones of the deletes the backlog covers"
+        )
     hooks = values["hooks"]
     for name in ("on_primary", "on_secondary", "on_fault"):
         _check_hook(hooks[name], f"[hooks].{name}")
@@ -437,6 +461,7 @@ def parse(data: dict[str, Any], path: Path, *, load_key: bool = True) -> Config:
         hooks=HooksConfig(**hooks),
         store=StoreConfig(**values["store"]),
         log=LogConfig(**values["log"]),
+        replication=ReplicationConfig(**values["replication"]),
         psk=psk,
         portal=portal,
         api_token=api_token,

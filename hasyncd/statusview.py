@@ -113,6 +113,15 @@ def render_status(st: dict[str, Any]) -> str:
     per = ", ".join(f"{k} {n}" for k, n in records.items())
     v = st.get("version") or {}
     lines.append(f"  records: {total} ({per}); version {v.get('epoch')}.{v.get('seq')}")
+    bl = st.get("backlog")
+    if bl:
+        cover = bl["covers_after"]
+        lines.append(
+            f"  backlog: {bl['entries']} writes, {bl['bytes'] / 2**20:.1f} of "
+            f"{bl['max_bytes'] / 2**20:.0f} MiB; resumable after {cover['epoch']}.{cover['seq']}"
+            f" (oldest {bl['oldest_age_s'] if bl['oldest_age_s'] is not None else '-'} s"
+            f" of {bl['max_age_s']:g} s)"
+        )
     if st.get("sync_mode"):
         lines.append(f"  sync mode: {st['sync_mode']}")
     lines += _state_lines(st)

@@ -22,6 +22,7 @@ import logging
 import random
 from collections.abc import Callable
 
+from hasyncd.core.backlog import Backlog, plan_resync, resumed_session
 from hasyncd.core.detector import check_peers, loss_deadline, own_lateness
 from hasyncd.core.events import (
     Close,
@@ -141,6 +142,7 @@ class NodeCore(Outputs):
         self._next_sweep = now + 1.0
         self._pump_needed = False
         self._snap_ids = 0
+        self.backlog = Backlog(settings.backlog_bytes, settings.backlog_s)
         self.roles = RoleManager(self, now)
 
     # -- small helpers --------------------------------------------------------
@@ -467,18 +469,49 @@ class NodeCore(Outputs):
         if not self.roles.is_primary:
             self.count("refused", "sync_request_not_primary")
             return
-        self._snap_ids = (self._snap_ids + 1) & 0xFFFFFFFF
-        peer.session = OutboundSession(self._snap_ids)
+        epoch, now = self.roles.epoch, self.now
+        ticket = peer.resume
+        plan = plan_resync(msg, ticket, peer.boot_id, epoch, backlog=self.backlog, now=now)
+        if plan.refused is not None:
+            self.count("resync_refused", plan.refused)
+        self.count("resyncs", plan.outcome)
+        if plan.outcome == "full" or ticket is None:
+            taken = {msg.resume_snap if msg.resume_epoch else -1}
+            why = f"; resume refused: {plan.refused}" if plan.refused else ""
+            session = self._new_snapshot(peer, taken, f"{msg.reason}{why}")
+        else:
+            session = resumed_session(plan, ticket, epoch, self.backlog)
+            log.info(
+                "%s resumes snapshot %d (%s) after version %s",
+                peer.name,
+                ticket.snap_id,
+                plan.outcome,
+                unpack_version(plan.since),
+            )
+        peer.session = session
         peer.flow = Flow(peer.window)
-        log.info(
-            "%s requested a snapshot (%s): sending snapshot %d",
-            peer.name,
-            msg.reason,
-            self._snap_ids,
-        )
-        self.count("snapshots_started")
         self.recompute_watermark()
         self._pump_needed = True
+
+    def _new_snapshot(self, peer: Peer, taken: set[int], why: str) -> OutboundSession:
+        """A new snapshot session; its snap_id is none of ``taken`` nor the peer's ticket's."""
+        if peer.resume is not None:
+            taken.add(peer.resume.snap_id)  # a resumed session's id means "resumed"
+        self._snap_ids = (self._snap_ids + 1) & 0xFFFFFFFF
+        while self._snap_ids in taken:
+            self._snap_ids = (self._snap_ids + 1) & 0xFFFFFFFF
+        self.count("snapshots_started")
+        log.info("%s: sending snapshot %d (%s)", peer.name, self._snap_ids, why)
+        return OutboundSession(self._snap_ids, self.roles.epoch, self.version)
+
+    def _resume_broken(self, peer: Peer, session: OutboundSession) -> None:
+        """The backlog dropped writes a resuming session had not queued: a snapshot instead."""
+        reason = f"backlog_{self.backlog.trimmed_by or 'bytes'}"
+        self.count("resync_refused", reason)
+        self.count("resyncs", "full")
+        peer.session = self._new_snapshot(peer, {session.snap_id}, f"resume cut short: {reason}")
+        peer.flow = Flow(peer.window)  # the old session's frames are no longer tracked
+        self.recompute_watermark()
 
     # -- applying replicated changes (secondary) ----------------------------------
 
@@ -558,6 +591,7 @@ class NodeCore(Outputs):
         else:
             value = pack_value(version, record.expires, record.blob)
         old = self.store.put_value(kind, rid, value)
+        self.backlog.append(version, kind, rid, self.now)
         for peer in self.peers.values():
             if peer.session is not None:
                 peer.session.enqueue(kind, rid, version)
@@ -647,6 +681,9 @@ class NodeCore(Outputs):
                 while peer.flow.open:
                     nxt = session.next_message(self.store, current)
                     if nxt is None:
+                        if session.broken:
+                            self._resume_broken(peer, session)
+                            self._pump_needed = True
                         break
                     self.send_tracked(peer, nxt[0], nxt[1])
                     if log.isEnabledFor(logging.DEBUG):

@@ -55,6 +55,8 @@ def node_status(core: NodeCore, now: float) -> dict[str, object]:
         "clock": core.wall(),
         # Key ids (never keys) of the link keys this node holds (PROTOCOL.md 5.2.1).
         "link_keys": keys.ids(),
+        # A primary's replication backlog (what a reconnecting secondary can resume from).
+        "backlog": core.backlog.status(now) if core.roles.is_primary else None,
     }
     out.update(role_status(core.roles, now))
     return out

@@ -47,7 +47,7 @@ LIVE_KEYS: frozenset[tuple[str, str]] = frozenset(
         ("log", "level"),
     }
 )
-SECTIONS = ("node", "link", "api", "sync", "promotion", "hooks", "store", "log")
+SECTIONS = ("node", "link", "api", "sync", "promotion", "hooks", "store", "replication", "log")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -97,6 +97,8 @@ def core_settings(config: Config) -> CoreSettings:
         max_flaps=node.max_flaps,
         esp_seq_margin=config.promotion.esp_seq_margin,
         tombstone_ttl=float(config.store.tombstone_ttl_s),
+        backlog_bytes=config.replication.backlog_mib << 20,
+        backlog_s=float(config.replication.backlog_s),
         handshake_timeout=link.handshake_timeout_ms / 1000.0,
         handover_timeout=config.promotion.handover_timeout_ms / 1000.0,
         monitors=node.monitor,
