@@ -39,11 +39,14 @@ from hasyncd.core.node import NodeCore
 from hasyncd.core.settings import CoreSettings
 from hasyncd.daemon import logs
 from hasyncd.daemon.api import API_DRAIN_S, Api
+from hasyncd.daemon.coreviews import CoreCluster, CoreWriter, node_gauges
+from hasyncd.daemon.dialer import Dialer
 from hasyncd.daemon.eventhub import EventHub
 from hasyncd.daemon.hooks import HookRunner
 from hasyncd.daemon.metrics import Metrics
 from hasyncd.daemon.reload import plan as plan_reload
 from hasyncd.daemon.system import InterfaceMonitor, LoopLagMonitor, SystemdNotifier
+from hasyncd.daemon.views import ApiViews
 from hasyncd.daemon.waiters import SyncWaiters
 from hasyncd.errors import ConfigError, HasyncdError
 from hasyncd.store import Store
@@ -164,12 +167,31 @@ class Daemon:
         self._monitor_task: asyncio.Task[None] | None = None
         self._status_sent = ""
         self._tasks: set[asyncio.Task[None]] = set()
-        self.metrics = Metrics(self)
+        self._failure: tuple[str, BaseException] | None = None  # the first crash: exit 1
+        self.metrics = Metrics(lambda: node_gauges(self.core, self.clock()))
         self.hub = EventHub(on_subscribers=self._record_events_wanted)
         self.waiters = SyncWaiters()
-        self.hooks = HookRunner(config.hooks, config.node.name, self.metrics)
+        self.hooks = HookRunner(config.hooks, config.node.name, self.metrics.hook_run)
         self.notifier = SystemdNotifier()
-        self.api = Api(self)
+        self.dialer = Dialer(
+            lambda address: LinkProtocol(self, True, address),
+            lambda: self.config.link.handshake_timeout_ms / 1000.0,
+            self._connect_failed,
+        )
+        self.api = Api(
+            ApiViews(
+                config=lambda: self.config,
+                clock=self.clock,
+                writer=CoreWriter(self.core, self.flush),
+                reader=self.store,
+                cluster=CoreCluster(self.core, self.flush, self.wait_role),
+                hooks=self.hooks,
+                counters=self.metrics,
+                waiters=self.waiters,
+                hub=self.hub,
+                metrics=self.metrics.render,
+            )
+        )
         self._server: asyncio.Server | None = None
         self.role_changed = asyncio.Condition()
 
@@ -188,8 +210,22 @@ class Daemon:
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background task failed", exc_info=task.exception())
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            name = getattr(task.get_coro(), "__qualname__", task.get_name())
+            self.crashed(f"background task {name}", exc)
+
+    def crashed(self, where: str, exc: BaseException) -> None:
+        """A bug escaped a task or a callback: log it with its traceback and stop the node.
+
+        Never swallowed and never restarted in place: the state the failed
+        code left behind is unknown.  The node makes its planned stop (a
+        primary hands over) and exits with status 1, and systemd
+        (``Restart=on-failure``) starts it again, resynchronised from a peer.
+        """
+        log.error("%s failed; stopping the node", where, exc_info=exc)
+        if self._failure is None:
+            self._failure = (where, exc)
+        self._stopping.set()
 
     # -- the core's outputs ----------------------------------------------------------
 
@@ -213,12 +249,15 @@ class Daemon:
 
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
-        self.core.handle_timer(self.clock())
-        self.flush()
+        try:
+            self.core.handle_timer(self.clock())
+            self.flush()
+        except Exception as exc:  # the loop would only log it: the node would stop beating
+            self.crashed("the core's timer", exc)
 
     def _on_event(self, ev: Event) -> None:
         if isinstance(ev, Dial):
-            self.spawn(self._dial(ev.address))
+            self.spawn(self.dialer.dial(ev.address))
             return
         if isinstance(ev, Close):
             transport = self.transports.get(ev.conn_id)
@@ -292,21 +331,9 @@ class Daemon:
     def _record_events_wanted(self, wanted: bool) -> None:
         self.core.record_events = wanted
 
-    async def _dial(self, address: str) -> None:
-        host, _, port = address.rpartition(":")
-        host = host.strip("[]")
-        timeout = self.config.link.handshake_timeout_ms / 1000.0
-        try:
-            async with asyncio.timeout(timeout):
-                await self.loop.create_connection(
-                    lambda: LinkProtocol(self, True, address), host, int(port)
-                )
-        except (OSError, TimeoutError) as exc:
-            reason = (
-                "connect timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-            )
-            self.core.connect_failed(address, self.clock(), reason)
-            self.flush()
+    def _connect_failed(self, address: str, reason: str) -> None:
+        self.core.connect_failed(address, self.clock(), reason)
+        self.flush()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -323,7 +350,7 @@ class Daemon:
             ) from None
         await self.api.start()
         self.spawn(self.hooks.run())
-        self.spawn(LoopLagMonitor(self.metrics).run())
+        self.spawn(LoopLagMonitor(self.metrics.loop_lag).run())
         self._start_monitor()
         self.flush()
         self.notifier.ready(f"starting: link {listen}")
@@ -425,6 +452,9 @@ class Daemon:
         finally:
             for sig in signals:
                 self.loop.remove_signal_handler(sig)
+        if self._failure is not None:
+            where, exc = self._failure
+            raise HasyncdError(f"stopped after an internal error in {where}: {exc!r} (logged)")
 
     async def _until(self, event: asyncio.Event, timeout: float) -> bool:
         """Wait for ``event`` for at most ``timeout`` s, or until a second signal forces."""

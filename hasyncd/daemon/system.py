@@ -16,10 +16,6 @@ import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from hasyncd.daemon.metrics import Metrics
 
 log = logging.getLogger("hasyncd.system")
 
@@ -95,12 +91,12 @@ class InterfaceMonitor:
 
 
 class LoopLagMonitor:
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
+    def __init__(self, observe: Callable[[float], None]) -> None:
+        self.observe = observe  # seconds late: Metrics.loop_lag
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             start = loop.time()
             await asyncio.sleep(LAG_PROBE)
-            self.metrics.loop_lag(max(0.0, loop.time() - start - LAG_PROBE))
+            self.observe(max(0.0, loop.time() - start - LAG_PROBE))
