@@ -14,6 +14,7 @@ import logging
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +187,38 @@ def test_the_cli_exits_1_after_a_crash(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(Daemon, "start", start_then_crash)
     monkeypatch.setattr("hasyncd.daemon.logs.setup", lambda level: None)
     assert cli.main(["run", "--config", str(cfg.path)]) == cli.EXIT_RUNTIME
+
+
+@pytest.mark.integration
+def test_the_goodbye_arrives_although_an_api_request_holds_up_the_stop(
+    make_cluster: Any,
+) -> None:
+    """The stopping node keeps its heartbeats going while its API drains.
+
+    A request still reading its body makes the API drain last API_DRAIN_S.
+    If the node went silent meanwhile, its peer would declare it lost
+    (heartbeat interval x threshold = 0.5 s here), close the link, and the
+    GOODBYE would never be read.
+    """
+    cluster = make_cluster()
+    primary, secondary = cluster.wait_pair()
+    held = socket.socket(socket.AF_UNIX)
+    held.connect(str(secondary.socket))
+    held.sendall(
+        b"PUT /v1/records/ike_sa/x HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100\r\n\r\n{"a":'
+    )
+    try:
+        time.sleep(0.3)  # (lets the request reach its handler, which waits for the body)
+        secondary.signal(signal.SIGTERM)
+        assert secondary.proc is not None
+        assert secondary.proc.wait(15) == 0
+        cluster.wait(
+            lambda: "fw-b closed the link: shutdown" in primary.log.read_text(), 5, "the GOODBYE"
+        )
+        assert "peer fw-b lost: no authenticated frame" not in primary.log.read_text()
+    finally:
+        held.close()
 
 
 def test_free_port_helper_is_free() -> None:

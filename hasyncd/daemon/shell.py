@@ -164,6 +164,7 @@ class Daemon:
         self._stop_ready = asyncio.Event()  # the core's StopReady
         self._links_closed = asyncio.Event()
         self._stopped = False
+        self._core_done = False  # finish_shutdown ran: no timer, no dial any more
         self._monitor_task: asyncio.Task[None] | None = None
         self._status_sent = ""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -238,6 +239,8 @@ class Daemon:
                 transport.write(data)
         for ev in core.events():
             self._on_event(ev)
+        if self._core_done:
+            return
         when = core.next_timer()
         # Keep an earlier timer: re-arming it later on every flush would let a
         # busy API handler postpone heartbeats forever.  Firing early is harmless.
@@ -257,7 +260,8 @@ class Daemon:
 
     def _on_event(self, ev: Event) -> None:
         if isinstance(ev, Dial):
-            self.spawn(self.dialer.dial(ev.address))
+            if not self._core_done:
+                self.spawn(self.dialer.dial(ev.address))
             return
         if isinstance(ev, Close):
             transport = self.transports.get(ev.conn_id)
@@ -493,18 +497,24 @@ class Daemon:
         log.info("stopped")
 
     async def _close(self) -> None:
-        """Close everything ``start()`` opened, in order; safe after a partial start."""
+        """Close everything ``start()`` opened, in order; safe after a partial start.
+
+        The core's timer keeps running while the API drains: a node that went
+        silent for the drain (up to 2 x API_DRAIN_S) would be declared lost by
+        its peers before its GOODBYE arrived, and the peer's loss handling
+        would close the link the GOODBYE was to travel on.
+        """
         core = self.core
-        if self._timer is not None:
-            self._timer.cancel()
         if self._server is not None:
             self._server.close()  # no new links; the open ones get their GOODBYE below
         self.hub.close("node shutting down")
         await self.api.stop()
         core.finish_shutdown(self.clock())
         self.flush()
+        self._core_done = True
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = self._timer_at = None
         for transport in list(self.transports.values()):
             transport.close()  # writes what is buffered (the GOODBYE), then closes
         if self.transports and not self._force.is_set():
