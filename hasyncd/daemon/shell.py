@@ -36,16 +36,16 @@ from hasyncd.core.events import (
     Watermark,
 )
 from hasyncd.core.node import NodeCore
-from hasyncd.core.settings import CoreSettings
 from hasyncd.daemon import logs
 from hasyncd.daemon.api import API_DRAIN_S, Api
+from hasyncd.daemon.corelink import LinkProtocol, core_clock, core_settings
 from hasyncd.daemon.coreviews import CoreCluster, CoreWriter, node_gauges
 from hasyncd.daemon.dialer import Dialer
 from hasyncd.daemon.eventhub import EventHub
 from hasyncd.daemon.hooks import HookRunner
 from hasyncd.daemon.metrics import Metrics
 from hasyncd.daemon.reload import plan as plan_reload
-from hasyncd.daemon.system import InterfaceMonitor, LoopLagMonitor, SystemdNotifier
+from hasyncd.daemon.system import InterfaceMonitor, LoopLagMonitor, SystemdNotifier, status_line
 from hasyncd.daemon.views import ApiViews
 from hasyncd.daemon.waiters import SyncWaiters
 from hasyncd.errors import ConfigError, HasyncdError
@@ -53,8 +53,6 @@ from hasyncd.store import Store
 
 log = logging.getLogger("hasyncd.daemon")
 
-
-BOOTTIME = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
 
 # A planned stop ends within this many seconds whatever peers and API clients
 # do: below systemd's TimeoutStopSec=15 (systemd/hasyncd.service), so a
@@ -66,80 +64,6 @@ LINK_DRAIN_S = 0.5
 STOP_SLACK_S = 0.5
 # How often systemd's STATUS= is looked at again (sent only when it changed).
 STATUS_REFRESH_S = 1.0
-
-
-def core_clock() -> float:
-    """The core's clock: monotonic, and counting time the machine was suspended.
-
-    CLOCK_BOOTTIME (Linux) keeps running while a VM is paused or a host is
-    suspended; CLOCK_MONOTONIC does not.  With it a primary that was frozen
-    that way sees the gap as its own stall and fences itself, exactly as
-    after a SIGSTOP, instead of taking writes as if no time had passed.
-    """
-    return time.clock_gettime(BOOTTIME)
-
-
-def core_settings(config: Config) -> CoreSettings:
-    node, link = config.node, config.link
-    return CoreSettings(
-        name=node.name,
-        tag=node.id,
-        priority=node.priority,
-        group_id=link.group_id,
-        psk=config.psk,
-        peers=tuple(str(a) for a in link.peers),
-        listen=str(link.listen),
-        heartbeat_interval=link.heartbeat_interval_ms / 1000.0,
-        lost_threshold=link.heartbeat_lost_threshold,
-        holddown=link.hello_holddown_ms / 1000.0,
-        window=link.window_kib * 1024,
-        override=node.override,
-        preempt_delay=node.preempt_delay_s,
-        uptime_margin=node.uptime_margin_s,
-        max_flaps=node.max_flaps,
-        esp_seq_margin=config.promotion.esp_seq_margin,
-        tombstone_ttl=float(config.store.tombstone_ttl_s),
-        handshake_timeout=link.handshake_timeout_ms / 1000.0,
-        handover_timeout=config.promotion.handover_timeout_ms / 1000.0,
-        monitors=node.monitor,
-    )
-
-
-class LinkProtocol(asyncio.Protocol):
-    """One HA link connection; every callback goes straight into the core."""
-
-    def __init__(self, daemon: Daemon, initiator: bool, address: str | None = None) -> None:
-        self.daemon = daemon
-        self.initiator = initiator
-        self.address = address
-        self.conn_id = daemon.new_conn_id()
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        d = self.daemon
-        d.transports[self.conn_id] = transport
-        if self.address is None:
-            peer = transport.get_extra_info("peername")
-            self.address = f"{peer[0]}:{peer[1]}" if peer else "?"
-        d.core.connection_made(
-            self.conn_id, initiator=self.initiator, address=self.address, now=d.clock()
-        )
-        d.flush()
-
-    def data_received(self, data: bytes) -> None:
-        d = self.daemon
-        d.core.receive_data(self.conn_id, data, d.clock())
-        d.flush()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        d = self.daemon
-        d.transports.pop(self.conn_id, None)
-        if not d.transports:
-            d.links_closed()
-        d.core.connection_lost(self.conn_id, d.clock())
-        d.flush()
 
 
 class Daemon:
@@ -305,16 +229,7 @@ class Daemon:
             self._update_status()
 
     def _status_line(self) -> str:
-        """systemd's STATUS=: role, sync state and every peer, as ``systemctl status`` shows."""
-        st = self.core.status(self.clock())
-        role = str(st["role"])
-        sync = "" if role == "primary" else (" in sync" if st["in_sync"] else " not in sync")
-        peers = []
-        for p in st["peers"]:  # type: ignore[attr-defined]
-            name = p["node"] or p["address"]
-            state = p["link"] + (", in sync" if p["in_sync"] else "")
-            peers.append(f"{name} {state}")
-        return f"{role}{sync} in epoch {st['epoch']}; peers: {'; '.join(peers) or 'none'}"
+        return status_line(self.core.status(self.clock()))
 
     async def _notify_role_waiters(self) -> None:
         async with self.role_changed:

@@ -60,6 +60,18 @@ class SystemdNotifier:
             await asyncio.sleep(self._watchdog / 2)
 
 
+def status_line(st: dict[str, object]) -> str:
+    """systemd's STATUS=: role, sync state and every peer, as ``systemctl status`` shows."""
+    role = str(st["role"])
+    sync = "" if role == "primary" else (" in sync" if st["in_sync"] else " not in sync")
+    peers = []
+    for p in st["peers"]:  # type: ignore[attr-defined]
+        name = p["node"] or p["address"]
+        state = p["link"] + (", in sync" if p["in_sync"] else "")
+        peers.append(f"{name} {state}")
+    return f"{role}{sync} in epoch {st['epoch']}; peers: {'; '.join(peers) or 'none'}"
+
+
 def operstate(ifname: str) -> str:
     try:
         return (SYS_NET / ifname / "operstate").read_text().strip()
