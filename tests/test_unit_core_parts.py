@@ -7,7 +7,10 @@ promotion is being rewritten.
 
 from __future__ import annotations
 
+import logging
 import time
+
+import pytest
 
 from hasyncd import samples
 from hasyncd.core.damping import FlapDamper
@@ -44,6 +47,37 @@ def test_damper_counts_a_change_exactly_one_window_old_and_resumes_after() -> No
     assert d.suspended_since is None  # one change left: back under max_flaps
     assert d.status(WINDOW + 1) is None
     assert d.deadline() == 100.0 + WINDOW
+
+
+def test_a_fresh_damper_is_not_suspended_and_has_no_deadline() -> None:
+    d = FlapDamper(max_flaps=3, window=WINDOW)
+    assert d.suspended_since is None
+    assert d.status(0.0) is None
+    assert d.deadline() is None
+
+
+def test_damper_logs_suspension_and_resumption_for_the_operator(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    d = FlapDamper(max_flaps=1, window=WINDOW)
+    with caplog.at_level(logging.INFO, logger="hasyncd.roles"):
+        d.note(0.0)
+        d.note(30.0)
+        d.expire(WINDOW + 1)
+    (suspended, resumed) = caplog.records
+    assert suspended.levelno == logging.ERROR
+    # journalctl -p err shows it; the README and the lifecycle tests look for this word.
+    assert suspended.getMessage().startswith("SUSPENDED automatic promotion: 2 role changes")
+    assert resumed.levelno == logging.WARNING
+    assert resumed.getMessage().startswith("automatic promotion resumed")
+
+
+def test_damper_status_gives_milliseconds() -> None:
+    d = FlapDamper(max_flaps=0, window=WINDOW)
+    d.note(30.0)
+    st = d.status(50.12345)
+    assert st is not None
+    assert st["since_s"] == 20.123
 
 
 def test_damper_spread_out_changes_never_suspend() -> None:
