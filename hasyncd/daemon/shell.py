@@ -436,6 +436,8 @@ class Daemon:
             self._links_closed.clear()
             await self._until(self._links_closed, LINK_DRAIN_S)
         for transport in list(self.transports.values()):
+            if unsent := transport.get_write_buffer_size():  # the GOODBYE is at its end
+                log.warning("stop: a link's last %d bytes (its GOODBYE) were not sent", unsent)
             transport.abort()
         for task in list(self._tasks):
             task.cancel()
