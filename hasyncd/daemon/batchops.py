@@ -18,12 +18,11 @@ import msgspec
 from hasyncd.daemon.bodies import (
     MAX_BATCH_OPS,
     MAX_NESTING,
-    ApiError,
     BadLine,
     decode_json,
     ndjson_lines,
 )
-from hasyncd.errors import HasyncdError
+from hasyncd.errors import ApiError, HasyncdError
 
 
 class Op(msgspec.Struct, forbid_unknown_fields=True, gc=False):
