@@ -34,7 +34,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from hasyncd.errors import RecordError
 from hasyncd.policy import shown_id
@@ -70,8 +70,13 @@ FEED_STEP = 1024
 
 REPLICATED_KIND_CODES: tuple[int, ...] = tuple(sorted(KINDS_BY_CODE))
 
-if TYPE_CHECKING:
-    from hasyncd.core.backlog import Backlog
+
+class WriteLog(Protocol):
+    """What a resuming session reads of the primary's backlog (``hasyncd.core.backlog``)."""
+
+    def holds_after(self, version: int) -> bool: ...
+
+    def since(self, version: int, limit: int) -> list[tuple[int, int, str, float]]: ...
 
 
 class MarkKind(Enum):
@@ -203,7 +208,7 @@ class OutboundSession:
         resume: Position | None = None,
         floor: int | None = None,
         bulk_sent: int = 0,
-        feed: tuple[Backlog, int] | None = None,
+        feed: tuple[WriteLog, int] | None = None,
     ) -> None:
         """A new snapshot, or (``hasyncd.core.backlog``) the resumption of one.
 
@@ -226,7 +231,7 @@ class OutboundSession:
         self.bulk_acked = 0  # snapshot records the peer acknowledged
         self.in_sync = False  # the peer acknowledged BULK_END
         self.acked = 0  # watermark the peer acknowledged
-        self._backlog: Backlog | None = None
+        self._backlog: WriteLog | None = None
         self.feed: int | None = None  # the backlog's writes after it are still to be queued
         if feed is not None:
             self._backlog, self.feed = feed
