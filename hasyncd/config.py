@@ -31,6 +31,7 @@ from hasyncd.configschema import (
     address,
     convert_section,
 )
+from hasyncd.core.backlog import BACKLOG_MIB_DEFAULT, BACKLOG_S_DEFAULT
 from hasyncd.errors import ConfigError
 from hasyncd.secret import Secret
 
@@ -83,6 +84,7 @@ class LinkConfig:
     hello_holddown_ms: Annotated[int, Int(0, 600000)] = 2000
     handshake_timeout_ms: Annotated[int, Int(100, 60000)] = 3000
     window_kib: Annotated[int, Int(64, 65536)] = 1024
+    psk_next_file: Path | None = None  # the next cluster key during a rotation
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,6 +118,16 @@ class HooksConfig:
 @dataclass(frozen=True, kw_only=True)
 class StoreConfig:
     tombstone_ttl_s: Annotated[int, Int(1, 7 * 86400)] = 3600
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplicationConfig:
+    """``[replication]``: the primary's backlog for resuming secondaries (PROTOCOL.md 10.7)."""
+
+    # Up to 4 GiB: a budget beyond that is memory better spent on a snapshot.
+    backlog_mib: Annotated[int, Int(1, 4096)] = BACKLOG_MIB_DEFAULT
+    # 0: resume only when nothing was written meanwhile.
+    backlog_s: Annotated[int, Int(0, 86400)] = BACKLOG_S_DEFAULT
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,6 +165,8 @@ class Config:
     psk: Secret
     portal: PortalConfig | None = None
     api_token: Secret | None = None  # the TCP API's bearer token ([api] token_file)
+    psk_next: Secret | None = None  # the next link key ([link] psk_next_file), during a rotation
+    replication: ReplicationConfig = ReplicationConfig()
 
 
 # Each TOML section and the dataclass that declares its keys.
@@ -164,6 +178,7 @@ SECTIONS: dict[str, type] = {
     "promotion": PromotionConfig,
     "hooks": HooksConfig,
     "store": StoreConfig,
+    "replication": ReplicationConfig,
     "log": LogConfig,
     "portal": PortalConfig,
 }
@@ -272,7 +287,11 @@ def parse(data: dict[str, Any], path: Path, *, load_key: bool = True) -> Config:
         raise ConfigError("[link].peers: lists an address twice")
     if link.listen in link.peers:
         raise ConfigError("[link].peers lists this node's own listen address")
-    link = replace(link, psk_file=_resolve(link.psk_file, path))
+    link = replace(
+        link,
+        psk_file=_resolve(link.psk_file, path),
+        psk_next_file=_resolve_opt(link.psk_next_file, path),
+    )
     api: ApiConfig = values["api"]
     if api.socket is None and api.listen is None:
         raise ConfigError("[api]: set socket, listen or both")
@@ -286,11 +305,22 @@ def parse(data: dict[str, Any], path: Path, *, load_key: bool = True) -> Config:
     api = replace(
         api, socket=_resolve_opt(api.socket, path), token_file=_resolve_opt(api.token_file, path)
     )
+    replication: ReplicationConfig = values["replication"]
+    ttl = values["store"].tombstone_ttl_s
+    if "backlog_s" not in data.get("replication", {}):
+        replication = replace(replication, backlog_s=min(BACKLOG_S_DEFAULT, ttl - 1))
+    if replication.backlog_s >= ttl:
+        raise ConfigError(
+            "[replication].backlog_s must be below [store].tombstone_ttl_s: a resumed "
+            "secondary is sent the tombstones of the deletes the backlog covers"
+        )
     hooks: HooksConfig = values["hooks"]
     for name in ("on_primary", "on_secondary", "on_fault"):
         _check_hook(getattr(hooks, name), f"[hooks].{name}")
     portal = _portal(values["portal"], path) if "portal" in values else None
     psk = load_psk(link.psk_file) if load_key else Secret(bytes(PSK_BYTES))
+    nxt = link.psk_next_file
+    psk_next = load_secret(nxt, "[link].psk_next_file") if nxt is not None and load_key else None
     token = api.token_file
     api_token = load_secret(token, "[api].token_file") if token is not None and load_key else None
     return Config(
@@ -303,9 +333,11 @@ def parse(data: dict[str, Any], path: Path, *, load_key: bool = True) -> Config:
         hooks=hooks,
         store=values["store"],
         log=values["log"],
+        replication=replication,
         psk=psk,
         portal=portal,
         api_token=api_token,
+        psk_next=psk_next,
     )
 
 

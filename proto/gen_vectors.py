@@ -72,6 +72,8 @@ def message_fields(msg: m.Message) -> dict[str, Any]:
                 for c in msg.changes
             ],
         }
+    if isinstance(msg, m.SyncRequest) and not msg.resume_epoch:
+        return {"reason": msg.reason}  # the short form: only the field it encodes
     out: dict[str, Any] = {}
     for f in msgspec.structs.fields(msg):
         v = getattr(msg, f.name)
@@ -243,6 +245,12 @@ def message_samples() -> list[tuple[str, m.Message, int]]:
             u64,
         ),
         ("SYNC_REQUEST", m.SyncRequest("follow"), EPOCH_A),
+        (
+            "SYNC_REQUEST resuming a snapshot after a record",
+            m.SyncRequest("resume", EPOCH_A, 7, 2, ike_id),
+            EPOCH_A,
+        ),
+        ("SYNC_REQUEST resuming the stream", m.SyncRequest("resume", EPOCH_A, 7, 0, None), EPOCH_A),
         ("BULK_START", m.BulkStart(1, 3), EPOCH_A),
         (
             "RECORDS bulk, one record per kind",

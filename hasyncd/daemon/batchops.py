@@ -28,7 +28,6 @@ from hasyncd.daemon.bodies import (
     MAX_BATCH_OPS,
     MAX_NESTING,
     MSGPACK_ERRORS,
-    ApiError,
     BadLine,
     decode_json,
     decode_msgpack_op,
@@ -36,7 +35,7 @@ from hasyncd.daemon.bodies import (
     msgpack_unpacker,
     ndjson_lines,
 )
-from hasyncd.errors import HasyncdError
+from hasyncd.errors import ApiError, HasyncdError
 from hasyncd.records import KINDS
 
 

@@ -2,8 +2,8 @@
 
 A body is read whole however it arrives (segments, chunks) but never past its
 limit; JSON and msgpack are decoded with bounded nesting, a batch with a
-bounded op count.  Every refusal is an ``ApiError`` carrying the HTTP status
-and the error code; ``hasyncd.daemon.api`` answers and counts it.
+bounded op count.  Every refusal is an ``ApiError`` (``hasyncd.errors``)
+carrying the HTTP status and the error code; ``hasyncd.daemon.api`` answers and counts it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import msgpack
 from aiohttp import web
 
 from hasyncd.daemon.apilimits import BODY_TIMEOUT_S
-from hasyncd.errors import HasyncdError
+from hasyncd.errors import ApiError
 
 MAX_BATCH_OPS = 200_000  # ops per batch request
 # Containers nested inside one op or record body.  The deepest legal op nests
@@ -27,16 +27,6 @@ MAX_BATCH_OPS = 200_000  # ops per batch request
 MAX_NESTING = 32
 # Event ids are the hub's u64 sequence numbers: at most 20 ASCII digits.
 MAX_EVENT_ID = 2**64 - 1
-
-
-class ApiError(HasyncdError):
-    """A refusal of the local API: the HTTP status, the error code and extra body fields."""
-
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.extra = extra
 
 
 def last_event_id(value: str | None) -> int | None:

@@ -166,10 +166,26 @@ class Heartbeat(_Message, frozen=True):
 
 
 class SyncRequest(_Message, frozen=True):
-    """A secondary asks its primary for a snapshot followed by the change stream."""
+    """A secondary asks its primary for a snapshot followed by the change stream.
+
+    With ``resume_epoch`` set it asks to resume instead (PROTOCOL.md 10.7): it
+    still holds what session ``resume_snap`` of that epoch delivered, either
+    the whole snapshot (``resume_kind`` 0) or the snapshot up to record
+    ``resume_after`` of kind ``resume_kind`` (None: none of that kind yet).
+    Two forms on the wire: ``[reason]`` (``resume_epoch`` 0, encoded as
+    before the resume form existed) and all five fields.
+    """
 
     TYPE: ClassVar[MsgType] = MsgType.SYNC_REQUEST
     reason: ShortText
+    resume_epoch: Annotated[int, Meta(ge=1)] = 0
+    resume_snap: UInt32 = 0
+    resume_kind: Annotated[int, Meta(ge=0, le=len(KIND_BY_CODE))] = 0
+    resume_after: RecordId | None = None
+
+    def body(self) -> list[Any]:
+        fields = list(msgspec.structs.astuple(self))
+        return fields if self.resume_epoch else fields[:1]
 
 
 class BulkStart(_Message, frozen=True):
@@ -278,10 +294,12 @@ _STRUCTS: tuple[type[_Message], ...] = (
 _DECODERS: dict[int, Any] = {int(c.TYPE): msgspec.msgpack.Decoder(c) for c in _STRUCTS}
 _FIELDS: dict[int, tuple[str, ...]] = {int(c.TYPE): c.__struct_fields__ for c in _STRUCTS}
 # Types whose Struct has defaults: msgspec would accept their trailing fields
-# missing, so their array length is checked from the body's header.
-_ARITY: dict[int, int] = {
-    int(c.TYPE): len(c.__struct_fields__) for c in _STRUCTS if c.__struct_defaults__
+# missing, so their array length is checked from the body's header.  Every
+# field is required, except SYNC_REQUEST's four resume fields (both or none).
+_ARITY: dict[int, tuple[int, ...]] = {
+    int(c.TYPE): (len(c.__struct_fields__),) for c in _STRUCTS if c.__struct_defaults__
 }
+_ARITY[MsgType.SYNC_REQUEST] = (1, 5)
 _untyped = msgspec.msgpack.Decoder()
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -294,6 +312,8 @@ def encode(msg: Message, epoch: int) -> bytes:
     head = HEADER.pack(PROTOCOL_VERSION, msg.TYPE, epoch)
     if type(msg) is Records:
         return head + _encode([int(msg.phase), *chain.from_iterable(msg.changes)])
+    if type(msg) is SyncRequest and not msg.resume_epoch:
+        return head + _encode([msg.reason])  # the short form
     return head + _encode(msg)
 
 
@@ -310,14 +330,17 @@ def decode(data: bytes) -> tuple[int, Message]:
     if decoder is None:
         raise UnknownMessageType(f"unknown message type {mtype}")
     arity = _ARITY.get(mtype)
-    if arity is not None and _array_len(data) != arity:
-        raise MalformedMessage(f"{MsgType(mtype).name}: expected an array of {arity} fields")
+    if arity is not None and _array_len(data) not in arity:
+        n = " or ".join(map(str, arity))
+        raise MalformedMessage(f"{MsgType(mtype).name}: expected an array of {n} fields")
     try:
         msg: Message = decoder.decode(data[HEADER_LEN:])
     except msgspec.ValidationError as exc:
         raise _invalid(MsgType(mtype).name, exc, _FIELDS[mtype]) from None
     except msgspec.MsgspecError as exc:
         raise _undecodable(MsgType(mtype).name, exc) from None
+    if type(msg) is SyncRequest and msg.resume_after is not None and not msg.resume_kind:
+        raise MalformedMessage("SYNC_REQUEST: field resume_after: must be nil with resume_kind 0")
     return epoch, msg
 
 
