@@ -51,6 +51,10 @@ def _parse_ip_text(v: str) -> bytes:
         raise Bad(_IP_EXPECTED) from None
 
 
+# The cache's lookup alone (``schemagen`` inlines it, calling ``parse_ip`` on a miss).
+ip_cache_get = _ip_cache.get
+
+
 def parse_ip(v: str) -> bytes:
     out = _ip_cache.get(v)
     if out is None:

@@ -50,6 +50,7 @@ from hasyncd.schemaerrors import (
     join_path,
     validation_error,
 )
+from hasyncd.schemagen import compile_to_wire
 
 __all__ = [
     "Bad",
@@ -166,6 +167,8 @@ class Bool(Codec):
 class Enum(Codec):
     """A string from a fixed list; on the wire its index."""
 
+    inline = "enum"  # how schemagen inlines its conversion
+
     def __init__(self, *names: str) -> None:
         self.names = names
         index = {n: i for i, n in enumerate(names)}
@@ -177,6 +180,8 @@ class Enum(Codec):
 
 class Hex(Codec):
     """Binary data written as hex in JSON (keys, SPIs); raw bytes on the wire."""
+
+    inline = "hex"  # how schemagen inlines its conversion
 
     def __init__(self, min_bytes: int, max_bytes: int) -> None:
         self.min_bytes, self.max_bytes = min_bytes, max_bytes
@@ -203,6 +208,8 @@ class Hex(Codec):
 class IP(Codec):
     """An IPv4 or IPv6 address; on the wire its 4 or 16 packed bytes."""
 
+    inline = "ip"  # how schemagen inlines its conversion
+
     wire_type = Annotated[bytes, msgspec.Meta(min_length=4, max_length=16)]
     json_type = str
     to_wire = staticmethod(parse_ip)
@@ -222,6 +229,8 @@ class Prefix(Codec):
 
 
 class Nullable(Codec):
+    inline = "nullable"  # how schemagen inlines its conversion
+
     def __init__(self, inner: Codec) -> None:
         self.inner = inner
         self.wire_type = inner.wire_type | None
@@ -375,6 +384,8 @@ class Field:
 class Struct(Codec):
     """A JSON object with a fixed set of fields; on the wire a positional array."""
 
+    inline = "struct"  # how schemagen inlines its conversion
+
     def __init__(self, name: str, *fields: Field) -> None:
         self.fields = fields
         self.names = tuple(f.name for f in fields)
@@ -421,12 +432,12 @@ class Struct(Codec):
                 args.append(x)
             return wire(*args)
 
-        fast = _compile_to_wire(wire, plan)
+        fast = compile_to_wire(self)
 
         def to_wire(v: Any) -> Any:
             try:
                 return fast(v)
-            except Bad:
+            except (Bad, ValueError):  # the slow path names the field
                 return slow(v)
 
         def to_json(w: Any) -> dict[str, Any]:
@@ -434,24 +445,6 @@ class Struct(Codec):
 
         self.to_wire = to_wire
         self.to_json = to_json
-
-
-def _compile_to_wire(
-    wire: type[msgspec.Struct], plan: list[tuple[str, Callable[[Any], Any] | None]]
-) -> Callable[[Any], Any]:
-    """One straight-line function for a Struct's API -> wire conversion (the hot path)."""
-    env: dict[str, Any] = {"wire": wire}
-    args = []
-    for i, (name, conv) in enumerate(plan):
-        assert name.isidentifier()
-        if conv is None:
-            args.append(f"v.{name}")
-        else:
-            env[f"c{i}"] = conv
-            args.append(f"c{i}(v.{name})")
-    src = f"def fast(v):\n    return wire({', '.join(args)})\n"
-    exec(src, env)  # noqa: S102 - generated from the schema's own field names, not from input
-    return env["fast"]  # type: ignore[no-any-return]
 
 
 def _string_fail(path: str, codec: Str) -> None:
