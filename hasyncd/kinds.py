@@ -188,7 +188,8 @@ def _sa_id(w: Any) -> str:
     return f"{_PROTO_NAMES[w.proto]}-{w.spi:08x}@{format_ip(w.dst)}"
 
 
-def _sa_check(w: Any) -> None:
+def _sa_check(w: Any, lists: bool = True) -> None:
+    """The SA's cross-field rules; ``lists=False``: its selectors were checked on conversion."""
     n = len(w.src)
     if n not in {4, 16}:
         check_ip(w.src, "src")
@@ -209,7 +210,8 @@ def _sa_check(w: Any) -> None:
         raise RecordError("replay_bitmap applies to inbound SAs only", field="replay_bitmap")
     if not w.esn and w.seq > U32:
         raise RecordError("seq exceeds 2^32-1 on an SA without ESN", field="seq")
-    _SELECTORS.check(w.selectors, "selectors")
+    if lists:
+        _SELECTORS.check(w.selectors, "selectors")
 
 
 def _sa_expiry(w: Any) -> float | None:
@@ -258,7 +260,7 @@ def _ike_id(w: Any) -> str:
     return str(w.ispi.hex() + w.rspi.hex())
 
 
-def _ike_check(w: Any) -> None:
+def _ike_check(w: Any, lists: bool = True) -> None:
     if w.ispi == bytes(8):
         raise RecordError("ispi must not be zero", field="ispi")
     check_ip(w.local.addr, "local.addr")
@@ -294,8 +296,10 @@ def require_mid_sync(wire: Any) -> Any | None:
 # --- sslvpn_web_session -----------------------------------------------------
 
 
-def _web_check(w: Any) -> None:
-    _GROUPS.check(w.groups, "groups")
+def _web_check(w: Any, lists: bool = True) -> None:
+    """The session's rules; ``lists=False``: its groups were checked on conversion."""
+    if lists:
+        _GROUPS.check(w.groups, "groups")
     if w.client_ip is not None:
         check_ip(w.client_ip, "client_ip")
     if w.last_seen < w.created_at:

@@ -120,7 +120,8 @@ class Kind:
         *,
         make_id: Callable[[Any], str | None],  # None: the id is not derived (web sessions)
         id_pattern: str,
-        check: Callable[[Any], None],
+        # (wire, lists): lists=False skips the CachedList checks a conversion already ran
+        check: Callable[[Any, bool], None],
         expiry: Callable[[Any], float | None],
         merge: Callable[[Any, Any], Any],  # (winner, loser) -> merged
     ) -> None:
@@ -133,9 +134,15 @@ class Kind:
 
         def full_check(w: Any) -> None:
             check_strings(w)
-            check(w)
+            check(w, True)
+
+        def converted_check(w: Any) -> None:
+            """``full_check`` of a value ``to_wire`` made: its lists were checked by it."""
+            check_strings(w)
+            check(w, False)
 
         self.check = full_check
+        self._converted_check = converted_check
         self.expiry = expiry
         self.merge = merge
         self._json_decoder = msgspec.json.Decoder(schema.api)
@@ -172,13 +179,20 @@ class Kind:
         return self._from_api(api, rid)
 
     def _from_api(self, api: Any, rid: str) -> Record:
-        self.check_id_pattern(rid)
+        # Refusals come in this order: the id's pattern, the value, the derived id.
+        # A derived id that equals ``rid`` matches the pattern: no regex then.
         try:
             wire = self._to_wire(api)
+            self._converted_check(wire)
         except Bad as exc:
+            self.check_id_pattern(rid)
             raise conversion_error(exc) from None
-        self.check(wire)
-        self._check_derived_id(wire, rid)
+        except RecordError:
+            self.check_id_pattern(rid)
+            raise
+        if self.make_id(wire) != rid:
+            self.check_id_pattern(rid)
+            self._check_derived_id(wire, rid)
         return Record(
             _TOKEN, self, rid, value=wire, blob=self.encode(wire), expires=self.expiry(wire)
         )

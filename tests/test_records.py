@@ -925,6 +925,22 @@ def test_malformed_ipsec_ids(rid: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("field", "value"),
+    [("enc", {"alg": "aes", "key": "zz"}), ("src", "not-an-address"), ("seq", 2**40)],
+)
+def test_malformed_id_is_refused_before_the_value(field: str, value: object) -> None:
+    """The id's pattern is checked first, even though the fast path converts first."""
+    _, rec = sample("ipsec_sa", 1)
+    rec[field] = value
+    with pytest.raises(RecordError) as info:
+        SA.from_json(rec, "esp-c0000002@host.example")
+    assert info.value.field == "id"
+    with pytest.raises(RecordError) as info:
+        SA.from_json(rec, "esp-c0000002@203.0.113.2")
+    assert info.value.field != "id"
+
+
+@pytest.mark.parametrize(
     "rid",
     [
         "esp-c0000003@203.0.113.2",  # wrong spi

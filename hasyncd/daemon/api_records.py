@@ -32,6 +32,7 @@ from hasyncd.daemon.views import ApiViews
 from hasyncd.errors import ApiError, NotReplicated, UnknownKind, error_body
 from hasyncd.policy import shown_id
 from hasyncd.records import KINDS_BY_CODE, Kind, Record, kind_for_api
+from hasyncd.store import unpack_version
 from hasyncd.wire.messages import MAX_ID_LEN
 
 MAX_RECORD_BODY = 64 * 1024  # one record's JSON: far above the largest legal record
@@ -47,6 +48,20 @@ BATCH_APPLY_CHUNK = 1024
 _MISSING: Any = object()
 _Chunk = list[tuple[int, str, Record | None]]
 _Parts = list[bytes]
+
+
+class _Version(msgspec.Struct, gc=False):
+    epoch: int
+    seq: int
+
+
+class _Result(msgspec.Struct, gc=False):
+    """One batch op's success, encoded exactly as the dict ``{"status", "id", "version"}``
+    (a Struct encodes in about two thirds of the dict's time)."""
+
+    status: int
+    id: str
+    version: _Version
 
 
 def check_id(rid: str) -> None:
@@ -239,9 +254,8 @@ def _apply_chunk(v: ApiViews, chunk: _Chunk, parts: _Parts, encode: Any) -> int:
             parts.append(encode(_op_error(v, err, {"id": rid})))
         else:
             status = (201 if res.created else 200) if rec is not None else 200
-            parts.append(
-                encode({"status": status, "id": rid, "version": version_json(res.version)})
-            )
+            epoch, seq = unpack_version(res.version)
+            parts.append(encode(_Result(status, rid, _Version(epoch, seq))))
             newest = max(newest, res.version)
     v.writer.flush()
     return newest

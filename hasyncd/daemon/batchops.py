@@ -65,6 +65,7 @@ PUT_KINDS: dict[type, str] = {
         tag_field="kind",
         tag=name,
         forbid_unknown_fields=True,
+        gc=False,  # strings and a gc=False record Struct: no cycles, no collector work
     ): name
     for name, kind in KINDS.items()
 }
