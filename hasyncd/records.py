@@ -143,6 +143,7 @@ class Kind:
 
         self.check = full_check
         self._converted_check = converted_check
+        self._check_strings, self._rules = check_strings, check
         self.expiry = expiry
         self.merge = merge
         self._json_decoder = msgspec.json.Decoder(schema.api)
@@ -214,7 +215,8 @@ class Kind:
         except (msgspec.ValidationError, msgspec.DecodeError):
             self.decode(blob)  # raises the RecordError that names the field
             raise  # pragma: no cover - decode raised
-        self.check(wire)
+        self._check_strings(wire)  # self.check, inlined
+        self._rules(wire, True)
         expected = self.make_id(wire)
         if expected is None:
             if not self.id_pattern.match(rid):

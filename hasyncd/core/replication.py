@@ -30,6 +30,7 @@ uses ``hasyncd.core.merge``.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from typing import Protocol
 from hasyncd.errors import RecordError
 from hasyncd.policy import shown_id
 from hasyncd.records import KINDS_BY_CODE
-from hasyncd.store import HEADER, Store, pack_value, unpack_version
+from hasyncd.store import HEADER, Store, pack_version, unpack_version
 from hasyncd.store import HEADER_LEN as VALUE_HEADER
 from hasyncd.wire.framing import MAX_TRANSPORT_FRAME
 from hasyncd.wire.messages import (
@@ -172,6 +173,8 @@ class Walker:
 
 
 _unpack_header = HEADER.unpack_from
+_pack_header = HEADER.pack
+_INF = math.inf  # a stored value without expiry (see hasyncd.store.pack_value)
 
 
 def change_from_value(kind: int, rid: str, value: bytes) -> Change:
@@ -376,15 +379,17 @@ def apply_changes(
     result = ApplyResult()
     put = store.put_value
     kinds = KINDS_BY_CODE
-    max_version = 0
+    pack = _pack_header  # (seq, epoch, expires): what pack_value writes, without the version int
+    tomb_expires = wall + tombstone_ttl
+    top_epoch = top_seq = 0
     for kind_code, rid, epoch, seq, blob in changes:
-        version = epoch << 64 | seq
         try:
             if blob is None:
                 _check_tombstone_id(kind_code, rid)
-                value = pack_value(version, wall + tombstone_ttl, None)
+                value = pack(seq, epoch, tomb_expires)
             else:
-                value = pack_value(version, kinds[kind_code].validate_blob(blob, rid), blob)
+                expires = kinds[kind_code].validate_blob(blob, rid)
+                value = pack(seq, epoch, _INF if expires is None else expires) + blob
         except RecordError as exc:
             result.invalid += 1
             if result.first_error is None:
@@ -392,6 +397,8 @@ def apply_changes(
             continue
         put(kind_code, rid, value)
         result.applied += 1
-        max_version = max(max_version, version)
+        if epoch > top_epoch or (epoch == top_epoch and seq > top_seq):
+            top_epoch, top_seq = epoch, seq
+    max_version = pack_version(top_epoch, top_seq)
     result.max_version = max_version
     return result
