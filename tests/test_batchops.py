@@ -51,6 +51,21 @@ def test_ndjson_ops_decode_into_structs_and_bad_lines_fail_alone() -> None:
     assert isinstance(got[3], BadLine) and got[3].error.code == "nesting_too_deep"
 
 
+def test_ndjson_puts_decode_from_the_body_and_bad_lines_keep_their_numbers() -> None:
+    """Puts are decoded from views of the body; blank lines are skipped, not numbered."""
+    rid, rec = samples.ipsec_sa(3)
+    put = json.dumps({"op": "put", "kind": "ipsec_sa", "id": rid, "record": rec}).encode()
+    body = b"\n".join([b"", put, b" \t", put + b"\r", b"{nope", b"", put, b'{"op":']) + b"\n\n"
+    got = list(iter_ndjson_ops(body))
+    assert [type(x) in PUT_KINDS for x in got] == [True, True, False, True, False]
+    assert all(x.id == rid for x in got if type(x) in PUT_KINDS)
+    assert [(x.line, x.error.code) for x in got if isinstance(x, BadLine)] == [
+        (3, "invalid_json"),
+        (5, "invalid_json"),
+    ]
+    assert count_ndjson_ops(body) == 5
+
+
 def test_ndjson_op_count_is_bounded() -> None:
     with pytest.raises(ApiError) as err:
         count_ndjson_ops(b"{}\n" * (MAX_BATCH_OPS + 1))

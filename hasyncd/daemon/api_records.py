@@ -26,7 +26,7 @@ from hasyncd.daemon.batchops import (
     iter_msgpack_ops,
     iter_ndjson_ops,
 )
-from hasyncd.daemon.bodies import BadLine, decode_json, read_body
+from hasyncd.daemon.bodies import MAX_BATCH_OPS, BadLine, decode_json, read_body
 from hasyncd.daemon.httperrors import api_error
 from hasyncd.daemon.views import ApiViews
 from hasyncd.errors import ApiError, NotReplicated, UnknownKind, error_body
@@ -188,7 +188,8 @@ async def batch(v: ApiViews, request: web.Request) -> web.StreamResponse:
         ops: Iterator[Any] = iter_msgpack_ops(raw)
         encode: Any = msgspec.msgpack.encode
     else:
-        count_ndjson_ops(raw)
+        if raw.count(b"\n") >= MAX_BATCH_OPS:  # else at most MAX_BATCH_OPS lines: no walk
+            count_ndjson_ops(raw)
         ops = iter_ndjson_ops(raw)
         encode = msgspec.json.encode
     parts: _Parts = []

@@ -87,15 +87,33 @@ def count_ndjson_ops(raw: bytes) -> int:
 
 def iter_ndjson_ops(raw: bytes) -> Iterator[Op | OpError | BadLine | Any]:
     """Each line as a put Struct (``PUT_KINDS``), an ``Op``, an ``OpError``, a ``BadLine``,
-    or (deep lines) a decoded value."""
-    for n, line in enumerate(ndjson_lines(raw), 1):
+    or (deep lines) a decoded value.
+
+    Lines are split as ``ndjson_lines`` does (on "\n"; blank lines skipped and
+    not numbered), but a put is decoded from a view of the body: only the
+    other lines are copied out.
+    """
+    view = memoryview(raw)
+    find, size = raw.find, len(raw)
+    decode = _put_decoder.decode
+    pos = n = 0
+    while pos < size:
+        end = find(b"\n", pos)
+        if end < 0:
+            end = size
+        start, pos = pos, end + 1
         try:
-            put = _put_decoder.decode(line)
+            put = decode(view[start:end])
         except (msgspec.MsgspecError, RecursionError):
-            put = None  # not a well-formed put: the general path says why
+            put = None  # not a well-formed put (or a blank line): the general path says why
         if put is not None:
+            n += 1
             yield put
             continue
+        line = raw[start:end]
+        if not line.strip():
+            continue
+        n += 1
         if line.count(b"[") + line.count(b"{") > MAX_NESTING:
             try:
                 yield decode_json(line)  # the slow path that measures the depth
