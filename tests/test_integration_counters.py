@@ -145,6 +145,11 @@ def test_leases_are_replicated_before_granted_and_bound_the_new_primary(
     assert rec["record"]["seq"] == limit  # starts at the ceiling: nothing reused
     code, rec = secondary.client.get(f"/v1/records/ipsec_sa/{outs[1]}")
     assert rec["record"]["seq"] == sas[outs[1]]["seq"] + 65536  # unleased: the margin
+    # Alone, the new primary cannot make a lease durable: none is granted.
+    code, body = secondary.client.post(
+        "/v1/leases", {"leases": [{"id": outs[0], "seq_limit": limit + 1000}]}
+    )
+    assert (code, body["error"]) == (503, "no_in_sync_secondary"), body
 
 
 def test_kill9_new_primary_shows_seq_advanced_past_the_rate_bound(make_cluster: Any) -> None:

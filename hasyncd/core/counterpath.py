@@ -10,7 +10,9 @@ promotion (``hasyncd.core.seqview``).
 
 Leases (``POST /v1/leases``) raise an outbound SA's ``seq_limit``; the shell
 grants them only once the in-sync secondaries acknowledged the write, so any
-node that can be promoted knows the ceiling.
+node that can be promoted knows the ceiling.  With no in-sync secondary none
+is granted: a node cut off from its peer (a partition, not a death) must not
+hand out numbers the other side's new primary cannot know about.
 """
 
 from __future__ import annotations

@@ -12,8 +12,11 @@ What a stored value means: an ``ipsec_sa``'s ``seq`` and an ``sa_counters``
 adds that promotion's jump, once per promotion, in epoch order:
 
 * no lease: ``max(margin, rate x (promotion time - last update + detection) x safety)``;
-* a lease (``seq_limit``) granted before the promotion: the view starts at the
-  ceiling (the old data plane never sent past it), nothing is added.
+* and never below a lease ceiling (``seq_limit``) granted before the
+  promotion: the old data plane never sent past it, so with leases no number
+  is used twice by construction.  The rate bound still applies on top, for a
+  data plane that went on without a lease (none can be granted while no
+  secondary is in sync) and reported counters instead.
 
 A write in a newer epoch (a counter update, a lease, the IKE daemon's PUT)
 is newer than the promotions before it and gets no jump from them; the view
@@ -96,7 +99,7 @@ def jump(p: Any, ctr: Any | None) -> int:
 class SaView(NamedTuple):
     wire: Any  # the ipsec_sa as the API shows it
     advanced: bool  # a promotion moved its counter
-    leased: bool  # it started from a lease ceiling
+    leased: bool  # the lease ceiling decided it (above the rate bound)
 
 
 def _epoch(version: int) -> int:
@@ -124,14 +127,14 @@ def sa_view(
 
 
 def _outbound(sa: Any, sa_after: list[Any], ctr: Any | None, ctr_after: list[Any]) -> SaView:
-    leased = ctr is not None and ctr.seq_limit > 0 and bool(ctr_after)
-    if leased:
-        assert ctr is not None
-        seq = max(sa.seq, ctr.seq, ctr.seq_limit)
-    else:
-        seq = sa.seq + sum(jump(p, ctr) for p in sa_after)
-        if ctr is not None:
-            seq = max(seq, ctr.seq + sum(jump(p, ctr) for p in ctr_after))
+    seq = sa.seq + sum(jump(p, ctr) for p in sa_after)
+    leased = False
+    if ctr is not None:
+        seq = max(seq, ctr.seq + sum(jump(p, ctr) for p in ctr_after))
+        # A lease granted before a promotion: the old data plane never sent past it.
+        leased = ctr.seq_limit > 0 and bool(ctr_after) and ctr.seq_limit >= seq
+        if ctr_after:
+            seq = max(seq, ctr.seq_limit)
     advanced = seq != sa.seq
     limit = U64 if sa.esn else U32
     if seq > limit:

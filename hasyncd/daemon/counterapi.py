@@ -5,9 +5,9 @@
   stands alone (a bad one is reported in ``errors``, the others apply).
 * ``POST /v1/leases``: ``{"leases": [{"id", "seq_limit"}, ...]}``; granted
   only once every in-sync secondary acknowledged them (503 ``not_replicated``
-  otherwise, nothing granted).  With no in-sync secondary there is nobody to
-  fail over to who could know less: the lease is granted (``replicated:
-  false``).
+  otherwise, nothing granted).  With no in-sync secondary, 503
+  ``no_in_sync_secondary``: an isolated primary cannot tell a dead peer from
+  a partition, and a lease the other side cannot know would be used twice.
 * ``GET /v1/rekey``: what the rekey governor released recently and what is
   pending.
 
@@ -142,8 +142,14 @@ async def leases(daemon: Daemon, request: web.Request) -> web.Response:
         daemon.core.count("leases", "error", len(bad.errors))
     out.errors = errors
     _count_errors(daemon, out)
-    replicated = False
-    if out.granted and daemon.core.watermark is not None:
+    if out.granted:
+        if daemon.core.watermark is None:
+            raise ApiError(
+                503,
+                "no_in_sync_secondary",
+                "no secondary is in sync: a lease cannot be made durable, none granted "
+                "(a data plane that keeps sending must report counters: the rate bound covers it)",
+            )
         timeout = daemon.config.sync.sync_timeout_ms / 1000.0
         if not await daemon.waiters.wait(out.version, timeout):
             raise ApiError(
@@ -153,8 +159,7 @@ async def leases(daemon: Daemon, request: web.Request) -> web.Response:
                 f"sync.sync_timeout_ms ({daemon.config.sync.sync_timeout_ms} ms): none granted; "
                 "retry",
             )
-        replicated = True
-    return web.json_response({"granted": out.granted, "errors": errors, "replicated": replicated})
+    return web.json_response({"granted": out.granted, "errors": errors, "replicated": True})
 
 
 async def rekey(daemon: Daemon, request: web.Request) -> web.Response:
