@@ -53,7 +53,8 @@ from hasyncd.core.replication import (
     apply_changes,
 )
 from hasyncd.core.roles import RoleManager
-from hasyncd.core.seqview import PROMO, History
+from hasyncd.core.seqview import CTR, PROMO, History
+from hasyncd.core.seqview import SA as SA_CODE
 from hasyncd.core.settings import CoreSettings
 from hasyncd.core.status import node_status
 from hasyncd.errors import HasyncdError, ProtocolError, RecordError, RecordExpired
@@ -549,6 +550,8 @@ class NodeCore(Outputs):
             self.emit(
                 RecordChanged(KIND_BY_CODE[kind], rid, "put" if record else "delete", epoch, seq)
             )
+        if record is None and kind == SA_CODE and self.store.get(CTR, rid, self.wall()):
+            self.local_write(CTR, rid, None)  # its counters go with it (a reused id starts afresh)
         return WriteResult(version, old is None or not value_is_record(old))
 
     def recompute_watermark(self) -> None:
