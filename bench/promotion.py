@@ -178,12 +178,13 @@ def daemons(tmp: Path, n: int) -> dict[str, Any]:
     try:
         a.start()
         lab.wait(lambda: a.role() == "primary", 30, "a lone primary")
-        conn = UnixHTTP(str(a.socket))
         t0 = time.monotonic()
         for part in batches(Workload(time.time()), 0, n, LOAD_BATCH):
-            if post_batch(conn, ndjson_body(part), NDJSON):
+            body = ndjson_body(part)
+            conn = UnixHTTP(str(a.socket))  # a fresh one: building a body may take > 10 s
+            if post_batch(conn, body, NDJSON):
                 raise RuntimeError("ops failed while filling the primary")
-        conn.close()
+            conn.close()
         fill_s = time.monotonic() - t0
         b.start()
         t0 = time.monotonic()
