@@ -418,5 +418,5 @@ def test_freshness_shows_counter_age_percentiles_and_the_recovery_point() -> Non
         assert 5.4 <= p99 <= 6.6  # the one that stopped 4 s earlier
         rpo = st["recovery_point_packets"]
         assert isinstance(rpo, int)
-        # Σ rate × age: 9 × 1000/s × ~1.5-2.5 s + 1 × 1000/s × ~5.5-6.5 s
+        # sum of rate x age: 9 x 1000/s x ~1.5-2.5 s + 1 x 1000/s x ~5.5-6.5 s
         assert 9 * 1000 * 1.4 + 1000 * 5.4 <= rpo <= 9 * 1000 * 2.6 + 1000 * 6.6
