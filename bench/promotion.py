@@ -54,6 +54,7 @@ from hasyncd.wire.messages import Role
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out" / "promotion.json"
 SA = KINDS["ipsec_sa"]
+FILL_RETRIES = 10
 POOL = 1000  # distinct sample SAs; copies get distinct ids (the core never decodes them)
 # The hook's first act: write the time it started.
 HOOK = """#!/bin/sh
@@ -184,10 +185,17 @@ def daemons(tmp: Path, n: int) -> dict[str, Any]:
         t0 = time.monotonic()
         for part in batches(Workload(time.time()), 0, n, LOAD_BATCH):
             body = ndjson_body(part)
-            conn = UnixHTTP(str(a.socket))  # a fresh one: building a body may take > 10 s
-            if post_batch(conn, body, NDJSON):
-                raise RuntimeError("ops failed while filling the primary")
-            conn.close()
+            for _ in range(FILL_RETRIES):
+                conn = UnixHTTP(str(a.socket))  # a fresh one: building a body may take > 10 s
+                failed = post_batch(conn, body, NDJSON)
+                conn.close()
+                if not failed:
+                    break
+                # A loaded machine can stall a lone primary long enough to fence it
+                # for a moment (503 fenced per op): puts are idempotent, send again.
+                time.sleep(1.0)
+            else:
+                raise RuntimeError("ops kept failing while filling the primary")
         fill_s = time.monotonic() - t0
         b.start()
         t0 = time.monotonic()
