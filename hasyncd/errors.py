@@ -113,6 +113,12 @@ class UnknownKind(RecordError):
         return {}  # the API names the kind itself (``kind``), not the field
 
 
+class ReadOnlyKind(RecordError):
+    """A kind hasyncd writes itself (``KindPolicy.internal``): the records API only reads it."""
+
+    code = "read_only_kind"
+
+
 class NotReplicated(RecordError):
     """A kind hasyncd deliberately does not replicate (see ``hasyncd.policy``)."""
 
