@@ -22,6 +22,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from hasyncd.errors import EspError
+
 U32 = 2**32 - 1
 U64 = 2**64 - 1
 ESP_HEADER = struct.Struct("!II")  # SPI, low 32 bits of the sequence number
@@ -41,16 +43,11 @@ HMACS = {
 AES_KEYS = (16, 24, 32)
 
 
-class EspError(Exception):
-    """A packet the endpoint drops; ``code`` names the counter it goes to."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class Unsupported(Exception):
+class Unsupported(EspError):
     """An SA record this endpoint cannot run (algorithm, key length, AH)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("sa_unsupported", message)
 
 
 # --- the transforms ----------------------------------------------------------------------
