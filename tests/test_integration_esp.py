@@ -29,6 +29,8 @@ def test_esp_tunnel_survives_kill9_of_the_primary(make_cluster: Any, mode: str) 
     )
     res = espflow.run(cluster, mode, print, rate=500)
     print(f"{mode}: {espflow.summary(res)}")
+    # before the failover the secondary's endpoint accepted nothing and sent nothing
+    assert res.secondary_probe == (10, 10, 0)
     assert res.sent_after > 200, "too little traffic after the failover to prove anything"
     # every packet the peer sent after the failover decrypted and passed the
     # new primary's replay window (a packet the kernel dropped at the socket

@@ -193,6 +193,7 @@ class Peer:
     target: tuple[str, int] | None = None
     sent: list[tuple[int, int, int, tuple[str, int] | None]] = field(default_factory=list)
     received: list[tuple[int, bytes]] = field(default_factory=list)  # (source port, ESP)
+    probes: list[tuple[int, int]] = field(default_factory=list)  # (SPI, seq) sent to a secondary
     stop: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
@@ -243,6 +244,7 @@ class Result:
     lost: int = 0
     lost_during_failover: int = 0
     new_primary_first_seq: dict[int, int] = field(default_factory=dict)
+    secondary_probe: tuple[int, int, int] = (0, 0, 0)  # sent to it, refused as inactive, answered
 
 
 def run(
@@ -271,7 +273,9 @@ def run(
     peer: Peer | None = None
     try:
         cluster.wait(lambda: old.state().get("active") is True, 20, "the primary's endpoint")
+        cluster.wait(lambda: "stats" in new.state(), 20, "the secondary's endpoint")
         peer = Peer(tunnels, rate, peer_port)
+        probe = _probe(peer, new)
         peer.target = ("127.0.0.1", old.port)
         threads = [
             threading.Thread(target=f, daemon=True) for f in (peer.send_loop, peer.recv_loop)
@@ -292,7 +296,7 @@ def run(
             20,
             "the new primary's endpoint",
         )
-        drops0 = udp_drops(new.port)
+        drops0, stats0 = udp_drops(new.port), new.state().get("stats", {})
         peer.target = ("127.0.0.1", new.port)  # the VIP moves to the announced endpoint
         say(
             f"   {secondary.name}'s endpoint active {time.monotonic() - t_kill:.2f} s after the "
@@ -303,7 +307,8 @@ def run(
         for th in threads:
             th.join(5)
         time.sleep(0.5)  # the endpoint's last state write
-        state = new.state()
+        stats = Counter(new.state().get("stats", {}))
+        stats.subtract(stats0)  # what the endpoint counted after the VIP moved
         kernel_drops = udp_drops(new.port) - drops0
     finally:
         for ep in eps.values():
@@ -311,14 +316,34 @@ def run(
         if peer is not None:
             peer.stop.set()
             peer.sock.close()
-    return analyse(
+    res = analyse(
         peer,
         tunnels,
         {old.port: old.node.name, new.port: new.node.name},
         new.port,
-        state,
+        stats,
         kernel_drops,
     )
+    res.secondary_probe = probe
+    return res
+
+
+def _probe(peer: Peer, secondary: Endpoint) -> tuple[int, int, int]:
+    """Valid packets sent to the secondary's endpoint: (sent, it refused as inactive, it sent)."""
+    for t in peer.tunnels:
+        for k in range(5):
+            seq, wire = t.seal(10**9 + k)
+            peer.sock.sendto(wire, ("127.0.0.1", secondary.port))
+            peer.probes.append((t.tx.spi, seq))
+    answered, deadline = 0, time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        try:
+            _, addr = peer.sock.recvfrom(4096)
+        except TimeoutError:
+            continue
+        answered += addr[1] == secondary.port
+    inactive = int(secondary.state().get("stats", {}).get("rx_inactive", 0))
+    return len(peer.probes), inactive, answered
 
 
 def analyse(  # noqa: PLR0917 - one call site, the harness
@@ -326,13 +351,12 @@ def analyse(  # noqa: PLR0917 - one call site, the harness
     tunnels: list[Tunnel],
     names: dict[int, str],
     new_port: int,
-    state: dict[str, Any],
+    stats: Counter[str],
     kernel_drops: int,
 ) -> Result:
     res = Result(sent=len(peer.sent))
     after = [s for s in peer.sent if s[3] == ("127.0.0.1", new_port)]
     res.sent_after = len(after)
-    stats = state.get("stats", {})
     res.accepted_after = int(stats.get("rx_ok", 0))
     res.rejected_after = {
         k: v for k, v in stats.items() if k.startswith("rx_") and k not in ("rx_ok",) and v
@@ -340,6 +364,7 @@ def analyse(  # noqa: PLR0917 - one call site, the harness
     res.kernel_drops_after = kernel_drops
     by_spi = {t.rx.spi: t for t in tunnels}
     used: Counter[tuple[int, int]] = Counter((tunnels[i].tx.spi, seq) for i, _, seq, _ in peer.sent)
+    used.update(peer.probes)
     nonces: Counter[tuple[int, bytes]] = Counter()
     top: dict[int, int] = {}
     seen: dict[int, set[int]] = {spi: set() for spi in by_spi}
@@ -386,5 +411,8 @@ def summary(res: Result) -> str:
         f"(kernel socket drops {res.kernel_drops_after}, refused {res.rejected_after or 0}); "
         f"gateway packets per node {res.from_gateways}, undecryptable {res.undecryptable}, "
         f"refused by the peer's replay window {res.replay_refused or 0}; "
-        f"(SPI, seq) pairs used twice: {len(res.reused)}, GCM nonces used twice: {res.nonce_reused}"
+        f"(SPI, seq) pairs used twice: {len(res.reused)}, GCM nonces used twice: "
+        f"{res.nonce_reused}; before the failover the secondary's endpoint got "
+        f"{res.secondary_probe[0]} valid packets, refused {res.secondary_probe[1]} as inactive, "
+        f"sent {res.secondary_probe[2]}"
     )
