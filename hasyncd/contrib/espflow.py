@@ -23,13 +23,14 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scapy.layers.inet import IP, UDP
 from scapy.layers.ipsec import ESP, SecurityAssociation, _ESPPlain
 from scapy.packet import Raw
 
-from hasyncd.lab import LabCluster, LabNode
+if TYPE_CHECKING:
+    from hasyncd.lab import LabCluster, LabNode
 
 PEER_WINDOW = 64  # the peer's own anti-replay window (RFC 4303 default)
 MARK = struct.Struct("!IQ")  # tunnel index, packet number: the end of each inner packet
