@@ -98,6 +98,7 @@ class Endpoint:
         self._transport: asyncio.DatagramTransport | None = None
         self._http: aiohttp.ClientSession | None = None
         self._wake = asyncio.Event()
+        self._last_warning = ""
 
     # -- the data path (synchronous, in the protocol callback) -----------------------
 
@@ -287,7 +288,9 @@ class Endpoint:
                     await self.report()
                 except (aiohttp.ClientError, OSError, EspError, ValueError) as exc:
                     self.stats["api_errors"] += 1
-                    log.warning("%s", exc)
+                    if str(exc) != self._last_warning:  # once per distinct error, not per tick
+                        log.warning("%s", exc)
+                    self._last_warning = str(exc)
             self.write_state()
 
     def write_state(self) -> None:
