@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +12,8 @@ from scapy.layers.ipsec import ESP, SecurityAssociation
 from scapy.packet import Raw
 
 from hasyncd.contrib import esp
+from hasyncd.contrib.espd import EndpointConfig
+from hasyncd.errors import ConfigError
 
 GCM_KEY = bytes(range(32)) + b"salt"
 CBC_KEY, HMAC_KEY = bytes(range(16, 48)), bytes(range(100, 132))
@@ -184,3 +187,16 @@ def test_unsupported_records_are_refused_and_keys_stay_out_of_repr() -> None:
         esp.transform({"proto": "esp", "enc": {"alg": "cbc(aes)", "key": "00" * 16}, "auth": None})
     sa = esp.outbound("x", record("gcm"), ("h", 1))
     assert GCM_KEY.hex() not in repr(sa) and GCM_KEY.hex()[:8] not in repr(sa.xf)
+
+
+def test_endpoint_config_is_checked(tmp_path: Path) -> None:
+    cfg = tmp_path / "esp.toml"
+    cfg.write_text('[esp]\napi = "/run/x.sock"\nlisten = "127.0.0.1:4500"\nmode = "leases"\n')
+    loaded = EndpointConfig.load(cfg)
+    assert loaded.listen == ("127.0.0.1", 4500)
+    assert (loaded.mode, loaded.lease_block) == ("leases", 65536)
+    for bad in ('mode = "both"', 'listen = "nowhere"', "lease_block = 1", "report_ms = 0"):
+        body = '[esp]\napi = "/run/x.sock"\nlisten = "127.0.0.1:4500"\n' + bad + "\n"
+        cfg.write_text(body.replace('listen = "127.0.0.1:4500"\nlisten', "listen"))
+        with pytest.raises(ConfigError):
+            EndpointConfig.load(cfg)
