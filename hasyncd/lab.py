@@ -419,6 +419,7 @@ def _esp_steps(lab: LabCluster) -> bool:
         not res.rejected_after
         and res.accepted_after + res.kernel_drops_after == res.sent_after > 0
         and res.undecryptable == 0
+        and res.peer_kernel_drops == 0
         and not res.replay_refused
         and not res.reused
         and res.nonce_reused == 0

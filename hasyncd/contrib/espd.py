@@ -231,6 +231,7 @@ class Endpoint:
             for sa in self.outbound.values()
             if force or self._needs_lease(sa)
         ]
+        loads = self.stats["loads"]
         for start in range(0, len(want), MAX_LEASES):
             code, body = await self._call(
                 "POST", "/v1/leases", {"leases": want[start : start + MAX_LEASES]}
@@ -238,6 +239,8 @@ class Endpoint:
             if code != 200:
                 self.stats["leases_failed"] += 1
                 raise EspError("lease_failed", f"POST /v1/leases: HTTP {code} {_err(body)}")
+            if self.stats["loads"] != loads:  # the SAs were reloaded meanwhile: a stale answer
+                return
             for g in body.get("granted", []):
                 sa = self.outbound.get(g["id"])
                 if sa is not None and g["seq_limit"] > sa.limit:

@@ -245,6 +245,7 @@ class Result:
     lost: int = 0
     lost_during_failover: int = 0
     new_primary_first_seq: dict[int, int] = field(default_factory=dict)
+    peer_kernel_drops: int = 0  # gateway packets lost at the peer's socket: unrecorded
     secondary_probe: tuple[int, int, int] = (0, 0, 0)  # sent to it, refused as inactive, answered
 
 
@@ -311,6 +312,7 @@ def run(
         stats = Counter(new.state().get("stats", {}))
         stats.subtract(stats0)  # what the endpoint counted after the VIP moved
         kernel_drops = udp_drops(new.port) - drops0
+        peer_drops = udp_drops(peer_port)
     finally:
         for ep in eps.values():
             ep.stop()
@@ -326,6 +328,7 @@ def run(
         kernel_drops,
     )
     res.secondary_probe = probe
+    res.peer_kernel_drops = peer_drops
     return res
 
 
@@ -410,7 +413,8 @@ def summary(res: Result) -> str:
         f"{res.lost} lost ({res.lost_during_failover} around the failover); "
         f"after the failover {res.accepted_after}/{res.sent_after} accepted by the new primary "
         f"(kernel socket drops {res.kernel_drops_after}, refused {res.rejected_after or 0}); "
-        f"gateway packets per node {res.from_gateways}, undecryptable {res.undecryptable}, "
+        f"gateway packets per node {res.from_gateways} (peer socket drops "
+        f"{res.peer_kernel_drops}), undecryptable {res.undecryptable}, "
         f"refused by the peer's replay window {res.replay_refused or 0}; "
         f"(SPI, seq) pairs used twice: {len(res.reused)}, GCM nonces used twice: "
         f"{res.nonce_reused}; before the failover the secondary's endpoint got "
