@@ -99,6 +99,10 @@ class SyncConfig:
 class PromotionConfig:
     esp_seq_margin: int
     handover_timeout_ms: int
+    seq_safety_factor: float = 2.0
+    inbound_window: str = "replicated"
+    rekey_rate: float = 200.0
+    rekey_jitter: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -266,6 +270,14 @@ SCHEMA: dict[str, dict[str, tuple[Check, Any]]] = {
     "promotion": {
         "esp_seq_margin": (_int(1, 2**32 - 1), 1 << 16),
         "handover_timeout_ms": (_int(100, 60000), 3000),
+        # The rate bound's factor over rate x (age of the last counter update +
+        # detection time): 2 covers a send rate that doubled since the estimate.
+        "seq_safety_factor": (_num(1, 1000), 2.0),
+        "inbound_window": (_choice("replicated", "advance"), "replicated"),
+        # Rekeys and message-ID syncs released to the IKE daemon per second after
+        # a promotion, and the spread of release times (fraction of a tick).
+        "rekey_rate": (_num(1, 100000), 200.0),
+        "rekey_jitter": (_num(0, 1), 0.5),
     },
     "hooks": {
         "on_primary": (_path, None),

@@ -54,6 +54,12 @@ class UnknownKind(RecordError):
     code = "unknown_kind"
 
 
+class ReadOnlyKind(RecordError):
+    """A kind hasyncd writes itself (``KindPolicy.internal``): the records API only reads it."""
+
+    code = "read_only_kind"
+
+
 class NotReplicated(RecordError):
     """A kind hasyncd deliberately does not replicate (see ``hasyncd.policy``)."""
 

@@ -32,7 +32,7 @@ from hasyncd.config import write_key
 from hasyncd.lab import LabCluster, LabNode, free_port
 from hasyncd.policy import POLICY
 
-from .product import NOT_REPLICATED
+from .product import INTERNAL, NOT_REPLICATED
 from .product import REPLICATED as KINDS
 
 REASONS = {p.kind: p.reason for p in POLICY}
@@ -547,7 +547,7 @@ def test_not_replicated_kinds_are_refused_and_counted(make_cluster: Any) -> None
     code, body = primary.client.get("/v1/policy")
     assert code == 200
     table = {p["kind"]: p for p in body["policy"]}
-    assert set(table) == set(KINDS) | set(NOT_REPLICATED)
+    assert set(table) == set(KINDS) | set(NOT_REPLICATED) | set(INTERNAL)
     for kind in NOT_REPLICATED:
         assert table[kind]["replicated"] is False
         assert table[kind]["reason"] == REASONS[kind]

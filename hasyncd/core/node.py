@@ -30,6 +30,8 @@ from hasyncd.core.events import (
     RecordChanged,
     Watermark,
 )
+from hasyncd.core.freshness import Freshness
+from hasyncd.core.governor import RekeyGovernor
 from hasyncd.core.links import (
     MAX_HANDSHAKING,
     MAX_UNPROVEN,
@@ -51,6 +53,7 @@ from hasyncd.core.replication import (
     apply_changes,
 )
 from hasyncd.core.roles import RoleManager
+from hasyncd.core.seqview import History
 from hasyncd.core.settings import CoreSettings
 from hasyncd.core.status import node_status
 from hasyncd.errors import HasyncdError, ProtocolError, RecordError, RecordExpired
@@ -132,6 +135,9 @@ class NodeCore(Outputs):
         self._next_sweep = now + 1.0
         self._pump_needed = False
         self._snap_ids = 0
+        self.promotions = History(store)  # read-time ESP sequence numbers (seqview)
+        self.governor = RekeyGovernor(settings.rekey_rate, settings.rekey_jitter, self.rng)
+        self.freshness = Freshness()  # how stale the replicated SA counters are
         self.roles = RoleManager(self, now)
 
     # -- small helpers --------------------------------------------------------
@@ -516,8 +522,13 @@ class NodeCore(Outputs):
                 out.append(exc)
         return out
 
-    def local_write(self, kind: int, rid: str, record: Record | None) -> WriteResult:
-        """Store and replicate a validated record (or a delete) in this node's epoch."""
+    def local_write(
+        self, kind: int, rid: str, record: Record | None, *, quiet: bool = False
+    ) -> WriteResult:
+        """Store and replicate a validated record (or a delete) in this node's epoch.
+
+        ``quiet``: no ``record_changed`` event (counter updates: many a second).
+        """
         version = self.roles.next_version()
         if record is None:
             value = pack_value(version, self.wall() + self.s.tombstone_ttl, None)
@@ -529,7 +540,7 @@ class NodeCore(Outputs):
                 peer.session.enqueue(kind, rid, version)
                 peer.lag.wrote(version, self.now)
         self._pump_needed = True
-        if self.record_events:
+        if self.record_events and not quiet:
             epoch, seq = unpack_version(version)
             self.emit(
                 RecordChanged(KIND_BY_CODE[kind], rid, "put" if record else "delete", epoch, seq)
@@ -567,6 +578,7 @@ class NodeCore(Outputs):
         if now >= self._next_sweep:
             self._next_sweep = now + 1.0
             self.store.sweep(self.wall(), SWEEP_BUDGET)
+            self.freshness.run(self.store, self.wall())
         self._after_input(now)
 
     def send_heartbeats(self, now: float) -> None:

@@ -48,6 +48,8 @@ def node_status(core: NodeCore, now: float) -> dict[str, object]:
         "version": version_json(core.version),
         "uptime_s": round(now - core.started, 3),
         "clock": core.wall(),
+        "counters": core.freshness.status(core.wall()),
+        "rekey": core.governor.status(),
     }
     out.update(role_status(core.roles, now))
     return out

@@ -28,6 +28,7 @@ import yaml
 from aiohttp import web
 
 from hasyncd.core.status import version_json
+from hasyncd.daemon import counterapi
 from hasyncd.daemon.apilimits import API_BACKLOG, API_IDLE_S, Admission
 from hasyncd.daemon.batchops import (
     Op,
@@ -49,7 +50,7 @@ from hasyncd.daemon.httperrors import handler_factory
 from hasyncd.daemon.metrics import CONTENT_TYPE
 from hasyncd.errors import HasyncdError, NotReplicated, RecordError, UnknownKind, WriteRefused
 from hasyncd.policy import policy_table, shown_id
-from hasyncd.records import KINDS_BY_CODE, Kind, Record, kind_for_api
+from hasyncd.records import KINDS_BY_CODE, Kind, Record, kind_for_api, kind_for_write
 from hasyncd.wire.messages import MAX_ID_LEN
 
 if TYPE_CHECKING:
@@ -85,6 +86,9 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     ("DELETE", "/v1/records/{kind}/{id}", "delete"),
     ("GET", "/v1/events", "events"),
     ("POST", "/v1/failover", "failover"),
+    ("POST", "/v1/counters", "counters"),
+    ("POST", "/v1/leases", "leases"),
+    ("GET", "/v1/rekey", "rekey"),
     ("GET", "/metrics", "metrics"),
     ("GET", "/v1/openapi.json", "openapi"),
 )
@@ -92,6 +96,8 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
 # The body formats each route with a body accepts; anything else is 415.
 BODY_TYPES: dict[tuple[str, str], tuple[str, ...]] = {
     ("PUT", "/v1/records/{kind}/{id}"): ("application/json",),
+    ("POST", "/v1/counters"): ("application/json",),
+    ("POST", "/v1/leases"): ("application/json",),
     ("POST", "/v1/records:batch"): (
         "application/x-ndjson",
         "application/msgpack",
@@ -288,7 +294,7 @@ class Api:
 
     def _kind(self, name: str, *, write: bool = False) -> Kind:
         try:
-            return kind_for_api(name)
+            return kind_for_write(name) if write else kind_for_api(name)
         except NotReplicated as exc:
             if write:
                 self.d.metrics.not_replicated.labels(exc.kind).inc()
@@ -343,7 +349,7 @@ class Api:
                 "kind": kind.name,
                 "id": rid,
                 "version": version_json(entry.version),
-                "record": kind.to_json(kind.decode(entry.blob)),
+                "record": counterapi.shown(self.d, kind, rid, entry),
             }
         )
 
@@ -374,9 +380,13 @@ class Api:
             raise ApiError(400, "invalid_query", f"limit must be in 1..{MAX_PAGE}")
         page = self.d.store.page(kind.code, after, limit, time.time())
         items = [
-            {"id": rid, "version": version_json(e.version), "record": kind.to_json(kind.decode(b))}
+            {
+                "id": rid,
+                "version": version_json(e.version),
+                "record": counterapi.shown(self.d, kind, rid, e),
+            }
             for rid, e in page
-            if (b := e.blob) is not None
+            if e.blob is not None
         ]
         nxt = page[-1][0] if len(page) == limit else None
         return web.json_response({"kind": kind.name, "items": items, "next": nxt})
@@ -555,6 +565,17 @@ class Api:
                 504, "handover_timeout", f"{target} did not take over in time", target=target
             )
         return web.json_response({"new_primary": target, "epoch": core.roles.epoch})
+
+    # -- the data plane (hasyncd.daemon.counterapi) ----------------------------------------
+
+    async def counters(self, request: web.Request) -> web.Response:
+        return await counterapi.counters(self.d, request)
+
+    async def leases(self, request: web.Request) -> web.Response:
+        return await counterapi.leases(self.d, request)
+
+    async def rekey(self, request: web.Request) -> web.Response:
+        return await counterapi.rekey(self.d, request)
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.Response(body=openapi_json(), content_type="application/json")

@@ -81,6 +81,24 @@ class _CoreCollector(Collector):
             "1 while automatic promotion is suspended by flap damping",
             value=1.0 if roles.suspended_since is not None else 0.0,
         )
+        fresh = core.freshness.status(core.wall())
+        for key, name, text in (
+            ("age_p50_s", "counter_age_p50_seconds", "median age of the last SA counter update"),
+            ("age_p99_s", "counter_age_p99_seconds", "p99 age of the last SA counter update"),
+            (
+                "recovery_point_packets",
+                "counter_recovery_point_packets",
+                "estimated packets sent that no replicated counter shows yet (rate x age)",
+            ),
+        ):
+            v = fresh[key]
+            if isinstance(v, int | float):
+                yield GaugeMetricFamily(f"hasyncd_{name}", text, value=float(v))
+        yield GaugeMetricFamily(
+            "hasyncd_rekey_pending",
+            "SAs waiting in the rekey governor",
+            value=float(len(core.governor.queue)),
+        )
         records = GaugeMetricFamily("hasyncd_records", "stored records", labels=["kind"])
         for code, n in core.store.counts().items():
             records.add_metric([KIND_BY_CODE[code]], n)

@@ -1,0 +1,173 @@
+"""The data plane's API: counter updates, sequence-number leases, the rekey queue.
+
+* ``POST /v1/counters``: ``{"updates": [{"id", "seq", "bytes", "packets",
+  "replay_bitmap"?}, ...]}``, at most ``MAX_COUNTER_UPDATES``; each update
+  stands alone (a bad one is reported in ``errors``, the others apply).
+* ``POST /v1/leases``: ``{"leases": [{"id", "seq_limit"}, ...]}``; granted
+  only once every in-sync secondary acknowledged them (503 ``not_replicated``
+  otherwise, nothing granted).  With no in-sync secondary, 503
+  ``no_in_sync_secondary``: an isolated primary cannot tell a dead peer from
+  a partition, and a lease the other side cannot know would be used twice.
+* ``GET /v1/rekey``: what the rekey governor released recently and what is
+  pending.
+
+The core work is in ``hasyncd.core.counterpath``; records are read through
+the read-time view (``hasyncd.core.seqview``) by ``shown``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from aiohttp import web
+
+from hasyncd.core.counterpath import (
+    MAX_COUNTER_UPDATES,
+    MAX_LEASES,
+    CounterUpdate,
+    LeaseRequest,
+    Outcome,
+    update_counters,
+    write_leases,
+)
+from hasyncd.core.seqview import view
+from hasyncd.daemon.bodies import ApiError, read_body
+from hasyncd.records import Kind
+from hasyncd.store import Entry
+
+if TYPE_CHECKING:
+    from hasyncd.daemon.shell import Daemon
+
+# A request body: MAX_COUNTER_UPDATES updates of ~150 bytes (an inbound SA
+# with a 1024-packet bitmap is ~400) fit well inside 8 MiB.
+MAX_COUNTERS_BODY = 8 * 1024 * 1024
+MAX_RECENT_SHOWN = 1000  # releases returned by GET /v1/rekey
+
+
+class _CountersBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    updates: list[msgspec.Raw]
+
+
+class _LeasesBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    leases: list[msgspec.Raw]
+
+
+def shown(daemon: Daemon, kind: Kind, rid: str, entry: Entry) -> dict[str, Any]:
+    """A stored record as the API shows it: through the promotion history."""
+    assert entry.blob is not None
+    wire = view(daemon.core.promotions, kind.code, rid, entry.version, kind.decode(entry.blob))
+    return kind.to_json(wire)
+
+
+def _decode_list(raw: bytes, body_type: Any, field: str, limit: int) -> list[msgspec.Raw]:
+    try:
+        body = msgspec.json.decode(raw, type=body_type)
+    except msgspec.ValidationError as exc:
+        raise ApiError(
+            400, "invalid_body", f'the body must be {{"{field}": [...]}}: {exc}'
+        ) from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+    items: list[msgspec.Raw] = getattr(body, field)
+    if len(items) > limit:
+        raise ApiError(
+            413, "too_many_items", f"at most {limit} {field} per request, got {len(items)}"
+        )
+    return items
+
+
+def _items(raws: list[msgspec.Raw], item_type: Any, out: Outcome) -> list[Any]:
+    """Decode each item on its own: a malformed one is an error of that item only."""
+    decoder = msgspec.json.Decoder(item_type)
+    good = []
+    for raw in raws:
+        try:
+            good.append(decoder.decode(raw))
+        except msgspec.ValidationError as exc:
+            rid = _id_of(raw)
+            out.error(rid, "invalid_item", str(exc))
+    return good
+
+
+def _id_of(raw: msgspec.Raw) -> str:
+    try:
+        value = msgspec.json.decode(raw)
+    except msgspec.DecodeError:  # pragma: no cover - the body decoded as a whole
+        return ""
+    rid = value.get("id") if isinstance(value, dict) else None
+    return rid[:96] if isinstance(rid, str) else ""
+
+
+def _count_errors(daemon: Daemon, out: Outcome) -> None:
+    for err in out.errors:
+        daemon.metrics.api_errors.labels(err["error"]).inc()
+
+
+async def counters(daemon: Daemon, request: web.Request) -> web.Response:
+    raws = _decode_list(
+        await read_body(request, MAX_COUNTERS_BODY), _CountersBody, "updates", MAX_COUNTER_UPDATES
+    )
+    bad = Outcome()
+    updates = _items(raws, CounterUpdate, bad)
+    out = update_counters(daemon.core, updates, daemon.clock())
+    daemon.flush()
+    out.errors = bad.errors + out.errors
+    if bad.errors:
+        daemon.core.count("counter_updates", "error", len(bad.errors))
+    _count_errors(daemon, out)
+    return web.json_response(
+        {
+            "applied": out.applied,
+            "ignored": out.ignored,
+            "unknown": out.unknown,
+            "errors": out.errors,
+        }
+    )
+
+
+async def leases(daemon: Daemon, request: web.Request) -> web.Response:
+    raws = _decode_list(
+        await read_body(request, MAX_COUNTERS_BODY), _LeasesBody, "leases", MAX_LEASES
+    )
+    bad = Outcome()
+    reqs = _items(raws, LeaseRequest, bad)
+    out = write_leases(daemon.core, reqs, daemon.clock())
+    daemon.flush()
+    errors = bad.errors + out.errors
+    errors += [
+        {"id": rid, "error": "not_found", "message": "no such ipsec_sa"} for rid in out.unknown
+    ]
+    if bad.errors:
+        daemon.core.count("leases", "error", len(bad.errors))
+    out.errors = errors
+    _count_errors(daemon, out)
+    if out.granted:
+        if daemon.core.watermark is None:
+            raise ApiError(
+                503,
+                "no_in_sync_secondary",
+                "no secondary is in sync: a lease cannot be made durable, none granted "
+                "(a data plane that keeps sending must report counters: the rate bound covers it)",
+            )
+        timeout = daemon.config.sync.sync_timeout_ms / 1000.0
+        if not await daemon.waiters.wait(out.version, timeout):
+            raise ApiError(
+                503,
+                "not_replicated",
+                "the in-sync secondaries did not acknowledge the leases within "
+                f"sync.sync_timeout_ms ({daemon.config.sync.sync_timeout_ms} ms): none granted; "
+                "retry",
+            )
+    return web.json_response({"granted": out.granted, "errors": errors, "replicated": True})
+
+
+async def rekey(daemon: Daemon, request: web.Request) -> web.Response:
+    gov = daemon.core.governor
+    recent = list(gov.recent)[-MAX_RECENT_SHOWN:]
+    return web.json_response(
+        {
+            **gov.status(),
+            "recent": [{"kind": k, "id": i, "at": at} for k, i, at in recent],
+        }
+    )
