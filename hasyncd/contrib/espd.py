@@ -39,6 +39,9 @@ PAGE = 1000  # the API's largest list page (hasyncd.daemon.api.MAX_PAGE)
 # 4 MiB of socket buffer: bursts of a few thousand packets while the loop is
 # busy reloading SAs; Linux caps it at net.core.rmem_max.
 UDP_BUFFER = 4 * 1024 * 1024
+# Alone (no in-sync secondary) hasyncd grants no lease (503 no_in_sync_secondary):
+# the endpoint sends under counter reports and asks again this often.
+LEASE_RETRY_S = 1.0
 NAT_KEEPALIVE = b"\xff"  # RFC 3948 section 2.3
 NEXT_HEADER_IPV4, NEXT_HEADER_IPV6 = 4, 41
 
@@ -95,6 +98,9 @@ class Endpoint:
         self.by_tunnel: dict[str, esp.OutboundSa] = {}
         self.tunnel_of: dict[int, str] = {}  # inbound SPI -> tunnel
         self.granted: dict[str, int] = {}  # outbound id -> highest granted seq_limit
+        self.pinned: set[str] = set()  # outbound SAs marked rekey_required: never sent on
+        self.leased = True  # lease mode: ceilings in force (False while hasyncd is alone)
+        self._lease_retry = 0.0
         self._transport: asyncio.DatagramTransport | None = None
         self._http: aiohttp.ClientSession | None = None
         self._wake = asyncio.Event()
@@ -138,7 +144,11 @@ class Endpoint:
             self._wake.set()
 
     def _needs_lease(self, sa: esp.OutboundSa) -> bool:
-        return sa.limit - sa.seq <= self.cfg.lease_block // 2 and sa.limit < _cap(sa)
+        return (
+            sa.limit - sa.seq <= self.cfg.lease_block // 2
+            and sa.limit < _cap(sa)
+            and sa.id not in self.pinned
+        )
 
     # -- hasyncd --------------------------------------------------------------------
 
@@ -164,6 +174,7 @@ class Endpoint:
         outbound: dict[str, esp.OutboundSa] = {}
         by_tunnel: dict[str, esp.OutboundSa] = {}
         tunnel_of: dict[int, str] = {}
+        pinned: set[str] = set()
         for rid, rec in records:
             try:
                 if rec["direction"] == "in":
@@ -174,6 +185,7 @@ class Endpoint:
                     sa = esp.outbound(rid, rec, (rec["dst"], int(encap["dport"])))
                     if rec.get("rekey_required"):
                         sa.limit = sa.seq  # hasyncd says: rekey before sending on it
+                        pinned.add(rid)
                     outbound[rid] = sa
                     by_tunnel[rec["tunnel"]] = sa
             except EspError as exc:
@@ -188,7 +200,7 @@ class Endpoint:
             by_tunnel,
             tunnel_of,
         )
-        self.granted = {}
+        self.granted, self.pinned, self.leased = {}, pinned, True
         self.stats["loads"] += 1
         log.info("epoch %d: loaded %d inbound, %d outbound SAs", epoch, len(inbound), len(outbound))
 
@@ -225,28 +237,57 @@ class Endpoint:
                 sa.counters.dirty = True
 
     async def renew_leases(self, force: bool = False) -> None:
-        """Ask for a new ceiling for every outbound SA at or past half of its lease."""
+        """Ask for a new ceiling for every outbound SA at or past half of its lease.
+
+        While hasyncd has no in-sync secondary it grants none: the endpoint then
+        sends under counter reports (the rate bound) and asks again every
+        ``LEASE_RETRY_S``; the first grant puts the ceilings back in force.
+        """
+        now = asyncio.get_running_loop().time()
+        if not self.leased and not force and now < self._lease_retry:
+            return
         want = [
             {"id": sa.id, "seq_limit": min(sa.seq + self.cfg.lease_block, _cap(sa))}
             for sa in self.outbound.values()
-            if force or self._needs_lease(sa)
+            if sa.id not in self.pinned and (force or not self.leased or self._needs_lease(sa))
         ]
         loads = self.stats["loads"]
         for start in range(0, len(want), MAX_LEASES):
             code, body = await self._call(
                 "POST", "/v1/leases", {"leases": want[start : start + MAX_LEASES]}
             )
+            if self.stats["loads"] != loads:  # the SAs were reloaded meanwhile: a stale answer
+                return
+            if code == 503 and _err(body) == "no_in_sync_secondary":
+                self._unleased(now)
+                return
             if code != 200:
                 self.stats["leases_failed"] += 1
                 raise EspError("lease_failed", f"POST /v1/leases: HTTP {code} {_err(body)}")
-            if self.stats["loads"] != loads:  # the SAs were reloaded meanwhile: a stale answer
-                return
-            for g in body.get("granted", []):
-                sa = self.outbound.get(g["id"])
-                if sa is not None and g["seq_limit"] > sa.limit:
-                    sa.limit = self.granted[sa.id] = int(g["seq_limit"])
-                    self.stats["leases_granted"] += 1
+            granted = {g["id"]: int(g["seq_limit"]) for g in body.get("granted", [])}
             self.stats["lease_errors"] += len(body.get("errors", []))
+            for sa in self.outbound.values():
+                lim = granted.get(sa.id)
+                if not self.leased and sa.id not in self.pinned:  # ceilings back in force
+                    sa.limit = max(sa.seq, lim or 0)
+                if lim is not None and lim > sa.limit:
+                    sa.limit = lim
+                if lim is not None:
+                    self.granted[sa.id] = lim
+                    self.stats["leases_granted"] += 1
+            if not self.leased:
+                log.info("leases granted again: sending below the ceilings")
+                self.leased = True
+
+    def _unleased(self, now: float) -> None:
+        self.stats["leases_unavailable"] += 1
+        self._lease_retry = now + LEASE_RETRY_S
+        if self.leased:
+            log.warning("no in-sync secondary, no lease: sending under counter reports")
+        self.leased = False
+        for sa in self.outbound.values():
+            if sa.id not in self.pinned:
+                sa.limit = _cap(sa)
 
     # -- the loops ------------------------------------------------------------------
 
@@ -304,6 +345,7 @@ class Endpoint:
             "active": self.active,
             "epoch": self.epoch,
             "mode": self.cfg.mode,
+            "leased": self.cfg.mode == "leases" and self.leased,
             "listen": list(self.cfg.listen),
             "stats": dict(self.stats),
             "sas": {"in": len(self.inbound), "out": len(self.outbound)},

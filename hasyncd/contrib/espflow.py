@@ -80,7 +80,9 @@ class Result:
     echoes: int = 0
     lost: int = 0
     lost_during_failover: int = 0
-    new_primary_first_seq: dict[int, int] = field(default_factory=dict)
+    old_last_seq: dict[int, int] = field(default_factory=dict)  # by outbound SPI
+    new_first_seq: dict[int, int] = field(default_factory=dict)
+    old_leases_granted: int = 0  # leases the old primary's endpoint held before the kill
     peer_kernel_drops: int = 0  # gateway packets lost at the peer's socket: unrecorded
     secondary_probe: tuple[int, int, int] = (0, 0, 0)  # sent to it, refused as inactive, answered
 
@@ -125,7 +127,8 @@ def run(
             f"   flowing: {len(peer.sent)} packets sent, {len(peer.received)} back; "
             f"kill -9 {primary.name} and its endpoint"
         )
-        old_epoch = old.state().get("epoch")
+        old_state = old.state()
+        old_epoch = old_state.get("epoch")
         primary.kill()
         old.stop(sig_kill=True)
         t_kill = time.monotonic()
@@ -164,6 +167,7 @@ def run(
         kernel_drops,
     )
     res.secondary_probe = probe
+    res.old_leases_granted = int(old_state.get("stats", {}).get("leases_granted", 0))
     res.peer_kernel_drops = peer_drops
     return res
 
@@ -229,7 +233,9 @@ def analyse(  # noqa: PLR0917 - one call site, the harness
         seen[spi].add(seq)
         top[spi] = max(hi, seq)
         if port == new_port:
-            res.new_primary_first_seq.setdefault(spi, seq)
+            res.new_first_seq.setdefault(spi, seq)
+        else:
+            res.old_last_seq[spi] = max(seq, res.old_last_seq.get(spi, 0))
         echoed.add(MARK.unpack(inner[-MARK.size :]))
     res.reused = sorted(k for k, v in used.items() if v > 1)
     res.nonce_reused = sum(1 for v in nonces.values() if v > 1)
@@ -255,5 +261,10 @@ def summary(res: Result) -> str:
         f"(SPI, seq) pairs used twice: {len(res.reused)}, GCM nonces used twice: "
         f"{res.nonce_reused}; before the failover the secondary's endpoint got "
         f"{res.secondary_probe[0]} valid packets, refused {res.secondary_probe[1]} as inactive, "
-        f"sent {res.secondary_probe[2]}"
+        f"sent {res.secondary_probe[2]}; outbound seq jump at the failover "
+        + ", ".join(
+            f"{spi:08x}: {res.old_last_seq.get(spi)} -> {first}"
+            for spi, first in sorted(res.new_first_seq.items())
+        )
+        + f"; leases granted to the old primary's endpoint {res.old_leases_granted}"
     )
