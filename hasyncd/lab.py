@@ -412,6 +412,10 @@ def _esp_steps(lab: LabCluster) -> bool:
     except ImportError:
         _say("== ESP failover: skipped (scapy is not installed: pip install scapy)")
         return True
+    for node in lab.nodes.values():
+        if not node.running:  # the portal steps leave their killed node down
+            _say(f"== restarting {node.name} for the ESP step")
+            node.start()
     _say("== ESP failover: a scapy IPsec peer, one reference endpoint per node (lease mode)")
     res = espflow.run(lab, "leases", _say, rate=300, before_s=1.0, after_s=1.0)
     _say(f"   {espflow.summary(res)}")
