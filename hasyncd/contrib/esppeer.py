@@ -149,7 +149,8 @@ class Peer:
     sent: list[tuple[int, int, int, tuple[str, int] | None]] = field(default_factory=list)
     received: list[tuple[int, bytes]] = field(default_factory=list)  # (source port, ESP)
     probes: list[tuple[int, int]] = field(default_factory=list)  # (SPI, seq) sent to a secondary
-    stop: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)  # the sender
+    done: threading.Event = field(default_factory=threading.Event)  # the receiver
 
     def __post_init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -175,7 +176,7 @@ class Peer:
             time.sleep(0.002)
 
     def recv_loop(self) -> None:
-        while not self.stop.is_set():
+        while not self.done.is_set():
             try:
                 data, addr = self.sock.recvfrom(4096)
             except TimeoutError:
