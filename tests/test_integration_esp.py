@@ -27,7 +27,10 @@ def test_esp_tunnel_survives_kill9_of_the_primary(make_cluster: Any, mode: str) 
             "promotion": {"esp_seq_margin": 16},
         }
     )
-    res = espflow.run(cluster, mode, print, rate=500)
+    # 500 packets/s per tunnel from the peer, as many back: the peer's scapy
+    # encryption is what bounds the rate on a loaded machine.  Small leases, so
+    # the old primary renews several times before it is killed.
+    res = espflow.run(cluster, mode, print, rate=500, lease_block=256)
     print(f"{mode}: {espflow.summary(res)}")
     # before the failover the secondary's endpoint accepted nothing and sent nothing
     assert res.secondary_probe == (10, 10, 0)
@@ -47,4 +50,4 @@ def test_esp_tunnel_survives_kill9_of_the_primary(make_cluster: Any, mode: str) 
     assert res.reused == []
     assert res.nonce_reused == 0
     if mode == "leases":  # the old primary ran under leases, renewed at half way
-        assert res.old_leases_granted > 2
+        assert res.old_leases_granted > 4

@@ -68,6 +68,7 @@ class Endpoint:
 @dataclass
 class Result:
     sent: int = 0
+    sending_s: float = 0.0
     sent_after: int = 0  # peer packets sent to the new primary's endpoint
     accepted_after: int = 0
     rejected_after: dict[str, int] = field(default_factory=dict)
@@ -206,7 +207,7 @@ def analyse(  # noqa: PLR0917 - one call site, the harness
     stats: Counter[str],
     kernel_drops: int,
 ) -> Result:
-    res = Result(sent=len(peer.sent))
+    res = Result(sent=len(peer.sent), sending_s=peer.sending_s)
     after = [s for s in peer.sent if s[3] == ("127.0.0.1", new_port)]
     res.sent_after = len(after)
     res.accepted_after = int(stats.get("rx_ok", 0))
@@ -259,7 +260,9 @@ def analyse(  # noqa: PLR0917 - one call site, the harness
 
 def summary(res: Result) -> str:
     return (
-        f"{res.sent} peer packets sent, {res.echoes} came back through the tunnels; "
+        f"{res.sent} peer packets sent in {res.sending_s:.1f} s "
+        f"({res.sent / max(res.sending_s, 1e-9):.0f}/s), "
+        f"{res.echoes} came back through the tunnels; "
         f"{res.lost} lost ({res.lost_during_failover} around the failover); "
         f"after the failover {res.accepted_after}/{res.sent_after} accepted by the new primary "
         f"(kernel socket drops {res.kernel_drops_after}, refused {res.rejected_after or 0}); "

@@ -147,6 +147,7 @@ class Peer:
     sock: socket.socket = field(init=False)
     target: tuple[str, int] | None = None
     sent: list[tuple[int, int, int, tuple[str, int] | None]] = field(default_factory=list)
+    sending_s: float = 0.0  # how long the sender ran
     received: list[tuple[int, bytes]] = field(default_factory=list)  # (source port, ESP)
     probes: list[tuple[int, int]] = field(default_factory=list)  # (SPI, seq) sent to a secondary
     stop: threading.Event = field(default_factory=threading.Event)  # the sender
@@ -174,6 +175,7 @@ class Peer:
                     self.sent.append((t.index, n, seq, target))
                 n += 1
             time.sleep(0.002)
+        self.sending_s = time.monotonic() - t0
 
     def recv_loop(self) -> None:
         while not self.done.is_set():
