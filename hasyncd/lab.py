@@ -427,6 +427,7 @@ def _esp_steps(lab: LabCluster) -> bool:
         and not res.replay_refused
         and not res.reused
         and res.nonce_reused == 0
+        and res.replay[1] - res.replay[4] <= res.replay[2] <= res.replay[1]
     )
 
 

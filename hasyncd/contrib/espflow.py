@@ -80,11 +80,15 @@ class Result:
     nonce_reused: int = 0
     echoes: int = 0
     lost: int = 0
-    lost_during_failover: int = 0
+    lost_during_failover: int = 0  # up to the new primary's endpoint going active
+    held_for_replay: int = 0  # lost while the test's replay attack held the VIP back
     old_last_seq: dict[int, int] = field(default_factory=dict)  # by outbound SPI
     new_first_seq: dict[int, int] = field(default_factory=dict)
     old_leases_granted: int = 0  # leases the old primary's endpoint held before the kill
     peer_kernel_drops: int = 0  # gateway packets lost at the peer's socket: unrecorded
+    # Replays, to the new primary before the VIP moves, of every packet sent to the old
+    # one: (replayed, at or below the replicated seq, refused, accepted, old socket drops)
+    replay: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
     secondary_probe: tuple[int, int, int] = (0, 0, 0)  # sent to it, refused as inactive, answered
 
 
@@ -134,8 +138,9 @@ def run(
             f"   flowing: {len(peer.sent)} packets sent, {len(peer.received)} back; "
             f"kill -9 {primary.name} and its endpoint"
         )
-        old_state = old.state()
+        old_state, old_drops = old.state(), udp_drops(old.port)
         old_epoch = old_state.get("epoch")
+        k_kill = len(peer.sent)  # what the peer sent before the kill (the old one may have it)
         primary.kill()
         old.stop(sig_kill=True)
         t_kill = time.monotonic()
@@ -144,6 +149,9 @@ def run(
             20,
             "the new primary's endpoint",
         )
+        k_active = len(peer.sent)
+        replay = _replay(peer, tunnels, new, old.port, k_kill)
+        held = len(peer.sent) - k_active  # sent to the dead node while the replays ran
         drops0, stats0 = udp_drops(new.port), new.state().get("stats", {})
         peer.target = ("127.0.0.1", new.port)  # the VIP moves to the announced endpoint
         say(
@@ -176,9 +184,53 @@ def run(
         kernel_drops,
     )
     res.secondary_probe = probe
+    res.replay = (*replay, old_drops)
+    res.held_for_replay = held
+    res.lost_during_failover -= held
     res.old_leases_granted = int(old_state.get("stats", {}).get("leases_granted", 0))
     res.peer_kernel_drops = peer_drops
     return res
+
+
+def _replay(
+    peer: Peer, tunnels: list[Tunnel], new: Endpoint, old_port: int, k: int
+) -> tuple[int, int, int, int]:
+    """An attacker replays what the peer sent to the old primary before the kill.
+
+    Returns (replayed, covered, refused, accepted); covered: at or below the
+    inbound ``seq`` the new primary's record shows.  Paced, so that the new
+    endpoint's socket does not drop any.
+    """
+    top = {}
+    for t in tunnels:
+        rid = next(r for r, rec in t.records if rec["direction"] == "in")
+        code, body = new.node.client.get(f"/v1/records/ipsec_sa/{rid}")
+        assert code == 200, body
+        top[t.tx.spi] = int(body["record"]["seq"])
+    old = [
+        (tunnels[i].tx.spi, seq, peer.wires[j])
+        for j, (i, _, seq, tgt) in enumerate(peer.sent[:k])
+        if tgt == ("127.0.0.1", old_port)
+    ]
+    before = Counter(new.state().get("stats", {}))
+    for j, (_, _, wire) in enumerate(old):
+        peer.sock.sendto(wire, ("127.0.0.1", new.port))
+        if j % 50 == 49:
+            time.sleep(0.01)
+
+    def delta() -> tuple[int, int]:
+        """(refused, accepted) since the replay began.  With ESN a packet left of the
+        window is taken for the next 2^32 block (RFC 4303 A2.2) and fails its ICV."""
+        now = Counter(new.state().get("stats", {}))
+        now.subtract(before)
+        return now["rx_replay"] + now["rx_auth_failed"], now["rx_ok"]
+
+    deadline = time.monotonic() + 5
+    while sum(delta()) < len(old) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    refused, accepted = delta()
+    covered = sum(1 for spi, seq, _ in old if seq <= top[spi])
+    return len(old), covered, refused, accepted
 
 
 def _probe(peer: Peer, secondary: Endpoint) -> tuple[int, int, int]:
@@ -263,7 +315,8 @@ def summary(res: Result) -> str:
         f"{res.sent} peer packets sent in {res.sending_s:.1f} s "
         f"({res.sent / max(res.sending_s, 1e-9):.0f}/s), "
         f"{res.echoes} came back through the tunnels; "
-        f"{res.lost} lost ({res.lost_during_failover} around the failover); "
+        f"{res.lost} lost ({res.lost_during_failover} around the failover, "
+        f"{res.held_for_replay} while the replay check held the VIP back); "
         f"after the failover {res.accepted_after}/{res.sent_after} accepted by the new primary "
         f"(kernel socket drops {res.kernel_drops_after}, refused {res.rejected_after or 0}); "
         f"gateway packets per node {res.from_gateways} (peer socket drops "
@@ -277,5 +330,8 @@ def summary(res: Result) -> str:
             f"{spi:08x}: {res.old_last_seq.get(spi)} -> {first}"
             for spi, first in sorted(res.new_first_seq.items())
         )
-        + f"; leases granted to the old primary's endpoint {res.old_leases_granted}"
+        + f"; leases granted to the old primary's endpoint {res.old_leases_granted}; "
+        f"{res.replay[0]} packets sent to the old primary replayed to the new one: "
+        f"{res.replay[1]} at or below the replicated inbound seq, {res.replay[2]} refused, "
+        f"{res.replay[3]} accepted (the stale-window exposure)"
     )

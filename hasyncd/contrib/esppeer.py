@@ -147,6 +147,7 @@ class Peer:
     sock: socket.socket = field(init=False)
     target: tuple[str, int] | None = None
     sent: list[tuple[int, int, int, tuple[str, int] | None]] = field(default_factory=list)
+    wires: list[bytes] = field(default_factory=list)  # sent[k]'s packet is wires[k]
     sending_s: float = 0.0  # how long the sender ran
     received: list[tuple[int, bytes]] = field(default_factory=list)  # (source port, ESP)
     probes: list[tuple[int, int]] = field(default_factory=list)  # (SPI, seq) sent to a secondary
@@ -172,6 +173,7 @@ class Peer:
                             self.sock.sendto(wire, target)
                         except OSError:
                             target = None
+                    self.wires.append(wire)
                     self.sent.append((t.index, n, seq, target))
                 n += 1
             time.sleep(0.002)
