@@ -372,3 +372,20 @@ def test_counter_updates_are_refused_on_a_secondary_and_bad_items_change_nothing
     assert (out.applied, out.ignored) == (0, 0)
     assert sim.nodes[a].core.store.get_raw(CTR, rid) is None  # nothing written
     assert sim.nodes[a].core.stats["counter_updates"]["error"] == 2
+
+
+def test_deleting_an_sa_deletes_its_counters_everywhere() -> None:
+    sim = Sim(seed=112)
+    a, b = pair(sim)
+    rid, _ = put(sim, a, SA, out_sa(8))
+    report(sim, a, rid, 10**9)
+    sim.run_for(0.2)
+    assert sim.nodes[b].core.store.get(CTR, rid, sim.nodes[b].core.wall()) is not None
+    assert sim.write(a, SA, rid, None) is not None
+    sim.run_for(0.2)
+    for n in (a, b):
+        core = sim.nodes[n].core
+        assert core.store.get(CTR, rid, core.wall()) is None
+    # A new SA that reuses the id does not inherit the old counter.
+    put(sim, a, SA, out_sa(8))
+    assert viewed(sim, a, SA, rid)["seq"] == sample(SA, out_sa(8))["seq"]  # type: ignore[index]

@@ -154,7 +154,7 @@ def update_counters(core: NodeCore, updates: list[CounterUpdate], now: float) ->
             ctr.seq_limit if ctr else 0,
             entry.expires,
         )
-        result = core.local_write(CTR, u.id, _CTR_KIND.from_wire(new, u.id), quiet=True)
+        result = core.local_write(CTR, u.id, _CTR_KIND.from_checked(new, u.id), quiet=True)
         out.version = result.version
         out.applied += 1
     for label, n in (

@@ -53,7 +53,8 @@ from hasyncd.core.replication import (
     apply_changes,
 )
 from hasyncd.core.roles import RoleManager
-from hasyncd.core.seqview import History
+from hasyncd.core.seqview import CTR, PROMO, History
+from hasyncd.core.seqview import SA as SA_CODE
 from hasyncd.core.settings import CoreSettings
 from hasyncd.core.status import node_status
 from hasyncd.errors import HasyncdError, ProtocolError, RecordError, RecordExpired
@@ -456,6 +457,8 @@ class NodeCore(Outputs):
 
     def apply_from_primary(self, changes: tuple[Change, ...]) -> int:
         result = apply_changes(self.store, changes, self.wall(), self.s.tombstone_ttl)
+        if any(c.kind == PROMO for c in changes):
+            self.promotions.invalidate()
         self.count("records_applied", "", result.applied)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -535,6 +538,8 @@ class NodeCore(Outputs):
         else:
             value = pack_value(version, record.expires, record.blob)
         old = self.store.put_value(kind, rid, value)
+        if kind == PROMO:
+            self.promotions.invalidate()
         for peer in self.peers.values():
             if peer.session is not None:
                 peer.session.enqueue(kind, rid, version)
@@ -545,6 +550,8 @@ class NodeCore(Outputs):
             self.emit(
                 RecordChanged(KIND_BY_CODE[kind], rid, "put" if record else "delete", epoch, seq)
             )
+        if record is None and kind == SA_CODE and self.store.get(CTR, rid, self.wall()):
+            self.local_write(CTR, rid, None)  # its counters go with it (a reused id starts afresh)
         return WriteResult(version, old is None or not value_is_record(old))
 
     def recompute_watermark(self) -> None:

@@ -28,7 +28,7 @@ from hasyncd.store import SEQ_BITS, Store
 
 log = logging.getLogger("hasyncd.roles")
 
-SLICE = 2048  # records per scan slice: a few milliseconds of decoding
+SLICE = 512  # records per scan slice: a few milliseconds of decoding and viewing
 
 __all__ = ["CTR", "PromotionRule", "PromotionWork", "promotion_record"]
 

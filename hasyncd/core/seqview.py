@@ -41,7 +41,7 @@ import msgspec
 from hasyncd.kinds import U32, U64
 from hasyncd.policy import KIND_CODES
 from hasyncd.records import KINDS_BY_CODE
-from hasyncd.store import SEQ_BITS, Store
+from hasyncd.store import HEADER, HEADER_LEN, SEQ_BITS, Store
 
 SA = KIND_CODES["ipsec_sa"]
 IKE = KIND_CODES["ike_sa"]
@@ -49,36 +49,48 @@ PROMO = KIND_CODES["promotion"]
 CTR = KIND_CODES["sa_counters"]
 _DIR_OUT = 1
 _replace = msgspec.structs.replace
+_NONE: list[Any] = []
+_unpack_from = HEADER.unpack_from
+_CTR_DECODE = msgspec.msgpack.Decoder(KINDS_BY_CODE[CTR].schema.wire).decode
 
 
 class History:
-    """The promotion records in the store, decoded once each time the table changes."""
+    """The promotion records in the store, decoded once each time the table changes.
+
+    A change is seen by the table's size (a record added or dropped) or told
+    by ``invalidate`` (the node core calls it when it writes or applies a
+    promotion record: a resync may drop one and add another).
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._key: tuple[int, str | None] | None = None
+        self._table = store.tables[PROMO]
+        self._n = -1
         self._entries: list[Any] = []
         self._epochs: list[int] = []
 
+    def invalidate(self) -> None:
+        self._n = -1
+
     def entries(self) -> list[Any]:
-        table = self.store.tables[PROMO]
-        order = table.order
-        key = (len(table.entries), order[-1] if len(order) else None)
-        if key != self._key:
+        table = self._table
+        if len(table.entries) != self._n:
             kind = KINDS_BY_CODE[PROMO]
             items = []
-            for rid in order:
+            for rid in table.order:
                 raw = self.store.get_raw(PROMO, rid)
                 if raw is not None and raw.blob is not None:
                     items.append(kind.decode(raw.blob))
             items.sort(key=lambda p: p.epoch)
             self._entries, self._epochs = items, [p.epoch for p in items]
-            self._key = key
+            self._n = len(table.entries)
         return self._entries
 
     def after(self, epoch: int) -> list[Any]:
         """Promotions to an epoch newer than ``epoch``, oldest first."""
         entries = self.entries()
+        if not entries or self._epochs[-1] <= epoch:
+            return _NONE  # the common case: written since the last promotion
         return entries[bisect.bisect_right(self._epochs, epoch) :]
 
     def latest(self) -> Any | None:
@@ -117,30 +129,34 @@ def sa_view(
     ``seq`` gets the jumps of later promotions only.
     """
     if ctr is None:
-        sa_after, ctr_after = history.after(_epoch(sa_version)), []
+        sa_after, ctr_after = history.after(sa_version >> SEQ_BITS), _NONE
     else:
-        ctr_after = history.after(_epoch(ctr_version))
-        sa_after = history.after(max(_epoch(sa_version), _epoch(ctr_version)))
+        ctr_after = history.after(ctr_version >> SEQ_BITS)
+        sa_after = history.after(max(sa_version, ctr_version) >> SEQ_BITS) if ctr_after else _NONE
     if sa.direction == _DIR_OUT:
         return _outbound(sa, sa_after, ctr, ctr_after)
     return _inbound(sa, sa_after, ctr, ctr_after)
 
 
+def _jumps(after: list[Any], ctr: Any | None) -> int:
+    return sum(jump(p, ctr) for p in after) if after else 0
+
+
 def _outbound(sa: Any, sa_after: list[Any], ctr: Any | None, ctr_after: list[Any]) -> SaView:
-    seq = sa.seq + sum(jump(p, ctr) for p in sa_after)
+    seq = sa.seq + _jumps(sa_after, ctr) if sa_after else sa.seq
     leased = False
     if ctr is not None:
-        seq = max(seq, ctr.seq + sum(jump(p, ctr) for p in ctr_after))
-        # A lease granted before a promotion: the old data plane never sent past it.
-        leased = ctr.seq_limit > 0 and bool(ctr_after) and ctr.seq_limit >= seq
         if ctr_after:
+            seq = max(seq, ctr.seq + _jumps(ctr_after, ctr))
+            # A lease granted before a promotion: the old data plane never sent past it.
+            leased = ctr.seq_limit > 0 and ctr.seq_limit >= seq
             seq = max(seq, ctr.seq_limit)
-    advanced = seq != sa.seq
-    limit = U64 if sa.esn else U32
-    if seq > limit:
-        return SaView(_replace(sa, seq=limit, rekey_required=True), True, leased)
-    if not advanced:
+        elif ctr.seq > seq:
+            seq = ctr.seq
+    if seq == sa.seq:
         return SaView(sa, False, False)
+    if seq > (U64 if sa.esn else U32):
+        return SaView(_replace(sa, seq=U64 if sa.esn else U32, rekey_required=True), True, leased)
     return SaView(_replace(sa, seq=seq), True, leased)
 
 
@@ -202,11 +218,16 @@ def merge_view(history: History, kind: int, rid: str, version: int, wire: Any) -
 
 
 def read_counters(store: Store, rid: str) -> tuple[Any | None, int]:
-    """The sa_counters of SA ``rid`` (expired ones included: they only raise the view)."""
-    raw = store.get_raw(CTR, rid)
-    if raw is None or raw.blob is None:
+    """The sa_counters of SA ``rid`` (expired ones included: they only raise the view).
+
+    Stored values were validated on their way in: decoding checks their types
+    again, nothing more is needed on this hot path.
+    """
+    value = store.get_value(CTR, rid)
+    if value is None or len(value) <= HEADER_LEN:
         return None, 0
-    return KINDS_BY_CODE[CTR].decode(raw.blob), raw.version
+    seq, epoch = _unpack_from(value)[:2]
+    return _CTR_DECODE(memoryview(value)[HEADER_LEN:]), epoch << SEQ_BITS | seq
 
 
 def view(history: History, kind: int, rid: str, version: int, wire: Any) -> Any:
