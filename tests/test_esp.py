@@ -195,7 +195,8 @@ def test_endpoint_config_is_checked(tmp_path: Path) -> None:
     loaded = EndpointConfig.load(cfg)
     assert loaded.listen == ("127.0.0.1", 4500)
     assert (loaded.mode, loaded.lease_block) == ("leases", 65536)
-    for bad in ('mode = "both"', 'listen = "nowhere"', "lease_block = 1", "report_ms = 0"):
+    bads = ('mode = "both"', 'listen = "nowhere"', "lease_block = 1", "report_ms = 0")
+    for bad in (*bads, 'lease_alone = "wait"'):
         body = '[esp]\napi = "/run/x.sock"\nlisten = "127.0.0.1:4500"\n' + bad + "\n"
         cfg.write_text(body.replace('listen = "127.0.0.1:4500"\nlisten', "listen"))
         with pytest.raises(ConfigError):

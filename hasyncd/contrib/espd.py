@@ -54,6 +54,10 @@ class EndpointConfig:
     report_ms: int = 100  # counter reports (and lease checks) at most this often
     poll_ms: int = 100  # how often the node's role is read
     lease_block: int = 65536  # sequence numbers per lease; renewed at half way
+    # Lease mode with no in-sync secondary (no lease can be granted): "counters"
+    # keeps sending under the rate bound, "stop" stops at the last ceiling (no
+    # reuse even in a split brain, but a lone survivor's tunnels stall).
+    lease_alone: str = "counters"
     state_file: Path | None = None  # JSON counters, rewritten each report (tests, lab)
 
     @classmethod
@@ -68,12 +72,15 @@ class EndpointConfig:
                 report_ms=int(raw.get("report_ms", 100)),
                 poll_ms=int(raw.get("poll_ms", 100)),
                 lease_block=int(raw.get("lease_block", 65536)),
+                lease_alone=str(raw.get("lease_alone", "counters")),
                 state_file=Path(raw["state_file"]) if raw.get("state_file") else None,
             )
         except (OSError, KeyError, ValueError, TypeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: [esp] section: {exc!r}") from None
         if cfg.mode not in {"counters", "leases"}:
             raise ConfigError(f"{path}: [esp].mode must be counters or leases")
+        if cfg.lease_alone not in {"counters", "stop"}:
+            raise ConfigError(f"{path}: [esp].lease_alone must be counters or stop")
         if not (cfg.report_ms > 0 and cfg.poll_ms > 0 and cfg.lease_block >= 2):
             raise ConfigError(f"{path}: [esp] report_ms, poll_ms > 0 and lease_block >= 2")
         return cfg
@@ -282,6 +289,10 @@ class Endpoint:
     def _unleased(self, now: float) -> None:
         self.stats["leases_unavailable"] += 1
         self._lease_retry = now + LEASE_RETRY_S
+        if self.cfg.lease_alone == "stop":
+            if self.leased:
+                log.warning("no in-sync secondary, no lease: stopping at the granted ceilings")
+            return
         if self.leased:
             log.warning("no in-sync secondary, no lease: sending under counter reports")
         self.leased = False
