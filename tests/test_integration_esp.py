@@ -57,3 +57,23 @@ def test_esp_tunnel_survives_kill9_of_the_primary(make_cluster: Any, mode: str) 
     assert res.nonce_reused == 0
     if mode == "leases":  # the old primary ran under leases, renewed at half way
         assert res.old_leases_granted > 4
+
+
+def test_lease_mode_alone_can_stop_at_the_ceiling(make_cluster: Any) -> None:
+    """``lease_alone = "stop"``: the lone new primary gets no lease, so it sends nothing."""
+    cluster = make_cluster(
+        base={
+            "sync": {"mode": "sync", "sync_timeout_ms": 2000},
+            "promotion": {"esp_seq_margin": 16},
+        }
+    )
+    res = espflow.run(
+        cluster, "leases", print, rate=500, lease_block=256, after_s=1.0, lease_alone="stop"
+    )
+    print(f"leases, alone=stop: {espflow.summary(res)}")
+    assert res.sent_after > 200
+    assert res.accepted_after + res.kernel_drops_after == res.sent_after  # it still receives
+    assert res.from_gateways.get("fw-b", 0) == 0  # ... and sends nothing without a lease
+    assert res.new_stats.get("tx_no_lease", 0) == res.accepted_after
+    assert res.new_stats.get("tx_ok", 0) == 0
+    assert res.reused == [] and res.undecryptable == 0 and res.replay_refused == {}

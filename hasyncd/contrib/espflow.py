@@ -38,12 +38,13 @@ class Endpoint:
     state_file: Path
     proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, mode: str, lease_block: int) -> None:
+    def start(self, mode: str, lease_block: int, lease_alone: str) -> None:
         cfg = self.node.dir / f"{self.node.name}-esp.toml"
         cfg.write_text(
             "[esp]\n"
             f'api = "{self.node.socket}"\nlisten = "127.0.0.1:{self.port}"\nmode = "{mode}"\n'
             f"report_ms = 100\npoll_ms = 50\nlease_block = {lease_block}\n"
+            f'lease_alone = "{lease_alone}"\n'
             f'state_file = "{self.state_file}"\n'
         )
         log = (self.node.dir / f"{self.node.name}-esp.log").open("ab")
@@ -82,6 +83,7 @@ class Result:
     lost: int = 0
     lost_during_failover: int = 0  # up to the new primary's endpoint going active
     held_for_replay: int = 0  # lost while the test's replay attack held the VIP back
+    new_stats: dict[str, int] = field(default_factory=dict)  # the new endpoint's, after the move
     old_last_seq: dict[int, int] = field(default_factory=dict)  # by outbound SPI
     new_first_seq: dict[int, int] = field(default_factory=dict)
     old_leases_granted: int = 0  # leases the old primary's endpoint held before the kill
@@ -101,6 +103,7 @@ def run(
     before_s: float = 1.5,
     after_s: float = 1.5,
     lease_block: int = 1024,
+    lease_alone: str = "counters",
 ) -> Result:
     primary, secondary = cluster.wait_pair()
     peer_port = udp_port()
@@ -119,7 +122,7 @@ def run(
         n.name: Endpoint(n, udp_port(), n.dir / f"{n.name}-esp.json") for n in (primary, secondary)
     }
     for ep in eps.values():
-        ep.start(mode, lease_block)
+        ep.start(mode, lease_block, lease_alone)
     old, new = eps[primary.name], eps[secondary.name]
     peer: Peer | None = None
     try:
@@ -186,6 +189,7 @@ def run(
     res.secondary_probe = probe
     res.replay = (*replay, old_drops)
     res.held_for_replay = held
+    res.new_stats = {k: v for k, v in stats.items() if v}
     res.lost_during_failover -= held
     res.old_leases_granted = int(old_state.get("stats", {}).get("leases_granted", 0))
     res.peer_kernel_drops = peer_drops
