@@ -55,6 +55,7 @@ def test_esp_tunnel_survives_kill9_of_the_primary(make_cluster: Any, mode: str) 
     # no (SPI, sequence number) pair, and so no GCM nonce, was used twice
     assert res.reused == []
     assert res.nonce_reused == 0
+    assert res.key_leaks == []  # no SA key in the endpoints' logs or state files
     if mode == "leases":  # the old primary ran under leases, renewed at half way
         assert res.old_leases_granted > 4
 

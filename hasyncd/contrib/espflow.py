@@ -84,6 +84,7 @@ class Result:
     lost_during_failover: int = 0  # up to the new primary's endpoint going active
     held_for_replay: int = 0  # lost while the test's replay attack held the VIP back
     new_stats: dict[str, int] = field(default_factory=dict)  # the new endpoint's, after the move
+    key_leaks: list[str] = field(default_factory=list)  # endpoint files quoting key material
     old_last_seq: dict[int, int] = field(default_factory=dict)  # by outbound SPI
     new_first_seq: dict[int, int] = field(default_factory=dict)
     old_leases_granted: int = 0  # leases the old primary's endpoint held before the kill
@@ -190,6 +191,7 @@ def run(
     res.replay = (*replay, old_drops)
     res.held_for_replay = held
     res.new_stats = {k: v for k, v in stats.items() if v}
+    res.key_leaks = _key_leaks(tunnels, list(eps.values()))
     res.lost_during_failover -= held
     res.old_leases_granted = int(old_state.get("stats", {}).get("leases_granted", 0))
     res.peer_kernel_drops = peer_drops
@@ -235,6 +237,23 @@ def _replay(
     refused, accepted = delta()
     covered = sum(1 for spi, seq, _ in old if seq <= top[spi])
     return len(old), covered, refused, accepted
+
+
+def _key_leaks(tunnels: list[Tunnel], eps: list[Endpoint]) -> list[str]:
+    """Endpoint logs and state files that contain any SA key (or its first 8 bytes) in hex."""
+    keys = [
+        rec[f]["key"][:16]
+        for t in tunnels
+        for _, rec in t.records
+        for f in ("enc", "auth")
+        if rec.get(f)
+    ]
+    leaks = []
+    for ep in eps:
+        for path in (ep.node.dir / f"{ep.node.name}-esp.log", ep.state_file):
+            text = path.read_text() if path.exists() else ""
+            leaks += [f"{path.name}: {k[:4]}..." for k in keys if k in text]
+    return leaks
 
 
 def _probe(peer: Peer, secondary: Endpoint) -> tuple[int, int, int]:
