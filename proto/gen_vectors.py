@@ -16,7 +16,6 @@ built with a fixed ``now``.  Byte strings are hex in the JSON files.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import msgspec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -73,7 +73,7 @@ def message_fields(msg: m.Message) -> dict[str, Any]:
             ],
         }
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(msg):
+    for f in msgspec.structs.fields(msg):
         v = getattr(msg, f.name)
         if isinstance(v, bytes):
             v = v.hex()

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hasyncd.core.events import PromotionDone
-from hasyncd.core.seqview import CTR, IKE, SA, History, read_counters, sa_view
+from hasyncd.core.seqview import IKE, SA, History, read_counters, sa_view
 from hasyncd.counterkinds import INBOUND_POLICIES, promotion_id
 from hasyncd.records import KINDS, KINDS_BY_CODE, Record
 from hasyncd.store import SEQ_BITS, Store
@@ -30,7 +30,7 @@ log = logging.getLogger("hasyncd.roles")
 
 SLICE = 512  # records per scan slice: a few milliseconds of decoding and viewing
 
-__all__ = ["CTR", "PromotionRule", "PromotionWork", "promotion_record"]
+__all__ = ["PromotionRule", "PromotionWork", "promotion_record"]
 
 
 @dataclass(frozen=True, slots=True)

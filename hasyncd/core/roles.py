@@ -499,7 +499,7 @@ class RoleManager:
         )
         # Step 2 in O(1): one promotion record; every SA reads through it (seqview).
         record = promotion_record(self.epoch, core.wall(), rule)
-        core.local_write(PROMO, record.id, record)
+        core.local_write(PROMO, record.id, record, quiet=True)  # promotion_done tells
         work = PromotionWork(self.epoch, reason, now, rule)
         self.promotion = work
         core.count("promotions")

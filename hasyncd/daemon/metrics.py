@@ -9,6 +9,7 @@ so the core never depends on the metrics library.  Shell-side measurements
 
 from __future__ import annotations
 
+import math
 import platform
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
@@ -91,9 +92,9 @@ class _CoreCollector(Collector):
                 "estimated packets sent that no replicated counter shows yet (rate x age)",
             ),
         ):
-            v = fresh[key]
-            if isinstance(v, int | float):
-                yield GaugeMetricFamily(f"hasyncd_{name}", text, value=float(v))
+            v = fresh[key]  # NaN until the first pass over the counters has ended
+            gauge = float(v) if isinstance(v, int | float) else math.nan
+            yield GaugeMetricFamily(f"hasyncd_{name}", text, value=gauge)
         yield GaugeMetricFamily(
             "hasyncd_rekey_pending",
             "SAs waiting in the rekey governor",
