@@ -173,6 +173,20 @@ class PortalError(HasyncdError):
         self.code = code
 
 
+class EspError(HasyncdError):
+    """The reference ESP endpoint (``hasyncd.contrib``) drops a packet or cannot run an SA.
+
+    ``code`` names the endpoint counter it goes to (``rx_replay``,
+    ``rx_auth_failed``, ``tx_no_lease``...); messages never carry key material.
+    """
+
+    code = "esp"
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class ProtocolError(HasyncdError):
     """A peer sent something the link protocol does not allow.
 

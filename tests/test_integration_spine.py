@@ -782,6 +782,7 @@ def test_lab_command_passes(tmp_path: Path) -> None:
     proc = _run(["lab", "--records", "20", "--dir", str(tmp_path / "lab")], timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "lab passed" in proc.stdout
+    assert "== ESP failover: a scapy IPsec peer" in proc.stdout  # scapy is a test extra
 
 
 # --- bugs found on the way ---------------------------------------------------------------------
