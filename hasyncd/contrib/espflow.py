@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from hasyncd.contrib.esppeer import MARK, Peer, Tunnel, make_tunnels, udp_drops, udp_port
 
 if TYPE_CHECKING:
-    from hasyncd.lab import LabCluster, LabNode
+    from hasyncd.labcluster import LabCluster, LabNode
 
 PEER_WINDOW = 64  # the peer's own anti-replay window (RFC 4303 default)
 
