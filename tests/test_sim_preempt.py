@@ -8,6 +8,10 @@ depends on how fast the machine is.
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from hasyncd.core.events import HandoverFinished, RoleChanged
 from hasyncd.sim import Sim
 from hasyncd.wire.messages import Role
@@ -85,6 +89,28 @@ def test_with_override_the_primary_preempts_after_the_delay_and_not_before() -> 
     assert duties.preempt_since is None
     finished = [ev for _, ev in sim.nodes["b"].events if isinstance(ev, HandoverFinished)]
     assert [(ev.target, ev.ok) for ev in finished] == [("a", True)]
+
+
+def test_the_delay_is_inclusive_and_the_pending_preemption_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sim = Sim(seed=45)
+    pair(sim, override=True, preempt_delay=DELAY)
+    caplog.set_level(logging.INFO, logger="hasyncd.roles")
+    _b_primary_a_returned(sim)
+    _until_preempt_timer(sim)
+    assert (
+        "a should be primary (selected by priority 200 over b): preempting in 0.5 s"
+        in caplog.messages
+    )
+    # Binary-exact times: the handover starts when exactly the delay has passed.
+    duties = sim.nodes["b"].core.roles.duties
+    duties.preempt_since = 1000.0
+    duties.run(1000.0 + DELAY - 2**-20)
+    assert duties.handover is None
+    duties.run(1000.0 + DELAY)
+    assert duties.handover is not None
+    assert duties.handover.target == "a"
 
 
 def test_the_preempt_delay_starts_over_when_the_better_node_goes_away() -> None:

@@ -63,6 +63,8 @@ def test_lateness_credits_every_up_peer_and_is_counted(caplog: pytest.LogCapture
     own_lateness(b, b.s.heartbeat_interval, b.now)
     msgs = [r.getMessage() for r in caplog.records if r.name == "hasyncd.core"]
     assert msgs == ["this node's event loop stalled for 100 ms"]
+    own_lateness(b, 1.0, b.now)
+    assert caplog.messages[-1] == "this node's event loop stalled for 1000 ms"
 
 
 def test_a_stall_fences_a_primary_that_sent_no_heartbeat_for_too_long() -> None:
@@ -121,6 +123,35 @@ def test_a_loss_the_stall_credit_explains_is_suppressed_once(
     # Past the credit too: lost.
     check_peers(b, loss_deadline(peer, lost))
     assert not peer.up
+
+
+def test_the_suppression_message_gives_the_silence_and_the_stall_in_ms(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _sim, _a, b = settled()
+    peer = b.peers["a"]
+    peer.stall = 1.0
+    caplog.set_level(logging.WARNING, logger="hasyncd.core")
+    check_peers(b, peer.last_rx + 1.0)
+    assert [r.getMessage() for r in caplog.records if r.name == "hasyncd.core"] == [
+        "a silent for 1000 ms, but this node itself stalled 1000 ms of that: not declaring it lost"
+    ]
+
+
+def test_a_suppressed_peer_does_not_stop_the_check_of_the_others() -> None:
+    sim = Sim(seed=52)
+    sim.cluster(["a", "b", "c"])
+    sim.run_until_true(lambda: len(sim.primaries()) == 1, limit=10)
+    sim.run_for(1.0)
+    core = next(n.core for n in sim.nodes.values() if n.role.name != "PRIMARY")
+    first, second = list(core.peers.values())
+    assert first.up and second.up
+    first.stall = 10.0  # the first one's silence is explained by our own stall
+    now = max(first.last_rx, second.last_rx) + core.s.lost_timeout + 0.1
+    check_peers(core, now)
+    assert first.up
+    assert first.suppressed
+    assert not second.up
 
 
 def test_a_peer_that_is_already_down_is_not_checked() -> None:

@@ -24,12 +24,13 @@ from hasyncd.core.merge import (
     record_split,
 )
 from hasyncd.core.node import NodeCore
-from hasyncd.core.replication import Mark, MarkKind
+from hasyncd.core.replication import Mark, MarkKind, decode_change
+from hasyncd.errors import RecordError
 from hasyncd.policy import shown_id
 from hasyncd.records import KINDS_BY_CODE
 from hasyncd.sim import WALL_BASE, Sim
 from hasyncd.store import Entry, Store, pack_version
-from hasyncd.wire.messages import Change, MergeEnd, Phase, Records
+from hasyncd.wire.messages import MAX_CHANGES, Change, MergeEnd, Phase, Records
 
 from .simutil import IKE, SA, WEB, decoded, pair, record, sample
 
@@ -182,6 +183,24 @@ def test_a_sender_with_floor_zero_offers_everything_and_resumes_at_a_position() 
     assert resumed.next_message(s) == (MergeEnd(0, 0), Mark(MarkKind.MERGE_END))
 
 
+def test_a_merge_in_several_batches_counts_every_offer_in_its_end() -> None:
+    n = MAX_CHANGES + 10
+    s = store_with({i: pack_version(E_LOSER, i + 1) for i in range(n)})
+    sender = MergeSender(E_LOSER)
+    sizes = []
+    while True:
+        result = sender.next_message(s)
+        assert result is not None
+        msg, _mark = result
+        if isinstance(msg, MergeEnd):
+            break
+        assert isinstance(msg, Records)
+        sizes.append(len(msg.changes))
+    assert len(sizes) >= 2
+    assert sum(sizes) == n
+    assert msg == MergeEnd(n, E_LOSER)
+
+
 def test_a_long_stretch_without_matches_yields_and_continues_on_the_next_call() -> None:
     assert MERGE_SCAN == 4096
     floor = pack_version(E_LOSER, 10**6)
@@ -220,26 +239,32 @@ def test_the_survivor_applies_offers_as_its_own_writes_and_counts_them(
 ) -> None:
     _sim, core = survivor()
     peer = core.peers["b"]
-    tag = peer.tag
-    loser_epoch = 3 << 16 | tag
+    loser_epoch = 3 << 16 | peer.tag
     rid_sa, blob_sa, _ = record(SA, 0)
     core.local_write(SA, rid_sa, KINDS_BY_CODE[SA].from_blob(blob_sa, rid_sa))
-    bad = Change(WEB, record(WEB, 9)[0], loser_epoch, 1, b"\x93not a record")
+    base = sample(WEB, 2)
+    rid_web2, blob_web2, _ = record(WEB, 2)
+    core.local_write(WEB, rid_web2, KINDS_BY_CODE[WEB].from_blob(blob_web2, rid_web2))
+    rid_bad = record(WEB, 9)[0]
+    bad = Change(WEB, rid_bad, loser_epoch, 1, b"\x93not a record")
+    with pytest.raises(RecordError) as invalid:
+        decode_change(bad)
     msg = Records(
         Phase.MERGE,
         (
             offer(WEB, 1, loser_epoch, 1),  # new to us: merged
+            bad,  # invalid: counted, skipped, the rest still applied
             offer(SA, 0, loser_epoch, 2, seq=10**6),  # ours is newer, theirs by the loser
-            bad,  # invalid: counted, skipped
+            offer(WEB, 2, loser_epoch, 3, last_seen=base["last_seen"] + 60),  # likewise
         ),
     )
     caplog.set_level(logging.WARNING, logger="hasyncd.core")
     caplog.clear()
     before = core.roles.version
     assert receive_merge(core, peer, core.roles.epoch, msg) is True
-    assert (peer.merge_offered, peer.merge_merged, peer.merge_conflicts) == (3, 2, 1)
-    assert core.stats["merged_records"][""] == 2
-    assert core.stats["merge_conflicts"][""] == 1
+    assert (peer.merge_offered, peer.merge_merged, peer.merge_conflicts) == (4, 3, 2)
+    assert core.stats["merged_records"][""] == 3
+    assert core.stats["merge_conflicts"][""] == 2
     assert core.stats["records_invalid"]["merge"] == 1
     assert core.roles.version > before  # written in the survivor's own epoch
     web = core.store.get_raw(WEB, record(WEB, 1)[0])
@@ -248,18 +273,22 @@ def test_the_survivor_applies_offers_as_its_own_writes_and_counts_them(
     sa = decoded(core.store.get_raw(SA, rid_sa), SA)
     assert sa is not None
     assert sa["seq"] == 10**6
-    assert core.store.get_raw(WEB, record(WEB, 9)[0]) is None
+    web2 = decoded(core.store.get_raw(WEB, rid_web2), WEB)
+    assert web2 is not None
+    assert web2["last_seen"] == base["last_seen"] + 60
+    assert core.store.get_raw(WEB, rid_bad) is None
     msgs = caplog.messages
-    rid_bad = record(WEB, 9)[0]
-    assert any(
-        m.startswith(f"merge from b: invalid record {shown_id(WEB, rid_bad)}: ") for m in msgs
+    assert f"merge from b: invalid record {shown_id(WEB, rid_bad)}: {invalid.value.message}" in (
+        msgs
     )
-    assert not any(rid_bad in m for m in msgs)  # a full cookie digest is a secret
-    assert any(
-        m.startswith(f"merge conflict on ipsec_sa {shown_id(SA, rid_sa)}")
-        and m.endswith(": changed on both sides, newer version kept")
-        for m in msgs
-    )
+    conflicts = [m for m in msgs if m.startswith("merge conflict on ")]
+    assert conflicts == [
+        f"merge conflict on ipsec_sa {rid_sa}: changed on both sides, newer version kept",
+        f"merge conflict on sslvpn_web_session {shown_id(WEB, rid_web2)}: changed on both "
+        "sides, newer version kept",
+    ]
+    # Web session ids are cookie digests: never logged in full.
+    assert not any(rid in m for m in msgs for rid in (rid_bad, rid_web2))
 
 
 def test_a_secondarys_catch_up_offer_ends_without_a_split_brain() -> None:

@@ -79,6 +79,20 @@ def test_a_fenced_primary_refuses_writes_and_says_why(caplog: pytest.LogCaptureF
     }
 
 
+def test_a_silence_of_exactly_the_threshold_does_not_fence() -> None:
+    # Binary-exact intervals, so that "exactly the threshold" is exact in floats.
+    _sim, core, duties = settled(heartbeat_interval=0.25, lost_threshold=4)
+    assert duties.fence_threshold == 0.75
+    last = float(int(core.now) + 1)
+    core.send_heartbeats(last)
+    assert core.last_heartbeat_sent == last
+    duties.check_writable(last + 0.75)
+    assert duties.fence is None
+    with pytest.raises(WriteRefused):
+        duties.check_writable(last + 0.75 + 2**-20)
+    assert duties.fence is not None
+
+
 def test_a_primary_that_sent_no_heartbeat_past_the_threshold_fences_itself() -> None:
     _sim, core, duties = settled()
     last = core.last_heartbeat_sent
@@ -258,6 +272,7 @@ def test_a_handover_not_taken_in_time_is_aborted_and_writes_resume(
     sim.run_until(deadline - 0.001)
     assert duties.handover is not None
     sim.run_until_true(lambda: duties.handover is None, limit=0.1, step=0)
+    assert sim.now == deadline  # the timer is armed for it; aborted at, not after, it
     why = "b did not take over within 0.2 s"
     assert finished(sim, "a") == [("b", False, why)]
     assert core.stats["handovers_aborted"][""] == 1
@@ -296,6 +311,100 @@ def test_link_down_of_another_peer_or_after_handover_was_sent_does_not_abort() -
     assert duties.handover is None
     assert duties.abort_handover("nothing to abort") is None
     assert core.stats["handovers_aborted"][""] == 1
+
+
+def test_the_timer_is_armed_for_every_pending_duty() -> None:
+    _sim, core, duties = settled(preempt_delay=7.0)
+    duties.preempt_since = 100.0
+    assert duties.deadlines() == [107.0]
+    duties.enter_fence(50.0, "x")
+    duties.begin_handover("b", "y", 60.0)
+    assert duties.deadlines() == [
+        60.0 + core.s.handover_timeout,
+        50.0 + core.s.lost_timeout,
+        # begin_handover forgets a pending preemption
+    ]
+    duties.preempt_since = 100.0
+    assert duties.deadlines()[-1] == 107.0
+
+
+def test_a_link_failover_is_a_forced_handover() -> None:
+    sim = Sim(seed=64)
+    pair(sim, monitors=("eth1",))
+    duties = sim.nodes["a"].core.roles.duties
+    sim.call("a", lambda c: c.set_monitors(("eth1",), sim.now))
+    sim.run_until_true(lambda: duties.handover is not None, limit=1, step=0)
+    h = duties.handover
+    assert h is not None
+    assert (h.target, h.planned) == ("b", False)
+    assert h.reason == "link failover: selected by monitored interfaces (0 down) over a"
+
+
+def test_a_suspended_primary_keeps_its_role_even_with_override() -> None:
+    sim = Sim(seed=65)
+    pair(sim, override=True, preempt_delay=0.5, max_flaps=1)
+    core = sim.nodes["a"].core
+    duties = core.roles.duties
+    core.roles.damper.note(sim.now)
+    core.roles.damper.note(sim.now)
+    assert core.roles.suspended_since is not None
+    for _ in range(10):
+        sim.run_for(0.25)
+        assert (duties.preempt_since, duties.handover) == (None, None)
+    assert role(sim, "a") is Role.PRIMARY
+
+
+def test_a_manual_failover_picks_the_best_in_sync_secondary_by_the_election_rules() -> None:
+    for override, winner in ((False, "c"), (True, "b")):
+        sim = Sim(seed=66)
+        kw = {"override": override, "uptime_margin": 1.0}
+        sim.add("a", ["a", "b", "c"], priority=250, **kw)
+        sim.run_until_true(lambda s=sim: role(s, "a") is Role.PRIMARY, limit=5)
+        # c has run for 2 s longer than b, beyond the 1 s uptime margin: without
+        # override uptime decides (c); with it priority does (b).
+        sim.add("c", ["a", "b", "c"], priority=100, **kw)
+        sim.run_for(2)
+        sim.add("b", ["a", "b", "c"], priority=200, **kw)
+        sim.run_until_true(lambda s=sim: in_sync(s, "b") and in_sync(s, "c"), limit=10)
+        assert sim.call("a", lambda c, s=sim: c.request_failover(s.now)) == winner
+
+
+def test_a_long_handover_reason_is_cut_to_what_the_wire_carries() -> None:
+    sim, _core, _duties = settled()
+    long = "maintenance window " * 8  # 152 characters; HANDOVER carries 64
+    assert sim.call("a", lambda c: c.roles.request_failover(sim.now, long)) == "b"
+    sim.run_until_true(lambda: role(sim, "b") is Role.PRIMARY, limit=2)
+    assert sim.nodes["b"].core.roles.reason == f"handover from a: {long[:64]}"
+
+
+def test_the_handover_is_sent_only_to_an_up_in_sync_target_with_nothing_pending() -> None:
+    sim, core, duties = settled()
+    sim.freeze("b")  # nothing b could answer changes the state under test
+    peer = core.peers["b"]
+    session = peer.session
+    assert session is not None
+    assert session.acked >= core.roles.version
+    duties.begin_handover("b", "test", sim.now)
+    h = duties.handover
+    assert h is not None
+    peer.up = False
+    duties.check_handover_ready()
+    assert not h.sent
+    peer.up = True
+    session.in_sync = False
+    duties.check_handover_ready()
+    assert not h.sent
+    session.in_sync = True
+    session.pending[(WEB, "x")] = core.roles.version
+    duties.check_handover_ready()
+    assert not h.sent
+    session.pending.clear()
+    h.target = "nobody"  # a target that is no longer a peer: wait (its abort comes later)
+    duties.check_handover_ready()
+    assert not h.sent
+    h.target = "b"
+    duties.check_handover_ready()
+    assert h.sent
 
 
 def test_reset_forgets_fence_handover_and_preemption() -> None:
@@ -339,7 +448,7 @@ def test_a_failover_during_a_snapshot_says_how_far_the_secondary_got() -> None:
     sim = Sim(seed=62, latency=0.05, jitter=0.0)
     sim.add("a", ["a", "b"], priority=200, heartbeat_interval=0.2)
     sim.run_until_true(lambda: role(sim, "a") is Role.PRIMARY, limit=5)
-    for i in range(3000):
+    for i in range(800):
         put(sim, "a", WEB, i)
     sim.add("b", ["a", "b"], priority=100, heartbeat_interval=0.2, window=32 * 1024)
     core = sim.nodes["a"].core
