@@ -318,12 +318,9 @@ def test_the_timer_is_armed_for_every_pending_duty() -> None:
     duties.preempt_since = 100.0
     assert duties.deadlines() == [107.0]
     duties.enter_fence(50.0, "x")
-    duties.begin_handover("b", "y", 60.0)
-    assert duties.deadlines() == [
-        60.0 + core.s.handover_timeout,
-        50.0 + core.s.lost_timeout,
-        # begin_handover forgets a pending preemption
-    ]
+    duties.begin_handover("b", "y", 60.0)  # forgets the pending preemption
+    assert duties.preempt_since is None
+    assert duties.deadlines() == [60.0 + core.s.handover_timeout, 50.0 + core.s.lost_timeout]
     duties.preempt_since = 100.0
     assert duties.deadlines()[-1] == 107.0
 
