@@ -8,6 +8,10 @@ load on the machine) (``time.process_time``):
 
 * ``primary_api_us``: API validation, JSON text of one record to what is stored
   (id check, blob, expiry);
+* ``primary_ndjson_us``: the same from an NDJSON batch body: splitting it into
+  lines and decoding each op (``batchops.iter_ndjson_ops``) included;
+* ``primary_msgpack_us``: the same from a msgpack batch body, both of the
+  batch handler's passes (the whole-body check, then the ops) included;
 * ``secondary_check_us``: the link check of one replicated blob (decode, rules,
   id, expiry), what ``apply_changes`` runs per record;
 * ``secondary_apply_us``: a RECORDS(BULK) message plaintext to stored entries:
@@ -32,11 +36,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 from shapes import sa_pair
 
 from hasyncd.core.replication import OutboundSession, apply_changes, decode_change
+from hasyncd.daemon import batchops, bodies
 from hasyncd.records import KINDS
 from hasyncd.store import Entry, Store, pack_version
 from hasyncd.wire import messages as m
@@ -64,6 +71,45 @@ def cpu_per_record(fn: Callable[[], Any], n: int, repeat: int) -> float:
     return round(min(runs), 2)
 
 
+def ndjson_per_record(texts: list[tuple[str, bytes]], repeat: int) -> float:
+    """An NDJSON batch body of the records to validated records, as the batch handler does."""
+    body = b"\n".join(
+        b'{"op":"put","kind":"ipsec_sa","id":' + json.dumps(rid).encode() + b',"record":' + t + b"}"
+        for rid, t in texts
+    )
+    put_kinds = getattr(batchops, "PUT_KINDS", {})  # older code: every line is an Op
+
+    def run() -> None:
+        for op in batchops.iter_ndjson_ops(body):
+            if type(op) in put_kinds:
+                SA.from_api(op.record, op.id)
+            else:
+                SA.parse_json(op.record, op.id)
+
+    return cpu_per_record(run, len(texts), repeat)
+
+
+def msgpack_per_record(texts: list[tuple[str, bytes]], repeat: int) -> float:
+    """A msgpack batch body of the records to validated records, as the batch handler does."""
+    ops = [
+        {"op": "put", "kind": "ipsec_sa", "id": rid, "record": json.loads(t)} for rid, t in texts
+    ]
+    body = msgspec.msgpack.encode(ops)
+    reader = getattr(batchops, "iter_msgpack_ops", None) or bodies.iter_msgpack_batch  # older code
+    put_kinds = getattr(batchops, "PUT_KINDS", {})
+
+    def run() -> None:
+        for _ in reader(body):  # pass 1: the body as a whole
+            pass
+        for op in reader(body):
+            if type(op) in put_kinds:
+                SA.from_api(op.record, op.id)
+            else:
+                SA.from_json(op["record"], op["id"])
+
+    return cpu_per_record(run, len(texts), repeat)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=20_000)
@@ -85,6 +131,8 @@ def main() -> None:
             stored.append((rid, blob, expires))
 
     primary_us = cpu_per_record(primary, n, repeat)
+    ndjson_us = ndjson_per_record(texts, repeat) if NEW_API else None
+    msgpack_us = msgpack_per_record(texts, repeat) if NEW_API else None
     changes = tuple(m.Change(SA.code, rid, EPOCH, i + 1, b) for i, (rid, b, _) in enumerate(stored))
 
     def check() -> None:
@@ -125,6 +173,8 @@ def main() -> None:
         "record_api_json_bytes": round(sum(len(t) for _, t in texts) / n),
         "record_blob_bytes": round(sum(len(b) for _, b, _ in stored) / n),
         "primary_api_us": primary_us,
+        "primary_ndjson_us": ndjson_us,
+        "primary_msgpack_us": msgpack_us,
         "secondary_check_us": check_us,
         "secondary_apply_us": apply_us,
         "primary_snapshot_us": snapshot_us,

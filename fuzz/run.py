@@ -6,7 +6,10 @@
 Targets: ``frames`` (the frame decoder), ``handshake`` (a responder's channel
 fed arbitrary bytes: preamble, INIT, REJECT, transport frames), ``messages``
 (the message codec), ``batch`` (NDJSON and msgpack batch bodies, JSON PUT
-bodies).  Only hasyncd's own errors (``HasyncdError``: a refusal with a code)
+bodies), ``records`` (the record codecs: the link's check of a replicated
+blob, ``Kind.validate_blob``, against the full ``Kind.from_blob``, and the
+API's record decode, JSON body to ``Record``, of a PUT and of an NDJSON batch
+op).  Only hasyncd's own errors (``HasyncdError``: a refusal with a code)
 may escape a parser; anything else is a finding, and the fuzzer stops with
 the input that caused it.  The test command runs a short bounded pass of
 each (tests/test_fuzz.py).
@@ -15,14 +18,17 @@ each (tests/test_fuzz.py).
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from collections.abc import Callable
 
 import atheris
 
 with atheris.instrument_imports(include=["hasyncd"]):  # our code, not the libraries'
+    from hasyncd import samples
     from hasyncd.daemon import batchops, bodies
     from hasyncd.errors import HasyncdError
+    from hasyncd.records import KINDS, Kind
     from hasyncd.secret import Secret
     from hasyncd.wire import messages
     from hasyncd.wire.channel import Channel
@@ -68,11 +74,65 @@ def batch(data: bytes) -> None:
     bodies.decode_json(data)
 
 
+# One valid record of each kind (id, API JSON text, blob): the records target
+# splices fuzz bytes into them, so that most inputs get past the decoder to
+# the kind's range, rule and id checks instead of failing at the first byte.
+_SAMPLE_TIME = 1_700_000_000.0
+_SAMPLES = [
+    samples.ipsec_sa(1, "out", _SAMPLE_TIME),
+    samples.ike_sa(1, _SAMPLE_TIME),
+    samples.web_session(1, _SAMPLE_TIME),
+]
+RECORD_SEEDS: list[tuple[Kind, str, bytes, bytes]] = []
+for _kind, (_rid, _rec) in zip(KINDS.values(), _SAMPLES, strict=True):
+    _raw = json.dumps(_rec).encode()
+    RECORD_SEEDS.append((_kind, _rid, _raw, _kind.parse_json(_raw, _rid).blob))
+
+
+def _splice(base: bytes, at: int, data: bytes) -> bytes:
+    at %= len(base) + 1
+    return base[:at] + data + base[at + len(data) :]
+
+
+def records(data: bytes) -> None:
+    """The record codecs on the link (blob) and in the API (JSON) for one kind and id.
+
+    Byte 0 picks the kind; byte 1 the mode: bit 0 uses the sample's valid id
+    (else an id cut from the input), bit 1 splices the rest of the input into
+    the sample's blob and JSON (else uses it as it is), bits 2.. where.
+    """
+    if len(data) < 2:
+        return
+    kind, sample_rid, sample_json, sample_blob = RECORD_SEEDS[data[0] % len(RECORD_SEEDS)]
+    mode, rest = data[1], data[2:]
+    rid = sample_rid if mode & 1 else rest[: mode >> 2].decode("utf-8", "replace")
+    blob = _splice(sample_blob, mode >> 2, rest) if mode & 2 else rest
+    text = _splice(sample_json, mode >> 2, rest) if mode & 2 else rest
+    # The link: the secondary's flattened check must agree with the full one.
+    try:
+        expiry = kind.validate_blob(blob, rid)
+    except HasyncdError:
+        accepted = False
+    else:
+        accepted = True
+        record = kind.from_blob(blob, rid)  # raises (a finding) if it disagrees
+        assert record.expires == expiry, "validate_blob and from_blob disagree on the expiry"
+    if not accepted:
+        with contextlib.suppress(HasyncdError):
+            kind.from_blob(blob, rid)
+            raise AssertionError("validate_blob refused a blob that from_blob accepts")
+    # The API: an NDJSON batch op's record text, and a PUT body (JSON, then the kind).
+    with contextlib.suppress(HasyncdError):
+        kind.parse_json(text, rid)
+    kind.from_json(bodies.decode_json(text), rid)
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "frames": frames,
     "handshake": handshake,
     "messages": decode_message,
     "batch": batch,
+    "records": records,
 }
 
 

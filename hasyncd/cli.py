@@ -84,7 +84,14 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     if args.token:
         print(f"wrote a new API token to {args.path} (mode 0600); set [api] token_file to it")
     else:
-        print(f"wrote a new 32-byte key to {args.path} (mode 0600); copy it to every member")
+        from hasyncd.config import load_psk
+        from hasyncd.wire.handshake import key_id
+
+        kid = key_id(load_psk(Path(args.path)).reveal()).hex()
+        print(
+            f"wrote a new 32-byte key to {args.path} (mode 0600, key id {kid}); "
+            "copy it to every member"
+        )
     return 0
 
 

@@ -1,7 +1,9 @@
 """The TOML configuration: parsed, fully validated and frozen before anything starts.
 
-Every key is declared once below with its type, range and default; an
-unknown section or key, a value out of range or a key file that others can
+Every key is declared once below, as a field of its section's frozen
+dataclass: its type, its constraint (``hasyncd.configschema``'s msgspec
+``Meta``) and its default (no default: required).  Adding a key is one line.
+An unknown section or key, a value out of range or a key file that others can
 read stops the daemon with a one-line reason naming the key.  README.md
 documents the same keys.
 """
@@ -14,123 +16,139 @@ import os
 import re
 import stat
 import tomllib
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from hasyncd.configschema import (
+    BOOL,
+    Address,
+    Choice,
+    Int,
+    List,
+    Num,
+    Pattern,
+    address,
+    convert_section,
+)
+from hasyncd.core.backlog import BACKLOG_MIB_DEFAULT, BACKLOG_S_DEFAULT
 from hasyncd.errors import ConfigError
 from hasyncd.secret import Secret
 
+__all__ = ["Address", "Config", "ConfigError", "load", "parse", "parse_address"]
+
 NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,32}\Z")
-IFNAME_RE = re.compile(r"[A-Za-z0-9._@:-]{1,15}\Z")  # Linux IFNAMSIZ - 1
+# Linux IFNAMSIZ - 1; "." and ".." are not interface names.
+IFNAME_RE = re.compile(r"(?!\.\.?\Z)[A-Za-z0-9._@:-]{1,15}\Z")
+COOKIE_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")  # an RFC 6265 token, kept short
 MAX_PEERS = 7  # clusters of up to eight nodes
+MAX_MONITORS = 32  # monitored interfaces: a gateway's uplinks, not every VLAN
 PSK_BYTES = 32
 MAX_PSK_FILE = 1024
 
-
-@dataclass(frozen=True)
-class Address:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+NAME = Pattern(NAME_RE, "1..32 characters of [A-Za-z0-9._-]")
+IFNAME = Pattern(IFNAME_RE, "a Linux interface name")
+COOKIE_NAME = Pattern(COOKIE_NAME_RE, "1..64 characters of [A-Za-z0-9_-]")
+PEERS = List(f'a list of 1..{MAX_PEERS} "host:port" addresses', min_length=1, max_length=MAX_PEERS)
+MONITORS = List(f"a list of at most {MAX_MONITORS} interface names", max_length=MAX_MONITORS)
 
 
 def parse_address(value: object, where: str) -> Address:
     """host:port or [v6]:port, with an IP literal host (no DNS at failover time)."""
-    if not isinstance(value, str):
-        raise ConfigError(f'{where}: expected "host:port", got {type(value).__name__}')
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([0-9.]+):(\d{1,5})", value)
-    if not m:
-        raise ConfigError(f"{where}: {value!r} is not host:port or [v6]:port with an IP address")
-    host = m.group(1) or m.group(3)
-    port = int(m.group(2) or m.group(4))
     try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        raise ConfigError(f"{where}: {host!r} is not an IP address") from None
-    if not 1 <= port <= 65535:
-        raise ConfigError(f"{where}: port {port} is out of range 1..65535")
-    return Address(str(ip), port)
+        return address(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class NodeConfig:
-    name: str
-    priority: int
-    id: int
-    override: bool
-    preempt_delay_s: float
-    uptime_margin_s: float
-    max_flaps: int
-    monitor: tuple[str, ...]
+    name: Annotated[str, NAME]
+    priority: Annotated[int, Int(0, 255)] = 100
+    id: Annotated[int, Int(1, 65535)] = 0  # 0 (not set): parse derives it from the name
+    override: Annotated[bool, BOOL] = False
+    preempt_delay_s: Annotated[float, Num(0, 86400)] = 60.0
+    uptime_margin_s: Annotated[float, Num(0, 86400)] = 300.0
+    max_flaps: Annotated[int, Int(1, 1000)] = 3
+    monitor: Annotated[tuple[Annotated[str, IFNAME], ...], MONITORS] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LinkConfig:
     listen: Address
-    peers: tuple[Address, ...]
+    peers: Annotated[tuple[Address, ...], PEERS]
     psk_file: Path
-    group_id: int
-    heartbeat_interval_ms: int
-    heartbeat_lost_threshold: int
-    hello_holddown_ms: int
-    handshake_timeout_ms: int
-    window_kib: int
+    group_id: Annotated[int, Int(0, 255)] = 0
+    heartbeat_interval_ms: Annotated[int, Int(10, 10000)] = 100
+    heartbeat_lost_threshold: Annotated[int, Int(2, 100)] = 5
+    hello_holddown_ms: Annotated[int, Int(0, 600000)] = 2000
+    handshake_timeout_ms: Annotated[int, Int(100, 60000)] = 3000
+    window_kib: Annotated[int, Int(64, 65536)] = 1024
+    psk_next_file: Path | None = None  # the next cluster key during a rotation
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ApiConfig:
-    socket: Path | None
-    listen: Address | None
-    max_body_mib: int
+    socket: Path | None = None
+    listen: Address | None = None
+    max_body_mib: Annotated[int, Int(1, 1024)] = 64
     token_file: Path | None = None  # required with listen: the TCP API's bearer token
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SyncConfig:
-    mode: str
-    sync_timeout_ms: int
+    mode: Annotated[str, Choice("async", "sync")] = "async"
+    sync_timeout_ms: Annotated[int, Int(1, 60000)] = 200
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PromotionConfig:
-    esp_seq_margin: int
-    handover_timeout_ms: int
+    esp_seq_margin: Annotated[int, Int(1, 2**32 - 1)] = 1 << 16
+    handover_timeout_ms: Annotated[int, Int(100, 60000)] = 3000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class HooksConfig:
-    on_primary: Path | None
-    on_secondary: Path | None
-    on_fault: Path | None
-    timeout_s: float
+    on_primary: Path | None = None
+    on_secondary: Path | None = None
+    on_fault: Path | None = None
+    timeout_s: Annotated[float, Num(0.1, 3600)] = 10.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StoreConfig:
-    tombstone_ttl_s: int
+    tombstone_ttl_s: Annotated[int, Int(1, 7 * 86400)] = 3600
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
+class ReplicationConfig:
+    """``[replication]``: the primary's backlog for resuming secondaries (PROTOCOL.md 10.7)."""
+
+    # Up to 4 GiB: a budget beyond that is memory better spent on a snapshot.
+    backlog_mib: Annotated[int, Int(1, 4096)] = BACKLOG_MIB_DEFAULT
+    # 0: resume only when nothing was written meanwhile.
+    backlog_s: Annotated[int, Int(0, 86400)] = BACKLOG_S_DEFAULT
+
+
+@dataclass(frozen=True, kw_only=True)
 class LogConfig:
-    level: str
+    level: Annotated[str, Choice("debug", "info", "warning", "error")] = "info"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PortalConfig:
     """``[portal]``: the reference web-mode portal (``hasyncd portal``), optional."""
 
     listen: Address
-    tls_cert: Path | None
-    tls_key: Path | None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     users_file: Path
-    cookie_name: str
-    idle_timeout_s: int
-    session_lifetime_s: int
-    single_session: bool
+    cookie_name: Annotated[str, COOKIE_NAME] = "HASYNCD_SESSION"
+    # last_seen is refreshed at most every max(5 s, idle/10), so a session can end up
+    # to that much early; at least 10 s keeps that below half the idle timeout.
+    idle_timeout_s: Annotated[int, Int(10, 86400)] = 1800
+    session_lifetime_s: Annotated[int, Int(10, 30 * 86400)] = 28800
+    single_session: Annotated[bool, BOOL] = False
 
 
 @dataclass(frozen=True)
@@ -147,150 +165,22 @@ class Config:
     psk: Secret
     portal: PortalConfig | None = None
     api_token: Secret | None = None  # the TCP API's bearer token ([api] token_file)
+    psk_next: Secret | None = None  # the next link key ([link] psk_next_file), during a rotation
+    replication: ReplicationConfig = ReplicationConfig()
 
 
-# --- value checkers -----------------------------------------------------------------
-
-Check = Callable[[Any, str], Any]
-REQUIRED = object()
-
-
-def _int(lo: int, hi: int) -> Check:
-    def check(v: Any, where: str) -> int:
-        if type(v) is not int or not lo <= v <= hi:
-            raise ConfigError(f"{where}: expected an integer in {lo}..{hi}, got {v!r}")
-        return v
-
-    return check
-
-
-def _num(lo: float, hi: float) -> Check:
-    def check(v: Any, where: str) -> float:
-        if type(v) not in (int, float) or not lo <= v <= hi:
-            raise ConfigError(f"{where}: expected a number in {lo:g}..{hi:g}, got {v!r}")
-        return float(v)
-
-    return check
-
-
-def _bool(v: Any, where: str) -> bool:
-    if type(v) is not bool:
-        raise ConfigError(f"{where}: expected true or false, got {v!r}")
-    return v
-
-
-def _name(v: Any, where: str) -> str:
-    if not isinstance(v, str) or not NAME_RE.match(v):
-        raise ConfigError(f"{where}: expected 1..32 characters of [A-Za-z0-9._-], got {v!r}")
-    return v
-
-
-def _choice(*choices: str) -> Check:
-    def check(v: Any, where: str) -> str:
-        if v not in choices:
-            raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {v!r}")
-        return str(v)
-
-    return check
-
-
-def _path(v: Any, where: str) -> Path:
-    if not isinstance(v, str) or not v or "\x00" in v:
-        raise ConfigError(f"{where}: expected a file path")
-    return Path(v)
-
-
-def _address(v: Any, where: str) -> Address:
-    return parse_address(v, where)
-
-
-def _peers(v: Any, where: str) -> tuple[Address, ...]:
-    if not isinstance(v, list) or not 1 <= len(v) <= MAX_PEERS:
-        raise ConfigError(f'{where}: expected a list of 1..{MAX_PEERS} "host:port" addresses')
-    out = tuple(parse_address(x, f"{where}[{i}]") for i, x in enumerate(v))
-    if len(set(out)) != len(out):
-        raise ConfigError(f"{where}: lists an address twice")
-    return out
-
-
-COOKIE_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")  # an RFC 6265 token, kept short
-
-
-def _cookie_name(v: Any, where: str) -> str:
-    if not isinstance(v, str) or not COOKIE_NAME_RE.match(v):
-        raise ConfigError(f"{where}: expected 1..64 characters of [A-Za-z0-9_-], got {v!r}")
-    return v
-
-
-def _monitors(v: Any, where: str) -> tuple[str, ...]:
-    if not isinstance(v, list) or len(v) > 32:
-        raise ConfigError(f"{where}: expected a list of at most 32 interface names")
-    for i, x in enumerate(v):
-        if not isinstance(x, str) or not IFNAME_RE.match(x) or x in (".", ".."):
-            raise ConfigError(f"{where}[{i}]: {x!r} is not a Linux interface name")
-    return tuple(v)
-
-
-SCHEMA: dict[str, dict[str, tuple[Check, Any]]] = {
-    "node": {
-        "name": (_name, REQUIRED),
-        "priority": (_int(0, 255), 100),
-        "id": (_int(1, 65535), None),
-        "override": (_bool, False),
-        "preempt_delay_s": (_num(0, 86400), 60.0),
-        "uptime_margin_s": (_num(0, 86400), 300.0),
-        "max_flaps": (_int(1, 1000), 3),
-        "monitor": (_monitors, ()),
-    },
-    "link": {
-        "listen": (_address, REQUIRED),
-        "peers": (_peers, REQUIRED),
-        "psk_file": (_path, REQUIRED),
-        "group_id": (_int(0, 255), 0),
-        "heartbeat_interval_ms": (_int(10, 10000), 100),
-        "heartbeat_lost_threshold": (_int(2, 100), 5),
-        "hello_holddown_ms": (_int(0, 600000), 2000),
-        "handshake_timeout_ms": (_int(100, 60000), 3000),
-        "window_kib": (_int(64, 65536), 1024),
-    },
-    "api": {
-        "socket": (_path, None),
-        "listen": (_address, None),
-        "max_body_mib": (_int(1, 1024), 64),
-        "token_file": (_path, None),
-    },
-    "sync": {
-        "mode": (_choice("async", "sync"), "async"),
-        "sync_timeout_ms": (_int(1, 60000), 200),
-    },
-    "promotion": {
-        "esp_seq_margin": (_int(1, 2**32 - 1), 1 << 16),
-        "handover_timeout_ms": (_int(100, 60000), 3000),
-    },
-    "hooks": {
-        "on_primary": (_path, None),
-        "on_secondary": (_path, None),
-        "on_fault": (_path, None),
-        "timeout_s": (_num(0.1, 3600), 10.0),
-    },
-    "store": {
-        "tombstone_ttl_s": (_int(1, 7 * 86400), 3600),
-    },
-    "log": {
-        "level": (_choice("debug", "info", "warning", "error"), "info"),
-    },
-    "portal": {
-        "listen": (_address, REQUIRED),
-        "tls_cert": (_path, None),
-        "tls_key": (_path, None),
-        "users_file": (_path, REQUIRED),
-        "cookie_name": (_cookie_name, "HASYNCD_SESSION"),
-        # last_seen is refreshed at most every max(5 s, idle/10), so a session can end up
-        # to that much early; at least 10 s keeps that below half the idle timeout.
-        "idle_timeout_s": (_int(10, 86400), 1800),
-        "session_lifetime_s": (_int(10, 30 * 86400), 28800),
-        "single_session": (_bool, False),
-    },
+# Each TOML section and the dataclass that declares its keys.
+SECTIONS: dict[str, type] = {
+    "node": NodeConfig,
+    "link": LinkConfig,
+    "api": ApiConfig,
+    "sync": SyncConfig,
+    "promotion": PromotionConfig,
+    "hooks": HooksConfig,
+    "store": StoreConfig,
+    "replication": ReplicationConfig,
+    "log": LogConfig,
+    "portal": PortalConfig,
 }
 OPTIONAL_SECTIONS = frozenset({"portal"})  # absent: no defaults filled in, the field is None
 
@@ -367,83 +257,99 @@ def _check_hook(path: Path | None, where: str) -> None:
         raise ConfigError(f"{where}: {path} is not an executable file")
 
 
+def _resolve(p: Path, path: Path) -> Path:
+    """A relative path from the configuration is relative to the file's directory."""
+    return p if p.is_absolute() else (path.parent / p).absolute()
+
+
+def _resolve_opt(p: Path | None, path: Path) -> Path | None:
+    return None if p is None else _resolve(p, path)
+
+
 def parse(data: dict[str, Any], path: Path, *, load_key: bool = True) -> Config:
     for section in data:
-        if section not in SCHEMA:
+        if section not in SECTIONS:
             raise ConfigError(f"unknown section [{section}]")
-    values: dict[str, dict[str, Any]] = {}
-    for section, keys in SCHEMA.items():
+    values: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
         if section in OPTIONAL_SECTIONS and section not in data:
             continue
         raw = data.get(section, {})
         if not isinstance(raw, dict):
             raise ConfigError(f"[{section}] must be a table")
-        for key in raw:
-            if key not in keys:
-                raise ConfigError(f"[{section}]: unknown key {key!r}")
-        out: dict[str, Any] = {}
-        for key, (check, default) in keys.items():
-            where = f"[{section}].{key}"
-            if key in raw:
-                out[key] = check(raw[key], where)
-            elif default is REQUIRED:
-                raise ConfigError(f"{where} is required")
-            else:
-                out[key] = default
-        values[section] = out
+        values[section] = convert_section(section, cls, raw)
 
-    node = values["node"]
-    if node["id"] is None:
-        node["id"] = default_node_id(node["name"])
-    link = values["link"]
-    if link["listen"] in link["peers"]:
+    node: NodeConfig = values["node"]
+    if node.id == 0:
+        node = replace(node, id=default_node_id(node.name))
+    link: LinkConfig = values["link"]
+    if len(set(link.peers)) != len(link.peers):
+        raise ConfigError("[link].peers: lists an address twice")
+    if link.listen in link.peers:
         raise ConfigError("[link].peers lists this node's own listen address")
-    if not link["psk_file"].is_absolute():
-        link["psk_file"] = (path.parent / link["psk_file"]).absolute()
-    api = values["api"]
-    if api["socket"] is None and api["listen"] is None:
+    link = replace(
+        link,
+        psk_file=_resolve(link.psk_file, path),
+        psk_next_file=_resolve_opt(link.psk_next_file, path),
+    )
+    api: ApiConfig = values["api"]
+    if api.socket is None and api.listen is None:
         raise ConfigError("[api]: set socket, listen or both")
-    if api["socket"] is not None and not api["socket"].is_absolute():
-        api["socket"] = (path.parent / api["socket"]).absolute()
-    if api["listen"] is not None and not ipaddress.ip_address(api["listen"].host).is_loopback:
+    if api.listen is not None and not ipaddress.ip_address(api.listen.host).is_loopback:
         raise ConfigError("[api].listen must be a loopback address: the API is local only")
-    if api["listen"] is not None and api["token_file"] is None:
+    if api.listen is not None and api.token_file is None:
         raise ConfigError(
             "[api].listen needs [api].token_file: any local user can reach a TCP port "
             "(hasyncd keygen --token FILE writes one)"
         )
-    if api["token_file"] is not None and not api["token_file"].is_absolute():
-        api["token_file"] = (path.parent / api["token_file"]).absolute()
-    hooks = values["hooks"]
+    api = replace(
+        api, socket=_resolve_opt(api.socket, path), token_file=_resolve_opt(api.token_file, path)
+    )
+    replication: ReplicationConfig = values["replication"]
+    ttl = values["store"].tombstone_ttl_s
+    if "backlog_s" not in data.get("replication", {}):
+        replication = replace(replication, backlog_s=min(BACKLOG_S_DEFAULT, ttl - 1))
+    if replication.backlog_s >= ttl:
+        raise ConfigError(
+            "[replication].backlog_s must be below [store].tombstone_ttl_s: a resumed "
+            "secondary is sent the tombstones of the deletes the backlog covers"
+        )
+    hooks: HooksConfig = values["hooks"]
     for name in ("on_primary", "on_secondary", "on_fault"):
-        _check_hook(hooks[name], f"[hooks].{name}")
+        _check_hook(getattr(hooks, name), f"[hooks].{name}")
     portal = _portal(values["portal"], path) if "portal" in values else None
-    psk = load_psk(link["psk_file"]) if load_key else Secret(bytes(PSK_BYTES))
-    token = api["token_file"]
+    psk = load_psk(link.psk_file) if load_key else Secret(bytes(PSK_BYTES))
+    nxt = link.psk_next_file
+    psk_next = load_secret(nxt, "[link].psk_next_file") if nxt is not None and load_key else None
+    token = api.token_file
     api_token = load_secret(token, "[api].token_file") if token is not None and load_key else None
     return Config(
         path=path,
-        node=NodeConfig(**node),
-        link=LinkConfig(**link),
-        api=ApiConfig(**api),
-        sync=SyncConfig(**values["sync"]),
-        promotion=PromotionConfig(**values["promotion"]),
-        hooks=HooksConfig(**hooks),
-        store=StoreConfig(**values["store"]),
-        log=LogConfig(**values["log"]),
+        node=node,
+        link=link,
+        api=api,
+        sync=values["sync"],
+        promotion=values["promotion"],
+        hooks=hooks,
+        store=values["store"],
+        log=values["log"],
+        replication=replication,
         psk=psk,
         portal=portal,
         api_token=api_token,
+        psk_next=psk_next,
     )
 
 
-def _portal(values: dict[str, Any], path: Path) -> PortalConfig:
-    if (values["tls_cert"] is None) != (values["tls_key"] is None):
+def _portal(portal: PortalConfig, path: Path) -> PortalConfig:
+    if (portal.tls_cert is None) != (portal.tls_key is None):
         raise ConfigError("[portal]: set both tls_cert and tls_key, or neither")
-    for key in ("tls_cert", "tls_key", "users_file"):
-        if values[key] is not None and not values[key].is_absolute():
-            values[key] = (path.parent / values[key]).absolute()
-    return PortalConfig(**values)
+    return replace(
+        portal,
+        tls_cert=_resolve_opt(portal.tls_cert, path),
+        tls_key=_resolve_opt(portal.tls_key, path),
+        users_file=_resolve(portal.users_file, path),
+    )
 
 
 def load(path: Path | str, *, load_key: bool = True) -> Config:

@@ -23,6 +23,7 @@ Model:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import heapq
 import itertools
@@ -485,6 +486,12 @@ class Sim:
             and n.core.roles.fence is None
             and n.core.roles.handover is None
         ]
+
+    def reconfigure(self, name: str, **changes: Any) -> None:
+        """A SIGHUP with changed live settings (such as the link keys)."""
+        node = self.nodes[name]
+        node.settings = dataclasses.replace(node.settings, **changes)
+        self.call(name, lambda core: core.reconfigure(node.settings, self.now))
 
     def call(self, name: str, fn: Callable[[NodeCore], Any]) -> Any:
         node = self.nodes[name]

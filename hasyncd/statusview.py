@@ -51,7 +51,21 @@ def _peer_row(p: dict[str, Any]) -> list[str]:
         _ms(p.get("rtt_ms")),
         lag,
         _ms(p.get("last_seen_ms")),
+        _key(p),
     ]
+
+
+def _key(p: dict[str, Any]) -> str:
+    kid = p.get("key_id")
+    return f"{kid} ({p.get('key') or 'retired'})" if kid else "-"
+
+
+def _keys_line(st: dict[str, Any]) -> list[str]:
+    keys = st.get("link_keys")
+    if not keys:
+        return []
+    nxt = keys.get("next")
+    return [f"  link keys: current {keys.get('current')}" + (f", next {nxt}" if nxt else "")]
 
 
 def _state_lines(st: dict[str, Any]) -> list[str]:
@@ -99,13 +113,23 @@ def render_status(st: dict[str, Any]) -> str:
     per = ", ".join(f"{k} {n}" for k, n in records.items())
     v = st.get("version") or {}
     lines.append(f"  records: {total} ({per}); version {v.get('epoch')}.{v.get('seq')}")
+    bl = st.get("backlog")
+    if bl:
+        cover = bl["covers_after"]
+        lines.append(
+            f"  backlog: {bl['entries']} writes, {bl['bytes'] / 2**20:.1f} of "
+            f"{bl['max_bytes'] / 2**20:.0f} MiB; resumable after {cover['epoch']}.{cover['seq']}"
+            f" (oldest {bl['oldest_age_s'] if bl['oldest_age_s'] is not None else '-'} s"
+            f" of {bl['max_age_s']:g} s)"
+        )
     if st.get("sync_mode"):
         lines.append(f"  sync mode: {st['sync_mode']}")
     lines += _state_lines(st)
+    lines += _keys_line(st)
     peers = st.get("peers") or []
     lines.append("peers:")
     if peers:
-        head = ["NODE", "ADDRESS", "LINK", "ROLE", "IN SYNC", "RTT", "LAG", "LAST SEEN"]
+        head = ["NODE", "ADDRESS", "LINK", "ROLE", "IN SYNC", "RTT", "LAG", "LAST SEEN", "KEY"]
         lines += _table([head] + [_peer_row(p) for p in peers])
     else:
         lines.append("  (none configured)")

@@ -16,7 +16,6 @@ built with a fixed ``now``.  Byte strings are hex in the JSON files.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import msgspec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -72,8 +72,10 @@ def message_fields(msg: m.Message) -> dict[str, Any]:
                 for c in msg.changes
             ],
         }
+    if isinstance(msg, m.SyncRequest) and not msg.resume_epoch:
+        return {"reason": msg.reason}  # the short form: only the field it encodes
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(msg):
+    for f in msgspec.structs.fields(msg):
         v = getattr(msg, f.name)
         if isinstance(v, bytes):
             v = v.hex()
@@ -243,6 +245,12 @@ def message_samples() -> list[tuple[str, m.Message, int]]:
             u64,
         ),
         ("SYNC_REQUEST", m.SyncRequest("follow"), EPOCH_A),
+        (
+            "SYNC_REQUEST resuming a snapshot after a record",
+            m.SyncRequest("resume", EPOCH_A, 7, 2, ike_id),
+            EPOCH_A,
+        ),
+        ("SYNC_REQUEST resuming the stream", m.SyncRequest("resume", EPOCH_A, 7, 0, None), EPOCH_A),
         ("BULK_START", m.BulkStart(1, 3), EPOCH_A),
         (
             "RECORDS bulk, one record per kind",

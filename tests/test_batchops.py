@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import msgpack
 import msgspec
 import pytest
 
-from hasyncd.daemon.batchops import Op, OpError, batch_reply, count_ndjson_ops, iter_ndjson_ops
-from hasyncd.daemon.bodies import MAX_BATCH_OPS, ApiError, BadLine
+from hasyncd import samples
+from hasyncd.daemon.batchops import (
+    PUT_KINDS,
+    Op,
+    OpError,
+    batch_reply,
+    count_ndjson_ops,
+    iter_msgpack_ops,
+    iter_ndjson_ops,
+)
+from hasyncd.daemon.bodies import MAX_BATCH_OPS, ApiError, BadLine, iter_msgpack_batch
+from hasyncd.records import KINDS
 
 
 @pytest.mark.parametrize("n", [0, 1, 15, 16, 65535, 65536, 70000])
@@ -44,3 +55,90 @@ def test_ndjson_op_count_is_bounded() -> None:
     with pytest.raises(ApiError) as err:
         count_ndjson_ops(b"{}\n" * (MAX_BATCH_OPS + 1))
     assert err.value.code == "batch_too_large"
+
+
+def test_a_well_formed_put_decodes_in_one_pass_into_its_kind() -> None:
+    lines = []
+    for i, (rid, rec) in enumerate([samples.ipsec_sa(3, "in", 1.7e9), samples.ipsec_sa(4)]):
+        lines.append(json.dumps({"id": rid, "record": rec, "kind": "ipsec_sa", "op": "put"}))
+        if i == 0:
+            lines.append(json.dumps({"op": "put", "kind": "ipsec_sa", "id": rid, "record": rec}))
+    got = list(iter_ndjson_ops("\n".join(lines).encode()))
+    assert [PUT_KINDS.get(type(op)) for op in got] == ["ipsec_sa"] * 3
+    sa = KINDS["ipsec_sa"]
+    for op, line in zip(got, lines, strict=True):
+        raw = msgspec.json.encode(json.loads(line)["record"])
+        want = sa.parse_json(raw, op.id)  # the general path's result
+        got_rec = sa.from_api(op.record, op.id)
+        assert (got_rec.blob, got_rec.expires) == (want.blob, want.expires)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        {"op": "delete", "kind": "ipsec_sa", "id": "esp-00000001@192.0.2.1"},
+        {"op": "put", "kind": "no_such_kind", "id": "x", "record": {}},
+        {"op": "put", "kind": "ipsec_sa", "id": "x", "record": {"spi": "not a number"}},
+        {"op": "put", "kind": "ipsec_sa", "id": "x", "record": None},
+        {"op": "put", "kind": "ipsec_sa", "id": "x"},
+    ],
+    ids=["delete", "unknown kind", "bad record", "null record", "no record"],
+)
+def test_any_other_line_takes_the_general_path(line: dict[str, object]) -> None:
+    (got,) = iter_ndjson_ops(json.dumps(line).encode())
+    assert isinstance(got, Op)  # its errors are the general path's, unchanged
+
+
+def _msgpack_bodies() -> dict[str, bytes]:
+    rid, rec = samples.ipsec_sa(1)
+    op = {"op": "put", "kind": "ipsec_sa", "id": rid, "record": rec}
+
+    def with_second(second: bytes) -> bytes:
+        return b"\x92" + msgpack.packb(op, use_bin_type=True) + second
+
+    return {
+        "truncated": msgpack.packb([op, op], use_bin_type=True)[:-7],
+        "ext": with_second(msgpack.packb(msgpack.ExtType(1, b"ab"))),
+        "int_map_key": with_second(msgpack.packb({1: "x"})),
+        "nested_2000": with_second(b"\x91" * 2000 + b"\xc0"),
+        "nested_100": with_second(b"\x91" * 100 + b"\xc0"),
+        "bad_utf8": with_second(b"\xa2\xff\xfe"),
+        "trailing": msgpack.packb([op]) + b"\xc0",
+        "not_an_array": msgpack.packb({"a": 1}),
+        "too_many": b"\xdd" + (MAX_BATCH_OPS + 1).to_bytes(4, "big"),
+        "bin_spi": msgpack.packb([dict(op, record=dict(rec, spi=bytes(4)))], use_bin_type=True),
+        "delete_then_put": msgpack.packb([{"op": "delete", "kind": "ipsec_sa", "id": rid}, op]),
+        "bad_record": msgpack.packb([dict(op, record={"spi": "x"}), op]),
+        "empty": msgpack.packb([]),
+    }
+
+
+def _read(reader: Any, body: bytes) -> tuple[Any, ...]:
+    try:
+        return ("ops", [op if isinstance(op, dict) else PUT_KINDS[type(op)] for op in reader(body)])
+    except ApiError as exc:
+        return ("refused", exc.status, exc.code, exc.message)
+
+
+@pytest.mark.parametrize(("name", "body"), sorted(_msgpack_bodies().items()))
+def test_msgpack_ops_refuse_and_read_as_the_general_reader(name: str, body: bytes) -> None:
+    old, new = _read(iter_msgpack_batch, body), _read(iter_msgpack_ops, body)
+    if old[0] == "refused":
+        assert new == old
+    else:  # the same ops, well-formed puts as put Structs, every other op as before
+        assert len(new[1]) == len(old[1])
+        for a, b in zip(old[1], new[1], strict=True):
+            assert b == a or (b == "ipsec_sa" and a["op"] == "put" and a["kind"] == b)
+        one_pass = [b == "ipsec_sa" for b in new[1]]
+        want = {"delete_then_put": [False, True], "bad_record": [False, True], "bin_spi": [False]}
+        assert one_pass == want.get(name, one_pass)
+
+
+def test_msgpack_put_structs_give_the_general_paths_record() -> None:
+    rid, rec = samples.ipsec_sa(9, "in", 1.7e9)
+    body = msgpack.packb([{"op": "put", "kind": "ipsec_sa", "id": rid, "record": rec}])
+    (put,) = iter_msgpack_ops(body)
+    (general,) = iter_msgpack_batch(body)
+    sa = KINDS["ipsec_sa"]
+    got, want = sa.from_api(put.record, put.id), sa.from_json(general["record"], rid)
+    assert (got.blob, got.expires) == (want.blob, want.expires)

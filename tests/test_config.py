@@ -32,6 +32,8 @@ from hasyncd.config import (
     parse_psk,
     write_key,
 )
+from hasyncd.core.backlog import BACKLOG_MIB_DEFAULT, BACKLOG_S_DEFAULT
+from hasyncd.daemon.shell import core_settings
 from hasyncd.errors import ConfigError
 from hasyncd.policy import POLICY
 from hasyncd.secret import Secret
@@ -1031,3 +1033,41 @@ def test_cli_policy_lists_every_kind() -> None:
         else:
             assert "NOT replicated" in line
         assert p.reason in line
+
+
+# --- [replication]: the backlog a secondary resumes from ----------------------------------
+
+
+def test_replication_backlog_defaults_and_settings(tmp_path: Path, base: dict[str, Any]) -> None:
+    cfg = parse(base, tmp_path / "x.toml", load_key=False)
+    assert (cfg.replication.backlog_mib, cfg.replication.backlog_s) == (
+        BACKLOG_MIB_DEFAULT,
+        BACKLOG_S_DEFAULT,
+    )
+    data = with_value(base, "replication", "backlog_mib", 2)
+    data["replication"]["backlog_s"] = 5
+    s = core_settings(parse(data, tmp_path / "x.toml", load_key=False))
+    assert (s.backlog_bytes, s.backlog_s) == (2 << 20, 5.0)
+    # A short tombstone lifetime shortens the default age (tombstones must outlive it).
+    short = parse(
+        with_value(base, "store", "tombstone_ttl_s", 30), tmp_path / "x.toml", load_key=False
+    )
+    assert short.replication.backlog_s == 29
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("backlog_mib", 0), ("backlog_mib", 4097), ("backlog_s", -1), ("backlog_s", 1.5)],
+)
+def test_replication_bad_values_are_refused(
+    tmp_path: Path, base: dict[str, Any], key: str, value: Any
+) -> None:
+    err = config_error(tmp_path, with_value(base, "replication", key, value))
+    assert f"[replication].{key}" in err.message
+
+
+def test_backlog_must_be_younger_than_tombstones(tmp_path: Path, base: dict[str, Any]) -> None:
+    data = with_value(base, "store", "tombstone_ttl_s", 60)
+    data["replication"] = {"backlog_s": 60}
+    err = config_error(tmp_path, data)
+    assert "[replication].backlog_s" in err.message and "tombstone_ttl_s" in err.message

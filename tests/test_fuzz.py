@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNS = 3000  # per target: a few seconds each
 
 
-@pytest.mark.parametrize("target", ["frames", "handshake", "messages", "batch"])
+@pytest.mark.parametrize("target", ["frames", "handshake", "messages", "batch", "records"])
 def test_fuzz_target_survives_a_short_pass(target: str, tmp_path: Path) -> None:
     pytest.importorskip("atheris")
     out = subprocess.run(

@@ -69,7 +69,13 @@ def message_from_json(type_name: str, f: dict[str, Any]) -> m.Message:
             f["base_seq"],
         )
     if type_name == "SYNC_REQUEST":
-        return m.SyncRequest(f["reason"])
+        return m.SyncRequest(
+            f["reason"],
+            f.get("resume_epoch", 0),
+            f.get("resume_snap", 0),
+            f.get("resume_kind", 0),
+            f.get("resume_after"),
+        )
     if type_name == "BULK_START":
         return m.BulkStart(f["snap_id"], f["records"])
     if type_name == "RECORDS":

@@ -228,7 +228,17 @@ STRATEGIES: dict[m.MsgType, st.SearchStrategy[Any]] = {
         u64,
         u64,
     ),
-    m.MsgType.SYNC_REQUEST: st.builds(m.SyncRequest, texts(64)),
+    m.MsgType.SYNC_REQUEST: st.builds(m.SyncRequest, texts(64))
+    | st.builds(
+        lambda reason, epoch, snap, kind, after: m.SyncRequest(
+            reason, epoch, snap, kind, after if kind else None
+        ),
+        texts(64),
+        st.integers(1, 2**64 - 1),
+        u32,
+        st.sampled_from([0, *KIND_BY_CODE]),
+        st.none() | st.text(min_size=1, max_size=m.MAX_ID_LEN),
+    ),
     m.MsgType.BULK_START: st.builds(m.BulkStart, u32, u64),
     m.MsgType.RECORDS: st.builds(
         m.Records, st.sampled_from(m.Phase), st.lists(changes, max_size=6).map(tuple)
@@ -1263,3 +1273,34 @@ def test_replication_batches_fit_in_one_transport_frame(phase: str) -> None:
 def test_kind_codes_on_the_wire_match_the_policy() -> None:
     assert KIND_BY_CODE == {1: "ipsec_sa", 2: "ike_sa", 3: "sslvpn_web_session"}
     assert {KINDS[k].code for k in KIND_CODES} == set(KIND_BY_CODE)
+
+
+# --- SYNC_REQUEST: the short form and the resume form (PROTOCOL.md 7.5.3) --------------------
+
+
+def test_sync_request_short_form_is_unchanged_and_resume_form_has_five_fields() -> None:
+    assert m.encode(m.SyncRequest("follow"), 0)[10:] == msgpack.packb(["follow"])
+    resume = m.SyncRequest("resume", 5, 7, 2, "abc")
+    assert msgpack.unpackb(m.encode(resume, 0)[10:]) == ["resume", 5, 7, 2, "abc"]
+    assert m.decode(m.encode(resume, 9)) == (9, resume)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        ["resume", 5],  # neither form
+        ["resume", 5, 7, 2],
+        ["resume", 5, 7, 2, "abc", None],
+        ["resume", 0, 7, 0, None],  # the long form always names an epoch
+        ["resume", 5, 2**32, 0, None],
+        ["resume", 5, 7, max(KIND_BY_CODE) + 1, None],
+        ["resume", 5, 7, True, None],
+        ["resume", 5, 7, 0, "abc"],  # a record id needs a kind
+        ["resume", 5, 7, 2, ""],
+        ["resume", 5, 7, 2, "x" * (m.MAX_ID_LEN + 1)],
+        ["resume", 5, 7, 2, b"abc"],
+    ],
+)
+def test_malformed_sync_request_resume_fields(body: list[Any]) -> None:
+    with pytest.raises(MalformedMessage):
+        m.decode(raw(m.MsgType.SYNC_REQUEST, body))

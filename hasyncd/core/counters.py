@@ -48,6 +48,12 @@ COUNTERS: dict[str, CounterSpec] = {
         "merged records both sides had changed (survivor's content won)"
     ),
     "snapshots_started": CounterSpec("snapshots started for a secondary"),
+    "resyncs": CounterSpec(
+        "SYNC_REQUESTs answered, by outcome (partial, resumed_snapshot, full)", "outcome"
+    ),
+    "resync_refused": CounterSpec(
+        "requested resumes answered with a full snapshot instead, by reason", "reason"
+    ),
     "records_applied": CounterSpec("replicated records applied from the primary"),
     "records_invalid": CounterSpec(
         "received records refused as invalid (never stored), by where they came from", "source"

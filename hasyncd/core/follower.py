@@ -3,9 +3,13 @@
     MERGING ─► NEED_REQUEST ─► REQUESTED ─► BULK ─► STREAM
         (former primaries only)        BULK_START   BULK_END
 
-A new link to the primary restarts the sequence (the snapshot is repeated);
-only BULK_END makes the node ``in_sync``.  Every record is validated before
-it is stored (``hasyncd.core.replication.apply_changes``).
+A new link to the primary restarts the sequence, but the request names what
+this node still holds (a ``Claim``): the primary may resume the cut snapshot
+or stream only what changed (``hasyncd.core.backlog``); a BULK_START with the
+claimed ``snap_id`` says it does.  A snapshot cut short keeps its resync (the
+entries it must still deliver or purge) for that.  Only BULK_END makes the
+node ``in_sync``.  Every record is validated before it is stored
+(``hasyncd.core.replication.apply_changes``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from hasyncd.core.merge import MergeSender
 from hasyncd.core.peers import Peer
-from hasyncd.core.replication import Position
+from hasyncd.core.replication import REPLICATED_KIND_CODES, Position
 from hasyncd.errors import UnexpectedMessage
 from hasyncd.store import pack_version
 from hasyncd.wire.messages import BulkEnd, BulkStart, Phase, Records, SyncRequest
@@ -27,6 +31,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hasyncd.roles")
 
+# Resume requests in a row whose link ended before any BULK_START answered
+# them, after which the follower asks for a snapshot instead: a primary of a
+# release without resumption closes the link on the resume form (malformed),
+# and a link that keeps failing this early is not helped by resuming.
+RESUME_ATTEMPTS = 3
+
 
 class FollowState(Enum):
     NEED_REQUEST = "need_request"
@@ -34,6 +44,21 @@ class FollowState(Enum):
     REQUESTED = "requested"
     BULK = "bulk"
     STREAM = "stream"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What this node holds of session ``snap_id`` of the primary in ``epoch``.
+
+    ``kind`` 0: the whole snapshot (it processed BULK_END) and part of the
+    stream; otherwise the snapshot up to record ``after`` of ``kind`` (None:
+    nothing of that kind yet), with its resync still open.
+    """
+
+    epoch: int
+    snap_id: int
+    kind: int = 0
+    after: str | None = None
 
 
 @dataclass
@@ -45,6 +70,7 @@ class Follower:
     received: int = 0
     requested_at: float = 0.0
     merge_resume: Position | None = None  # the merge walk position the primary acknowledged
+    asked: Claim | None = None  # the claim of the last SYNC_REQUEST sent
 
     @property
     def streaming(self) -> bool:
@@ -69,20 +95,31 @@ class Follower:
         """Apply a replication message from the primary we follow (already checked to be it)."""
         store = roles.core.store
         if isinstance(msg, BulkStart):
-            if store.resyncing:
-                store.abort_resync()
-            store.begin_resync()
-            self.state, self.snap_id, self.received = FollowState.BULK, msg.snap_id, 0
+            asked = self.asked
+            roles.resume_failures = 0
+            if asked is not None and msg.snap_id == asked.snap_id:
+                if asked.kind and not store.resyncing:
+                    raise UnexpectedMessage("BULK_START resumes a snapshot this node abandoned")
+                what = "snapshot" if asked.kind else "stream"
+                log.info("%s resumes the %s of snapshot %d", peer.name, what, msg.snap_id)
+            else:
+                if store.resyncing:
+                    store.abort_resync()
+                store.begin_resync()
+                self.received = 0
+                roles.resume_claim = Claim(roles.epoch, msg.snap_id, REPLICATED_KIND_CODES[0])
+                log.info(
+                    "snapshot %d from %s started (%d records)", msg.snap_id, peer.name, msg.records
+                )
+            self.state, self.snap_id = FollowState.BULK, msg.snap_id
             roles.set_in_sync(False)
-            log.info(
-                "snapshot %d from %s started (%d records)", msg.snap_id, peer.name, msg.records
-            )
         elif isinstance(msg, BulkEnd):
             if self.state is not FollowState.BULK or msg.snap_id != self.snap_id:
                 raise UnexpectedMessage(f"BULK_END in state {self.state.value}")
             purged = store.end_resync()
             self.state = FollowState.STREAM
             roles.applied = max(roles.applied, pack_version(msg.epoch, msg.seq))
+            roles.resume_claim = Claim(roles.epoch, msg.snap_id)
             log.info(
                 "in sync with %s: snapshot %d delivered %d records, %d stale purged",
                 peer.name,
@@ -96,6 +133,9 @@ class Follower:
                 raise UnexpectedMessage(f"bulk RECORDS in state {self.state.value}")
             roles.core.apply_from_primary(msg.changes)
             self.received += len(msg.changes)
+            if msg.changes:  # the walk's order: the last change is where it stands
+                last = msg.changes[-1]
+                roles.resume_claim = Claim(roles.epoch, self.snap_id, last.kind, last.id)
         else:
             if self.state is not FollowState.STREAM:
                 raise UnexpectedMessage(f"stream RECORDS in state {self.state.value}")
@@ -112,8 +152,18 @@ class Follower:
                     break
                 core.send_tracked(peer, nxt[0], nxt[1])
         elif self.state is FollowState.NEED_REQUEST:
-            if core.send(peer, SyncRequest("follow")) is not None:
-                self.state, self.requested_at = FollowState.REQUESTED, now
+            claim = roles.resume_claim
+            if claim is not None and (
+                claim.epoch != roles.epoch or (claim.kind and not core.store.resyncing)
+            ):
+                claim = roles.resume_claim = None  # another primary, or the resync was abandoned
+            req = (
+                SyncRequest("follow")
+                if claim is None
+                else SyncRequest("resume", claim.epoch, claim.snap_id, claim.kind, claim.after)
+            )
+            if core.send(peer, req) is not None:
+                self.state, self.requested_at, self.asked = FollowState.REQUESTED, now, claim
         elif (
             self.state is FollowState.REQUESTED
             and now - self.requested_at > 2 * roles.s.handshake_timeout
@@ -121,9 +171,10 @@ class Follower:
             self.state = FollowState.NEED_REQUEST  # the primary did not answer: ask again
 
     def link_up(self, roles: RoleManager, peer: Peer) -> None:
-        """A new link to the primary: start over (merge again if one was due)."""
-        if self.state is FollowState.BULK:
-            roles.core.store.abort_resync()
+        """A new link to the primary: start over (merge again if one was due).
+
+        A snapshot in progress keeps its resync: the primary may resume it.
+        """
         if self.merge is not None:
             self.merge = MergeSender(self.merge.epoch, self.merge.floor, self.merge_resume)
             self.state = FollowState.MERGING
@@ -131,9 +182,17 @@ class Follower:
             self.state = FollowState.NEED_REQUEST
 
     def link_down(self, roles: RoleManager) -> None:
+        if self.state is FollowState.REQUESTED and self.asked is not None:
+            roles.resume_failures += 1
+            if roles.resume_failures >= RESUME_ATTEMPTS:
+                log.warning(
+                    "%d resume requests in a row got no answer before the link ended: "
+                    "asking for a snapshot next",
+                    roles.resume_failures,
+                )
+                roles.resume_claim, roles.resume_failures = None, 0
         if self.state is FollowState.BULK:
-            roles.core.store.abort_resync()
-            roles.set_in_sync(False)
+            roles.set_in_sync(False)  # the resync stays open: the primary may resume it
         self.state = FollowState.NEED_REQUEST if self.merge is None else FollowState.MERGING
 
     def merge_acknowledged(self, roles: RoleManager, peer: Peer) -> None:

@@ -8,6 +8,12 @@ A link whose handshake never completed (wrong key, group, version) is
 retried with exponential backoff, so a misconfigured peer is not hammered;
 an authenticated link that ends is redialed at once.
 
+During a key rotation (``hasyncd.core.keys``) the dialer picks the key to
+dial with, falls back at once to the current key when a peer refuses the
+next one, and dials a second link to a peer whose link is under a key this
+node no longer prefers; the one-link rule then keeps the link under the
+preferred key.
+
 Inbound handshakes are bounded (``MAX_UNPROVEN``, ``MAX_HANDSHAKING``), but
 a full budget never refuses a new connection: it evicts one
 (``HandshakeBudget.victim``), so an unauthenticated flood cannot lock the
@@ -19,8 +25,10 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Mapping
 
+from hasyncd.core.keys import REKEY_RETRY, Keyring, prefers_new_link
 from hasyncd.core.peers import Conn, DialState, Peer
 from hasyncd.core.settings import CoreSettings
+from hasyncd.secret import Secret
 from hasyncd.wire.channel import State
 from hasyncd.wire.messages import Hello
 
@@ -104,6 +112,47 @@ class Dialer:
             out.append(dial.address)
         return out
 
+    def dial_key(self, address: str, keys: Keyring, now: float) -> Secret:
+        dial = self.dials.get(address)
+        if dial is None:
+            return keys.preferred
+        return keys.dial_key(dial.refused_kid, dial.refused_at, now)
+
+    def key_refused(self, conn: Conn, keys: Keyring, now: float) -> bool:
+        """The peer refused the next key we dialed with: True if we fall back (dial again now)."""
+        dial = self.dials.get(conn.address) if conn.initiator else None
+        kid = conn.channel.key_id
+        if dial is None or kid is None or kid != keys.next_id:
+            return False
+        dial.refused_kid, dial.refused_at = kid, now
+        dial.next_at = now  # no backoff: the current key may well be accepted
+        return True
+
+    def rekey_due(
+        self, now: float, conns: Iterable[Conn], peers: Mapping[str, Peer], keys: Keyring
+    ) -> list[str]:
+        """Addresses of linked peers whose link is not under the preferred key: dial them again."""
+        want = keys.preferred_id
+        dialing = {c.address for c in conns if c.initiator and c.peer is None}
+        out = []
+        for dial in self.dials.values():
+            if dial.pending or dial.address in dialing or now < dial.rekey_at:
+                continue
+            peer = peers.get(dial.name) if dial.name is not None else None
+            conn = peer.conn if peer is not None else None
+            if conn is None or conn.channel.state is not State.OPEN or conn.channel.key_id == want:
+                continue
+            if keys.dial_key(dial.refused_kid, dial.refused_at, now) is not keys.preferred:
+                continue  # refused lately: retried when REKEY_RETRY has passed
+            dial.pending, dial.rekey_at = True, now + REKEY_RETRY
+            out.append(dial.address)
+        return out
+
+    def rekey_now(self) -> None:
+        """The keys changed (a reload): try the preferred key at once."""
+        for dial in self.dials.values():
+            dial.rekey_at = 0.0
+
     def next_at(self, now: float) -> float:
         return min(
             (d.next_at for d in self.dials.values() if not d.pending and d.next_at > now),
@@ -130,12 +179,36 @@ def admission_conflict(
     return None
 
 
-def keep_new_link(settings: CoreSettings, peer: Peer, new: Conn, hello: Hello) -> bool:
-    """Of an existing link to ``peer`` and a new one, whether the new one wins."""
+def keep_new_link(settings: CoreSettings, peer: Peer, new: Conn, hello: Hello) -> tuple[bool, str]:
+    """Of an existing link to ``peer`` and a new one: whether the new one wins, and the
+    GOODBYE code the losing link is closed with (PROTOCOL.md section 3.2)."""
     if peer.boot_id != hello.boot_id:
-        return True  # the peer restarted: its old link is dead
+        return True, "replaced"  # the peer restarted: its old link is dead
+    old = peer.conn.channel.key_id if peer.conn is not None else None
+    by_key = prefers_new_link(settings.keyring(), old, new.channel.key_id)
+    if by_key is not None:
+        return by_key, "rekeyed"  # a key rotation: keep the link under the preferred key
     # Both ends keep the link the lower name initiated.
-    return new.initiator == (settings.name < hello.node)
+    return new.initiator == (settings.name < hello.node), "duplicate"
+
+
+# Why the losing link of a pair is closed, by its GOODBYE code (keep_new_link).
+WHY_CLOSED = {
+    "replaced": "replaced: peer restarted",
+    "rekeyed": "rekeyed: a link under the preferred key replaced this one",
+    "duplicate": "duplicate link",
+}
+
+
+def link_kid(conn: Conn) -> str:
+    """The key id a connection is (being) authenticated under, for logs."""
+    kid = conn.channel.key_id
+    return kid.hex() if kid is not None else "-"
+
+
+def under_retired_key(conns: Iterable[Conn], keys: Keyring) -> list[Conn]:
+    """Connections under a key the node no longer holds (a reload retired it)."""
+    return [c for c in conns if c.channel.key_id is not None and not keys.holds(c.channel.key_id)]
 
 
 def host_of(address: str) -> str:

@@ -22,6 +22,7 @@ import logging
 import random
 from collections.abc import Callable
 
+from hasyncd.core.backlog import Backlog, plan_resync, resumed_session
 from hasyncd.core.detector import check_peers, loss_deadline, own_lateness
 from hasyncd.core.events import (
     Close,
@@ -33,12 +34,15 @@ from hasyncd.core.events import (
 from hasyncd.core.links import (
     MAX_HANDSHAKING,
     MAX_UNPROVEN,
+    WHY_CLOSED,
     Dialer,
     HandshakeBudget,
     admission_conflict,
     host_of,
     init_overdue,
     keep_new_link,
+    link_kid,
+    under_retired_key,
 )
 from hasyncd.core.merge import merge_end, receive_merge
 from hasyncd.core.outputs import Outputs
@@ -53,7 +57,13 @@ from hasyncd.core.replication import (
 from hasyncd.core.roles import RoleManager
 from hasyncd.core.settings import CoreSettings
 from hasyncd.core.status import node_status
-from hasyncd.errors import HasyncdError, ProtocolError, RecordError, RecordExpired
+from hasyncd.errors import (
+    HasyncdError,
+    PeerRejected,
+    ProtocolError,
+    RecordError,
+    RecordExpired,
+)
 from hasyncd.policy import KIND_BY_CODE
 from hasyncd.records import KINDS_BY_CODE, Record
 from hasyncd.store import Store, pack_value, unpack_version, value_is_record
@@ -132,6 +142,7 @@ class NodeCore(Outputs):
         self._next_sweep = now + 1.0
         self._pump_needed = False
         self._snap_ids = 0
+        self.backlog = Backlog(settings.backlog_bytes, settings.backlog_s)
         self.roles = RoleManager(self, now)
 
     # -- small helpers --------------------------------------------------------
@@ -212,12 +223,14 @@ class NodeCore(Outputs):
         if not initiator:
             self._make_room(self.unproven, address)
         hello = Hello(self.s.name, self.boot_id, self.s.tag, self.s.window, self.s.listen[:64])
+        keys = self.s.keyring()
         channel = Channel(
             initiator=initiator,
-            psk=self.s.psk,
+            psk=self.dialer.dial_key(address, keys, now) if initiator else keys.preferred,
             group_id=self.s.group_id,
             hello=hello,
             epoch=self.roles.epoch,
+            accept=() if initiator else keys.others,
         )
         conn = Conn(conn_id, channel, initiator, address, now)
         self.conns[conn_id] = conn
@@ -306,7 +319,25 @@ class NodeCore(Outputs):
     def _link_error(self, conn: Conn, exc: ProtocolError) -> None:
         self.count("link_errors", exc.code)
         who = conn.peer or conn.address
-        if conn.peer is None:
+        keys = self.s.keyring()
+        # The peer refused the next key we dialed with: it does not hold it yet.
+        fallback = (
+            isinstance(exc, PeerRejected)
+            and exc.code == "psk_mismatch"
+            and conn.initiator
+            and conn.channel.key_id == keys.next_id
+        )
+        if fallback:
+            self.log_limited(
+                ("fallback", conn.address),
+                logging.INFO,
+                "link to %s: the peer does not hold the next key (key id %s) yet; "
+                "dialing with the current key (key id %s)",
+                conn.address,
+                link_kid(conn),
+                keys.current_id.hex(),
+            )
+        elif conn.peer is None:
             # One line a minute per source host and error, whatever its port:
             # a flood of wrong-key attempts must not flood the log.
             self.log_limited(
@@ -322,6 +353,8 @@ class NodeCore(Outputs):
         self.flush_conn(conn)  # a queued REJECT tells the peer why
         if conn.id in self.conns:
             self.close(conn, f"{exc.code}: {exc.message}")
+        if fallback:
+            self.dialer.key_refused(conn, keys, self.now)
 
     # -- adoption: an authenticated peer ------------------------------------------
 
@@ -337,12 +370,14 @@ class NodeCore(Outputs):
             peer = Peer(hello.node, hello.tag, hello.boot_id, hello.window, conn.address)
             self.peers[hello.node] = peer
         elif peer.conn is not None and peer.conn is not conn:
-            if not keep_new_link(self.s, peer, conn, hello):
-                self.close(conn, "duplicate link", code="duplicate")
+            keep, code = keep_new_link(self.s, peer, conn, hello)
+            why = WHY_CLOSED[code]
+            if not keep:
+                self.close(conn, why, code=code)
                 return
-            restarted = peer.boot_id != hello.boot_id
-            why = "replaced: peer restarted" if restarted else "duplicate link"
-            self.close(peer.conn, why, code="replaced" if restarted else "duplicate")
+            if code == "rekeyed":
+                log.info("link to %s re-keyed: now under key id %s", peer.name, link_kid(conn))
+            self.close(peer.conn, why, code=code)
         peer.boot_id, peer.tag, peer.window = hello.boot_id, hello.tag, hello.window
         log.debug(
             "link %d authenticated: %s (%s, epoch %d)",
@@ -397,7 +432,8 @@ class NodeCore(Outputs):
             self.roles.on_handover(peer, epoch, msg, now)
         elif isinstance(msg, Goodbye):
             self.count("goodbyes", msg.code)
-            log.warning("%s closed the link: %s: %s", peer.name, msg.code, msg.text)
+            level = logging.INFO if msg.code == "rekeyed" else logging.WARNING
+            log.log(level, "%s closed the link: %s: %s", peer.name, msg.code, msg.text)
             self.close(conn, f"peer said goodbye: {msg.code}")
             if msg.code in ("shutdown", "name_conflict", "tag_conflict"):
                 self.roles.peer_lost(peer, now, f"peer said goodbye: {msg.code}")
@@ -433,18 +469,49 @@ class NodeCore(Outputs):
         if not self.roles.is_primary:
             self.count("refused", "sync_request_not_primary")
             return
-        self._snap_ids = (self._snap_ids + 1) & 0xFFFFFFFF
-        peer.session = OutboundSession(self._snap_ids)
+        epoch, now = self.roles.epoch, self.now
+        ticket = peer.resume
+        plan = plan_resync(msg, ticket, peer.boot_id, epoch, backlog=self.backlog, now=now)
+        if plan.refused is not None:
+            self.count("resync_refused", plan.refused)
+        self.count("resyncs", plan.outcome)
+        if plan.outcome == "full" or ticket is None:
+            taken = {msg.resume_snap if msg.resume_epoch else -1}
+            why = f"; resume refused: {plan.refused}" if plan.refused else ""
+            session = self._new_snapshot(peer, taken, f"{msg.reason}{why}")
+        else:
+            session = resumed_session(plan, ticket, epoch, self.backlog)
+            log.info(
+                "%s resumes snapshot %d (%s) after version %s",
+                peer.name,
+                ticket.snap_id,
+                plan.outcome,
+                unpack_version(plan.since),
+            )
+        peer.session = session
         peer.flow = Flow(peer.window)
-        log.info(
-            "%s requested a snapshot (%s): sending snapshot %d",
-            peer.name,
-            msg.reason,
-            self._snap_ids,
-        )
-        self.count("snapshots_started")
         self.recompute_watermark()
         self._pump_needed = True
+
+    def _new_snapshot(self, peer: Peer, taken: set[int], why: str) -> OutboundSession:
+        """A new snapshot session; its snap_id is none of ``taken`` nor the peer's ticket's."""
+        if peer.resume is not None:
+            taken.add(peer.resume.snap_id)  # a resumed session's id means "resumed"
+        self._snap_ids = (self._snap_ids + 1) & 0xFFFFFFFF
+        while self._snap_ids in taken:
+            self._snap_ids = (self._snap_ids + 1) & 0xFFFFFFFF
+        self.count("snapshots_started")
+        log.info("%s: sending snapshot %d (%s)", peer.name, self._snap_ids, why)
+        return OutboundSession(self._snap_ids, self.roles.epoch, self.version)
+
+    def _resume_broken(self, peer: Peer, session: OutboundSession) -> None:
+        """The backlog dropped writes a resuming session had not queued: a snapshot instead."""
+        reason = f"backlog_{self.backlog.trimmed_by or 'bytes'}"
+        self.count("resync_refused", reason)
+        self.count("resyncs", "full")
+        peer.session = self._new_snapshot(peer, {session.snap_id}, f"resume cut short: {reason}")
+        peer.flow = Flow(peer.window)  # the old session's frames are no longer tracked
+        self.recompute_watermark()
 
     # -- applying replicated changes (secondary) ----------------------------------
 
@@ -524,6 +591,7 @@ class NodeCore(Outputs):
         else:
             value = pack_value(version, record.expires, record.blob)
         old = self.store.put_value(kind, rid, value)
+        self.backlog.append(version, kind, rid, self.now)
         for peer in self.peers.values():
             if peer.session is not None:
                 peer.session.enqueue(kind, rid, version)
@@ -587,6 +655,14 @@ class NodeCore(Outputs):
         for address in self.dialer.due(now, self.conns.values(), self.peers):
             log.debug("dialing %s", address)
             self.emit(Dial(address))
+        keys = self.s.keyring()
+        for address in self.dialer.rekey_due(now, self.conns.values(), self.peers, keys):
+            log.info(
+                "re-keying the link to %s: dialing under key id %s",
+                address,
+                keys.preferred_id.hex(),
+            )
+            self.emit(Dial(address))
 
     def _after_input(self, now: float) -> None:
         self.roles.evaluate(now)
@@ -605,6 +681,9 @@ class NodeCore(Outputs):
                 while peer.flow.open:
                     nxt = session.next_message(self.store, current)
                     if nxt is None:
+                        if session.broken:
+                            self._resume_broken(peer, session)
+                            self._pump_needed = True
                         break
                     self.send_tracked(peer, nxt[0], nxt[1])
                     if log.isEnabledFor(logging.DEBUG):
@@ -651,9 +730,19 @@ class NodeCore(Outputs):
             settings.window,
         ), "identity settings change only with a restart"
         self.dialer.s = settings
+        self.dialer.rekey_now()
+        self._retire_keys(settings)
         self.roles.reconfigure(settings)
         self._next_hb = now  # tell the peers a new priority at once
         self._after_input(now)
+
+    def _retire_keys(self, settings: CoreSettings) -> None:
+        """Close every link and handshake under a key this node no longer holds."""
+        for conn in under_retired_key(self.conns.values(), settings.keyring()):
+            self.count("link_refused", "key_retired")
+            who = conn.peer or conn.address
+            log.warning("link %s was under key id %s, no longer held: closed", who, link_kid(conn))
+            self.close(conn, "key retired", code="key_retired")
 
     def finish_shutdown(self, now: float) -> None:
         self.now = now

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hasyncd.core.backlog import Ticket, ticket_of
 from hasyncd.core.election import Candidate
 from hasyncd.core.history import LagClock
 from hasyncd.core.replication import Flow, OutboundSession
@@ -55,6 +56,7 @@ class Peer:
         self.echo_rx_at = 0.0
         self.flow = Flow(window)
         self.session: OutboundSession | None = None  # when we are primary and it follows us
+        self.resume: Ticket | None = None  # what its last session left it holding
         self.lag = LagClock()  # how long its oldest unacknowledged write has waited
         self.merge_offered = 0
         self.merge_merged = 0
@@ -64,7 +66,13 @@ class Peer:
         return f"Peer({self.name!r}, up={self.up})"
 
     def reset_link_state(self) -> None:
-        """A connection ended or was replaced: in-flight accounting and sessions start over."""
+        """A connection ended or was replaced: in-flight accounting and sessions start over.
+
+        What the ended session delivered is kept as a ticket: the peer may
+        resume from it on its next link (``hasyncd.core.backlog``).
+        """
+        if self.session is not None:
+            self.resume = ticket_of(self.session, self.boot_id)
         self.flow = Flow(self.window)
         self.session = None
         self.lag = LagClock()
@@ -111,6 +119,9 @@ class DialState:
     backoff: float = 0.0
     pending: bool = False
     name: str | None = None  # learned from the first successful handshake
+    refused_kid: bytes | None = None  # the key id this address last refused (psk_mismatch)
+    refused_at: float = 0.0
+    rekey_at: float = 0.0  # no re-key dial (core.keys) before this
 
 
 @dataclass

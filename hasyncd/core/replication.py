@@ -34,6 +34,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 from hasyncd.errors import RecordError
 from hasyncd.policy import shown_id
@@ -62,7 +63,20 @@ CHANGE_OVERHEAD = 32
 # few entries match (a merge walk over a large store).
 SCAN_STEP = 512
 
+# Backlog entries a resuming session queues per message it builds (a
+# snapshot message, or a stream message while fewer are queued): a full
+# backlog holds ~590,000, far too many to queue in one event-loop step.
+FEED_STEP = 1024
+
 REPLICATED_KIND_CODES: tuple[int, ...] = tuple(sorted(KINDS_BY_CODE))
+
+
+class WriteLog(Protocol):
+    """What a resuming session reads of the primary's backlog (``hasyncd.core.backlog``)."""
+
+    def holds_after(self, version: int) -> bool: ...
+
+    def since(self, version: int, limit: int) -> list[tuple[int, int, str, float]]: ...
 
 
 class MarkKind(Enum):
@@ -185,15 +199,43 @@ class SessionState(Enum):
 class OutboundSession:
     """Primary -> one secondary: a snapshot, then the change stream."""
 
-    def __init__(self, snap_id: int) -> None:
+    def __init__(
+        self,
+        snap_id: int,
+        epoch: int = 0,
+        start: int = 0,
+        *,
+        resume: Position | None = None,
+        floor: int | None = None,
+        bulk_sent: int = 0,
+        feed: tuple[WriteLog, int] | None = None,
+    ) -> None:
+        """A new snapshot, or (``hasyncd.core.backlog``) the resumption of one.
+
+        ``start`` is the primary's version when the snapshot began; a resumed
+        snapshot continues its walk after ``resume``; a partial resync
+        (``floor``: the peer holds every write up to it) walks nothing.
+        ``feed`` (backlog, version): the writes the peer may lack are the
+        backlog's after that version; they are queued a step at a time, and
+        until the feed has caught up new writes are left to it.
+        """
         self.snap_id = snap_id
+        self.epoch = epoch  # the primary's epoch: a ticket is valid only within it
+        self.start = start
         self.state = SessionState.BULK_START
         self.pending: OrderedDict[tuple[int, str], int] = OrderedDict()
-        self._walker = Walker()
-        self.bulk_sent = 0
+        done = (len(REPLICATED_KIND_CODES), None)
+        self._walker = Walker(done if floor is not None else resume)
+        self.floor = floor  # the peer holds every write up to it once it processes BULK_END
+        self.bulk_sent = bulk_sent
         self.bulk_acked = 0  # snapshot records the peer acknowledged
         self.in_sync = False  # the peer acknowledged BULK_END
         self.acked = 0  # watermark the peer acknowledged
+        self._backlog: WriteLog | None = None
+        self.feed: int | None = None  # the backlog's writes after it are still to be queued
+        if feed is not None:
+            self._backlog, self.feed = feed
+        self.broken = False  # the backlog lost writes the feed had not queued yet
 
     def __repr__(self) -> str:
         return (
@@ -201,6 +243,8 @@ class OutboundSession:
         )
 
     def enqueue(self, kind: int, rid: str, version: int) -> None:
+        if self.feed is not None:
+            return  # in the backlog: the feed queues it in version order
         key = (kind, rid)
         if key not in self.pending:
             self.pending[key] = version
@@ -208,11 +252,27 @@ class OutboundSession:
     def watermark(self, current: int) -> int:
         if self.pending:
             return next(iter(self.pending.values())) - 1
-        return current
+        return current if self.feed is None else self.feed
 
     @property
     def idle(self) -> bool:
-        return self.state is SessionState.STREAM and not self.pending
+        return self.state is SessionState.STREAM and not self.pending and self.feed is None
+
+    def _refill(self) -> bool:
+        """Queue the next FEED_STEP backlog writes; False if the backlog lost some."""
+        backlog, feed = self._backlog, self.feed
+        if backlog is None or feed is None:
+            return True
+        if not backlog.holds_after(feed):
+            self.broken = True
+            return False
+        step = backlog.since(feed, FEED_STEP)
+        setdefault = self.pending.setdefault
+        for version, kind, rid, _ in step:
+            setdefault((kind, rid), version)
+        # Fewer than a step left: caught up, and new writes queue live again.
+        self.feed = step[-1][0] if len(step) == FEED_STEP else None
+        return True
 
     def next_message(self, store: Store, current: int) -> tuple[Message, Mark | None] | None:
         """The next message to send, or None when there is nothing (yet)."""
@@ -224,6 +284,8 @@ class OutboundSession:
         return self._next_stream(store, current)
 
     def _next_bulk(self, store: Store, current: int) -> tuple[Message, Mark | None] | None:
+        if not self._refill():
+            return None
         changes = self._walker.collect(store, _is_record, max_scan=1 << 30)
         if changes:
             self.bulk_sent += len(changes)
@@ -232,10 +294,13 @@ class OutboundSession:
             )
         self.state = SessionState.STREAM
         wm = self.watermark(current)
+        self.floor = wm if self.floor is None else max(self.floor, wm)
         epoch, seq = unpack_version(wm)
         return BulkEnd(self.snap_id, self.bulk_sent, epoch, seq), Mark(MarkKind.BULK_END, wm)
 
     def _next_stream(self, store: Store, current: int) -> tuple[Message, Mark | None] | None:
+        if len(self.pending) < FEED_STEP and not self._refill():
+            return None
         if not self.pending:
             return None
         changes: list[Change] = []

@@ -42,7 +42,7 @@ from hasyncd.core.events import (
     StopReady,
     SyncChanged,
 )
-from hasyncd.core.follower import Follower, FollowState
+from hasyncd.core.follower import Claim, Follower, FollowState
 from hasyncd.core.history import RoleChange, RoleHistory
 from hasyncd.core.merge import MergeSender, catch_up_floor, record_split
 from hasyncd.core.peers import Fence, HandoverState, Peer
@@ -87,6 +87,8 @@ class RoleManager:
         self.holddown_until = now + self.s.holddown
         self.reason = "starting: hello hold-down, discovering peers"
         self.follower: Follower | None = None
+        self.resume_claim: Claim | None = None  # what it holds of its primary's last session
+        self.resume_failures = 0  # resume requests in a row that got no BULK_START
         self.promotion: PromotionWork | None = None
         self.last_promotion: dict[str, object] | None = None
         self.monitors_down: tuple[str, ...] = ()
@@ -480,6 +482,8 @@ class RoleManager:
             log.warning("promoting although this node was not in sync with the lost primary")
         self.epoch = self.primary_epoch = next_epoch(self.epoch, self.s.tag, self.core.wall())
         self.seq = 0
+        self.resume_claim = None
+        core.backlog.reset(pack_version(self.epoch, 0))
         self.duties.reset()
         for peer in core.peers.values():
             peer.session = None
@@ -514,6 +518,7 @@ class RoleManager:
         h = self.duties.reset()
         for peer in core.peers.values():
             peer.session = None
+        core.backlog.reset(0)
         self.merge_pending = merge
         # It holds everything it wrote: its data's history is now its own epoch.
         self.applied = max(self.applied, pack_version(self.primary_epoch, self.seq))
@@ -568,7 +573,8 @@ class RoleManager:
             # primary.  (A catch-up offer is recomputed for whoever that is.)
             self.merge_pending = True
         if self.core.store.resyncing:
-            self.core.store.abort_resync()
+            # Kept open: if this primary returns in the same epoch it may resume
+            # the snapshot; any other answer starts a new one (or a promotion ends it).
             self.set_in_sync(False)
         self.primary = None
         self.reason = reason

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hasyncd.core.backlog import BACKLOG_MIB_DEFAULT, BACKLOG_S_DEFAULT
+from hasyncd.core.keys import Keyring
 from hasyncd.secret import Secret
 
 
@@ -29,11 +31,19 @@ class CoreSettings:
     flap_window: float = 900.0
     esp_seq_margin: int = 1 << 16
     tombstone_ttl: float = 3600.0
+    # The replication backlog (hasyncd.core.backlog): its byte budget and the
+    # age of the oldest write it keeps; below tombstone_ttl.
+    backlog_bytes: int = BACKLOG_MIB_DEFAULT << 20
+    backlog_s: float = float(BACKLOG_S_DEFAULT)
     handshake_timeout: float = 3.0
     handover_timeout: float = 3.0
     reconnect_min: float = 0.1
     reconnect_max: float = 1.0
     monitors: tuple[str, ...] = ()
+    psk_next: Secret | None = None  # the next cluster key during a rotation (core.keys)
+
+    def keyring(self) -> Keyring:
+        return Keyring.of(self.psk, self.psk_next)
 
     @property
     def lost_timeout(self) -> float:

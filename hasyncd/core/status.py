@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from hasyncd.core.keys import Keyring
 from hasyncd.core.peers import Peer
 from hasyncd.core.replication import writes_behind
 from hasyncd.policy import KIND_BY_CODE
@@ -21,8 +22,10 @@ def version_json(version: int) -> dict[str, int]:
 
 
 def node_status(core: NodeCore, now: float) -> dict[str, object]:
+    keys = core.s.keyring()
     peers = [
-        peer_status(p, now, core.version) for p in sorted(core.peers.values(), key=lambda p: p.name)
+        peer_status(p, now, core.version, keys)
+        for p in sorted(core.peers.values(), key=lambda p: p.name)
     ]
     known = {p.address for p in core.peers.values()}
     # Configured addresses that never answered: an operator wants to see them too.
@@ -35,6 +38,8 @@ def node_status(core: NodeCore, now: float) -> dict[str, object]:
             "in_sync": False,
             "last_seen_ms": None,
             "rtt_ms": None,
+            "key_id": None,
+            "key": None,
             "replication": None,
         }
         for a in core.s.peers
@@ -48,6 +53,10 @@ def node_status(core: NodeCore, now: float) -> dict[str, object]:
         "version": version_json(core.version),
         "uptime_s": round(now - core.started, 3),
         "clock": core.wall(),
+        # Key ids (never keys) of the link keys this node holds (PROTOCOL.md 5.2.1).
+        "link_keys": keys.ids(),
+        # A primary's replication backlog (what a reconnecting secondary can resume from).
+        "backlog": core.backlog.status(now) if core.roles.is_primary else None,
     }
     out.update(role_status(core.roles, now))
     return out
@@ -80,8 +89,9 @@ def role_status(roles: RoleManager, now: float) -> dict[str, object]:
     }
 
 
-def peer_status(p: Peer, now: float, current: int) -> dict[str, object]:
+def peer_status(p: Peer, now: float, current: int, keys: Keyring) -> dict[str, object]:
     session = p.session
+    kid = p.conn.channel.key_id if p.conn is not None else None
     replication = None
     if session is not None:
         replication = {
@@ -101,5 +111,8 @@ def peer_status(p: Peer, now: float, current: int) -> dict[str, object]:
         "in_sync": bool(p.up and (p.in_sync_flag or p.role is Role.PRIMARY)),
         "last_seen_ms": round((now - p.last_rx) * 1000) if p.last_rx else None,
         "rtt_ms": round(p.rtt * 1000, 3) if p.rtt is not None else None,
+        # Which key the link is under: its key id, and "current"/"next" of this node's keys.
+        "key_id": kid.hex() if kid is not None else None,
+        "key": keys.name_of(kid),
         "replication": replication,
     }

@@ -1,29 +1,42 @@
 """Batch ops as the API's batch handler sees them: decoded once, straight into Structs.
 
-NDJSON lines decode with msgspec into an ``Op`` whose ``record`` stays raw JSON
-until its kind decodes it (``Kind.parse_json``, straight into the kind's API
-Struct); a line nested deeper than ``MAX_NESTING`` (cheaply bounded by its
-bracket count) goes through ``bodies.decode_json``, which refuses it with
-``nesting_too_deep``.  msgpack batches use ``bodies.iter_msgpack_batch``.  Results are
-encoded one by one, so a large batch keeps bytes, not dicts, until it answers.
+The common NDJSON line, a put of a well-formed record of a replicated kind,
+decodes in one pass into a put Struct of its kind (``PUT_KINDS``: ``op`` is
+"put", ``kind`` the tag, ``record`` the kind's API Struct).  Any other line
+fails that decode and takes the general path, exactly as before: an ``Op``
+whose ``record`` stays raw JSON until its kind decodes it
+(``Kind.parse_json``); a line nested deeper than ``MAX_NESTING`` (cheaply
+bounded by its bracket count) goes through ``bodies.decode_json``, which
+refuses it with ``nesting_too_deep``.  (A put the one-pass decode accepts
+nests no deeper than its kind's schema, far below ``MAX_NESTING``.)  msgpack
+batches the same way (``iter_msgpack_ops``): each op's span is found with the
+unpacker's ``skip``; a well-formed put decodes straight into its put Struct,
+any other op (or a body refused as a whole) is read as by
+``bodies.iter_msgpack_batch``.  Results are encoded one by one, so a large
+batch keeps bytes, not dicts, until it answers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from itertools import islice
+from typing import Any, Literal, Union
 
 import msgspec
 
 from hasyncd.daemon.bodies import (
     MAX_BATCH_OPS,
     MAX_NESTING,
-    ApiError,
+    MSGPACK_ERRORS,
     BadLine,
     decode_json,
+    decode_msgpack_op,
+    iter_msgpack_batch,
+    msgpack_unpacker,
     ndjson_lines,
 )
-from hasyncd.errors import HasyncdError
+from hasyncd.errors import ApiError, HasyncdError
+from hasyncd.records import KINDS
 
 
 class Op(msgspec.Struct, forbid_unknown_fields=True, gc=False):
@@ -44,6 +57,22 @@ class OpError:
 
 _op_decoder = msgspec.json.Decoder(Op)
 
+# One put Struct per replicated kind, tagged by "kind": type -> kind name.
+PUT_KINDS: dict[type, str] = {
+    msgspec.defstruct(
+        f"Put_{name}",
+        [("op", Literal["put"]), ("id", str), ("record", kind.schema.api)],
+        tag_field="kind",
+        tag=name,
+        forbid_unknown_fields=True,
+    ): name
+    for name, kind in KINDS.items()
+}
+_put_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(Union[tuple(PUT_KINDS)])  # noqa: UP007
+_put_msgpack_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(
+    Union[tuple(PUT_KINDS)]  # noqa: UP007
+)
+
 
 def count_ndjson_ops(raw: bytes) -> int:
     """The number of ops (non-blank lines); 413 ``batch_too_large`` past MAX_BATCH_OPS."""
@@ -56,8 +85,16 @@ def count_ndjson_ops(raw: bytes) -> int:
 
 
 def iter_ndjson_ops(raw: bytes) -> Iterator[Op | OpError | BadLine | Any]:
-    """Each line as an ``Op``, an ``OpError``, a ``BadLine``, or (deep lines) a decoded value."""
+    """Each line as a put Struct (``PUT_KINDS``), an ``Op``, an ``OpError``, a ``BadLine``,
+    or (deep lines) a decoded value."""
     for n, line in enumerate(ndjson_lines(raw), 1):
+        try:
+            put = _put_decoder.decode(line)
+        except (msgspec.MsgspecError, RecursionError):
+            put = None  # not a well-formed put: the general path says why
+        if put is not None:
+            yield put
+            continue
         if line.count(b"[") + line.count(b"{") > MAX_NESTING:
             try:
                 yield decode_json(line)  # the slow path that measures the depth
@@ -70,6 +107,40 @@ def iter_ndjson_ops(raw: bytes) -> Iterator[Op | OpError | BadLine | Any]:
             yield OpError(_op_error(exc))
         except msgspec.DecodeError as exc:
             yield BadLine(n, ApiError(400, "invalid_json", f"body is not valid JSON: {exc}"))
+
+
+def iter_msgpack_ops(raw: bytes) -> Iterator[Any]:
+    """The ops of a msgpack batch body: put Structs, or what ``iter_msgpack_batch`` yields.
+
+    Refuses (ApiError) exactly what ``iter_msgpack_batch`` refuses: when the
+    array header or an op's msgpack is unusable, it is the one that raises.
+    """
+    unpacker = msgpack_unpacker(raw)
+    try:
+        count = unpacker.read_array_header()
+    except MSGPACK_ERRORS:
+        count = -1
+    if not 0 <= count <= MAX_BATCH_OPS:
+        yield from iter_msgpack_batch(raw)  # raises the body's refusal
+        return
+    view = memoryview(raw)
+    start = unpacker.tell()
+    for i in range(count):
+        try:
+            unpacker.skip()
+        except MSGPACK_ERRORS:  # op i is malformed: the general reader refuses it
+            yield from islice(iter_msgpack_batch(raw), i, None)
+            return
+        end = unpacker.tell()
+        data = view[start:end]
+        start = end
+        try:
+            put = _put_msgpack_decoder.decode(data)
+        except (msgspec.MsgspecError, RecursionError):
+            put = None  # not a well-formed put: read as the general reader does
+        yield put if put is not None else decode_msgpack_op(data, i)
+    if unpacker.tell() != len(raw):
+        raise ApiError(400, "invalid_batch", "data after the msgpack array of ops")
 
 
 def _op_error(exc: msgspec.ValidationError) -> ApiError:

@@ -2,8 +2,8 @@
 
 A body is read whole however it arrives (segments, chunks) but never past its
 limit; JSON and msgpack are decoded with bounded nesting, a batch with a
-bounded op count.  Every refusal is an ``ApiError`` carrying the HTTP status
-and the error code; ``hasyncd.daemon.api`` answers and counts it.
+bounded op count.  Every refusal is an ``ApiError`` (``hasyncd.errors``)
+carrying the HTTP status and the error code; ``hasyncd.daemon.api`` answers and counts it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import msgpack
 from aiohttp import web
 
 from hasyncd.daemon.apilimits import BODY_TIMEOUT_S
-from hasyncd.errors import HasyncdError
+from hasyncd.errors import ApiError
 
 MAX_BATCH_OPS = 200_000  # ops per batch request
 # Containers nested inside one op or record body.  The deepest legal op nests
@@ -27,16 +27,6 @@ MAX_BATCH_OPS = 200_000  # ops per batch request
 MAX_NESTING = 32
 # Event ids are the hub's u64 sequence numbers: at most 20 ASCII digits.
 MAX_EVENT_ID = 2**64 - 1
-
-
-class ApiError(HasyncdError):
-    """A refusal of the local API: the HTTP status, the error code and extra body fields."""
-
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.extra = extra
 
 
 def last_event_id(value: str | None) -> int | None:
@@ -116,7 +106,7 @@ def decode_json(raw: bytes) -> Any:
     return value
 
 
-_MSGPACK_ERRORS = (ValueError, TypeError, msgpack.UnpackException)
+MSGPACK_ERRORS = (ValueError, TypeError, msgpack.UnpackException)
 
 
 def iter_msgpack_batch(raw: bytes) -> Iterator[Any]:
@@ -127,20 +117,17 @@ def iter_msgpack_batch(raw: bytes) -> Iterator[Any]:
     array).  The caller runs it to the end once before applying any op.
     (NDJSON bodies: ``hasyncd.daemon.batchops``, over ``ndjson_lines``.)
     """
-    unpacker = msgpack.Unpacker(
-        raw=False, strict_map_key=True, max_buffer_size=len(raw) + 1, max_ext_len=0
-    )
-    unpacker.feed(raw)
+    unpacker = msgpack_unpacker(raw)
     try:
         count = unpacker.read_array_header()
-    except _MSGPACK_ERRORS:
+    except MSGPACK_ERRORS:
         raise ApiError(400, "invalid_batch", "a msgpack batch body is an array of ops") from None
     if count > MAX_BATCH_OPS:
         raise ApiError(413, "batch_too_large", f"more than {MAX_BATCH_OPS} ops")
     for i in range(count):
         try:
             op = unpacker.unpack()
-        except _MSGPACK_ERRORS as exc:
+        except MSGPACK_ERRORS as exc:
             raise ApiError(
                 400,
                 "invalid_msgpack",
@@ -149,6 +136,26 @@ def iter_msgpack_batch(raw: bytes) -> Iterator[Any]:
         yield _jsonable(op, 1)
     if unpacker.tell() != len(raw):
         raise ApiError(400, "invalid_batch", "data after the msgpack array of ops")
+
+
+def msgpack_unpacker(raw: bytes) -> msgpack.Unpacker:
+    """An unpacker over a whole msgpack batch body, with the limits every op is read with."""
+    unpacker = msgpack.Unpacker(
+        raw=False, strict_map_key=True, max_buffer_size=len(raw) + 1, max_ext_len=0
+    )
+    unpacker.feed(raw)
+    return unpacker
+
+
+def decode_msgpack_op(data: bytes | memoryview, i: int) -> Any:
+    """Op ``i`` from its exact msgpack span, as ``iter_msgpack_batch`` yields (or refuses) it."""
+    try:
+        op = msgpack.unpackb(data, raw=False, strict_map_key=True, max_ext_len=0)
+    except MSGPACK_ERRORS as exc:
+        raise ApiError(
+            400, "invalid_msgpack", f"op {i} is not valid msgpack: {type(exc).__name__}"
+        ) from None
+    return _jsonable(op, 1)
 
 
 def ndjson_lines(raw: bytes) -> Iterator[bytes]:

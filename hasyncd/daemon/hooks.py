@@ -15,12 +15,9 @@ import logging
 import os
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from hasyncd.config import HooksConfig
-
-if TYPE_CHECKING:
-    from hasyncd.daemon.metrics import Metrics
 
 log = logging.getLogger("hasyncd.hooks")
 
@@ -29,10 +26,12 @@ STDERR_TAIL = 500  # bytes of a hook's stderr kept in its record
 
 
 class HookRunner:
-    def __init__(self, config: HooksConfig, node: str, metrics: Metrics) -> None:
+    def __init__(
+        self, config: HooksConfig, node: str, on_result: Callable[[str, str, float], None]
+    ) -> None:
         self.config = config
         self.node = node
-        self.metrics = metrics
+        self.on_result = on_result  # (hook, result, seconds): Metrics.hook_run
         self._queue: asyncio.Queue[tuple[str, dict[str, object]]] = asyncio.Queue()
         self.history: deque[dict[str, object]] = deque(maxlen=HISTORY)
         self.running: str | None = None
@@ -49,6 +48,10 @@ class HookRunner:
     @property
     def queued(self) -> int:
         return self._queue.qsize()
+
+    def recent(self) -> list[dict[str, object]]:
+        """The last HISTORY runs, oldest first (``/v1/status``)."""
+        return list(self.history)
 
     async def run(self) -> None:
         while True:
@@ -108,7 +111,7 @@ class HookRunner:
         self.history.append(record)
         duration = record["duration_ms"]
         seconds = float(duration) / 1000.0 if isinstance(duration, int | float) else 0.0
-        self.metrics.hook_run(str(record["hook"]), str(record["result"]), seconds)
+        self.on_result(str(record["hook"]), str(record["result"]), seconds)
         level = logging.INFO if record["result"] == "ok" else logging.ERROR
         log.log(
             level,

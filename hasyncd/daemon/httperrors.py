@@ -1,12 +1,17 @@
-"""Requests aiohttp refuses before any handler runs: answered in the API's JSON and counted.
+"""Every API error reply: from an exception to its status and JSON body, in one place.
 
-An over-long request line or header, a malformed request or a bad method is
-refused by aiohttp's HTTP parser, which would answer in plain text and log
-the parser's message, and that message quotes the start of the request line
-(where a web session's id, the cookie digest, may stand).  Here the reply is
-the API's ``{"error": "http_<status>", ...}`` body, the refusal is counted in
-``hasyncd_api_errors_total``, and the log line names only the status and the
-error's class.
+``api_error`` turns any exception into the error answered (ours carry their
+HTTP status and body fields, ``hasyncd.errors``; anything else is a logged
+bug answered 500 ``internal_error``); ``error_response`` makes the reply.
+The error middleware, each failed batch op and the refusals below use them.
+
+Requests aiohttp refuses before any handler runs (an over-long request line
+or header, a malformed request or a bad method) would be answered by
+aiohttp's HTTP parser in plain text, logging the parser's message, which
+quotes the start of the request line (where a web session's id, the cookie
+digest, may stand).  Here the reply is the API's ``{"error": "http_<status>",
+...}`` body, the refusal is counted in ``hasyncd_api_errors_total``, and the
+log line names only the status and the error's class.
 """
 
 from __future__ import annotations
@@ -18,7 +23,26 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from hasyncd.errors import ApiError, HasyncdError, error_body
+
 log = logging.getLogger("hasyncd.api")
+
+
+def api_error(exc: BaseException) -> HasyncdError:
+    """The error the API answers for ``exc``: ours as raised, anything else a logged bug."""
+    if isinstance(exc, HasyncdError):
+        return exc
+    if isinstance(exc, web.HTTPException):  # aiohttp's own (unknown route, bad method...)
+        return ApiError(exc.status, f"http_{exc.status}", exc.reason)
+    log.error("internal error in the API", exc_info=exc)
+    return ApiError(500, "internal_error", "internal error (logged)")
+
+
+def error_response(err: HasyncdError) -> web.Response:
+    resp = web.json_response(error_body(err), status=err.http_status)
+    if err.http_status == 401:
+        resp.headers["WWW-Authenticate"] = "Bearer"
+    return resp
 
 
 class JsonErrorHandler(RequestHandler):
@@ -40,9 +64,7 @@ class JsonErrorHandler(RequestHandler):
         log.debug("refused a request before routing: %s (%s)", code, type(exc).__name__)
         if request.writer.output_size > 0:
             raise ConnectionError("a response was already sent: cannot send an error")
-        resp = web.json_response(
-            {"error": code, "message": "the request is malformed or too large"}, status=status
-        )
+        resp = error_response(ApiError(status, code, "the request is malformed or too large"))
         resp.force_close()
         return resp
 

@@ -2,16 +2,16 @@
 
 Counters the core keeps (``NodeCore.stats``: link errors by code, refused
 messages, promotions, suppressed losses...) and gauges read from its state
-(role, epoch, per-peer link, sync, lag and RTT) are collected at scrape time,
-so the core never depends on the metrics library.  Shell-side measurements
+(role, epoch, per-peer link, sync, lag and RTT) are collected at scrape time
+from a ``NodeGauges`` snapshot (``hasyncd.daemon.views``), so the core never
+depends on the metrics library and the metrics never see the core.  Shell-side measurements
 (API requests, loop lag, hooks) are ordinary prometheus-client metrics.
 """
 
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -28,12 +28,9 @@ from prometheus_client.registry import Collector
 from hasyncd import __version__
 from hasyncd.core.counters import COUNTERS
 from hasyncd.core.events import Event
-from hasyncd.core.replication import writes_behind
-from hasyncd.policy import KIND_BY_CODE, POLICY
+from hasyncd.daemon.views import NodeGauges
+from hasyncd.policy import POLICY
 from hasyncd.wire.messages import Role
-
-if TYPE_CHECKING:
-    from hasyncd.daemon.shell import Daemon
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HOOKS = ("on_primary", "on_secondary", "on_fault")
@@ -45,15 +42,13 @@ LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5
 
 
 class _CoreCollector(Collector):
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, gauges: Callable[[], NodeGauges]) -> None:
+        self.gauges = gauges
 
     def collect(self) -> Iterator[Metric]:
-        core = self.daemon.core
-        roles = core.roles
-        now = self.daemon.clock()
+        g = self.gauges()
         for name, spec in COUNTERS.items():
-            counts: Mapping[str, int] = core.stats.get(name, {})
+            counts: Mapping[str, int] = g.stats.get(name, {})
             if spec.label is None:
                 yield CounterMetricFamily(f"hasyncd_{name}", spec.help, value=counts.get("", 0))
                 continue
@@ -63,27 +58,25 @@ class _CoreCollector(Collector):
             yield fam
         role = GaugeMetricFamily("hasyncd_role", "1 for the node's current role", labels=["role"])
         for r in Role:
-            role.add_metric([r.name.lower()], 1.0 if roles.role is r else 0.0)
+            role.add_metric([r.name.lower()], 1.0 if g.role is r else 0.0)
         yield role
-        yield GaugeMetricFamily("hasyncd_epoch", "current cluster epoch", value=roles.epoch)
+        yield GaugeMetricFamily("hasyncd_epoch", "current cluster epoch", value=g.epoch)
         yield GaugeMetricFamily(
-            "hasyncd_in_sync",
-            "1 if this node holds a complete copy",
-            value=1.0 if roles.is_primary or roles.in_sync else 0.0,
+            "hasyncd_in_sync", "1 if this node holds a complete copy", value=float(g.in_sync)
         )
         yield GaugeMetricFamily(
             "hasyncd_writes_fenced",
             "1 while this primary refuses writes until peers confirm it (fenced)",
-            value=1.0 if roles.fence else 0.0,
+            value=float(g.fenced),
         )
         yield GaugeMetricFamily(
             "hasyncd_promotion_suspended",
             "1 while automatic promotion is suspended by flap damping",
-            value=1.0 if roles.suspended_since is not None else 0.0,
+            value=float(g.suspended),
         )
         records = GaugeMetricFamily("hasyncd_records", "stored records", labels=["kind"])
-        for code, n in core.store.counts().items():
-            records.add_metric([KIND_BY_CODE[code]], n)
+        for kind, n in g.records.items():
+            records.add_metric([kind], n)
         yield records
         up = GaugeMetricFamily("hasyncd_peer_up", "1 while the peer is alive", labels=["peer"])
         link = GaugeMetricFamily("hasyncd_peer_link", "1 while a link is open", labels=["peer"])
@@ -112,26 +105,35 @@ class _CoreCollector(Collector):
             "writes of the current epoch the secondary has not acknowledged",
             labels=["peer"],
         )
-        current = core.version
-        for p in core.peers.values():
-            up.add_metric([p.name], 1.0 if p.up else 0.0)
-            link.add_metric([p.name], 1.0 if p.conn is not None else 0.0)
-            silence.add_metric([p.name], now - p.last_rx if p.last_rx else 0.0)
+        key = GaugeMetricFamily(
+            "hasyncd_peer_link_key",
+            "1 for the key the link is under, by key id and which of this node's keys it is "
+            "(current, next, retired): retire a key only when no link is under it",
+            labels=["peer", "key_id", "key"],
+        )
+        for p in g.peers:
+            if p.key is not None:
+                key.add_metric([p.name, *p.key], 1.0)
+            up.add_metric([p.name], float(p.up))
+            link.add_metric([p.name], float(p.link))
+            silence.add_metric([p.name], p.silence)
             if p.rtt is not None:
                 rtt.add_metric([p.name], p.rtt)
             if p.session is not None:
-                pending.add_metric([p.name], len(p.session.pending))
-                insync.add_metric([p.name], 1.0 if p.session.in_sync else 0.0)
-                lag_s.add_metric([p.name], p.lag.lag(now))
-                lag_n.add_metric([p.name], writes_behind(p.session.acked, current))
-            inflight.add_metric([p.name], p.flow.in_flight)
-        yield from (up, link, silence, rtt, pending, inflight, insync, lag_s, lag_n)
+                pending.add_metric([p.name], p.session.pending)
+                insync.add_metric([p.name], float(p.session.in_sync))
+                lag_s.add_metric([p.name], p.session.lag_seconds)
+                lag_n.add_metric([p.name], p.session.lag_records)
+            inflight.add_metric([p.name], p.in_flight)
+        yield from (up, link, silence, rtt, pending, inflight, insync, lag_s, lag_n, key)
 
 
 class Metrics:
-    def __init__(self, daemon: Daemon) -> None:
+    """The registry; ``gauges`` is called at each scrape for the core's state."""
+
+    def __init__(self, gauges: Callable[[], NodeGauges]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_CoreCollector(daemon))
+        self.registry.register(_CoreCollector(gauges))
         r = self.registry
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes...
         Info("hasyncd_build", "hasyncd and Python versions of this process", registry=r).info(
@@ -188,6 +190,20 @@ class Metrics:
             buckets=LAG_BUCKETS,
             registry=r,
         )
+
+    # -- the API's counters (hasyncd.daemon.views.ApiCounters) --
+
+    def count_api_error(self, code: str) -> None:
+        self.api_errors.labels(code).inc()
+
+    def count_api_request(self, route: str, status: int) -> None:
+        self.api_requests.labels(route, str(status)).inc()
+
+    def count_not_replicated(self, kind: str) -> None:
+        self.not_replicated.labels(kind).inc()
+
+    def count_sync_write(self, replicated: bool) -> None:
+        self.sync_writes.labels("true" if replicated else "false").inc()
 
     def on_event(self, ev: Event) -> None:
         self.events.labels(type(ev).__name__).inc()

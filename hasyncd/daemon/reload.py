@@ -3,8 +3,10 @@
 Applied live, without touching the HA link: the node's priority, election
 and preemption timers, flap damping, heartbeat and handshake timers, the
 monitored interfaces, handover and sync timeouts, the ESP sequence margin,
-the hooks and the log level.  Everything that identifies the node or its
-sockets (name, id, addresses, key, group, window, API sockets, sync mode)
+the hooks, the log level and the link keys (``psk_file``, ``psk_next_file``
+and their contents: a key rotation, README "Rotating the link key"; links
+stay up, and the core re-keys them).  Everything that identifies the node or
+its sockets (name, id, addresses, group, window, API sockets, sync mode)
 needs a restart: a reload logs each such change by name and keeps the old
 value, so the running node never holds a half-applied identity.
 
@@ -18,6 +20,7 @@ import dataclasses
 from typing import Any
 
 from hasyncd.config import Config
+from hasyncd.wire.handshake import key_id
 
 # (section, key) applied by a reload; every other key needs a restart.
 LIVE_KEYS: frozenset[tuple[str, str]] = frozenset(
@@ -31,6 +34,8 @@ LIVE_KEYS: frozenset[tuple[str, str]] = frozenset(
         ("link", "heartbeat_lost_threshold"),
         ("link", "hello_holddown_ms"),
         ("link", "handshake_timeout_ms"),
+        ("link", "psk_file"),
+        ("link", "psk_next_file"),
         ("sync", "sync_timeout_ms"),
         ("promotion", "esp_seq_margin"),
         ("promotion", "handover_timeout_ms"),
@@ -42,7 +47,7 @@ LIVE_KEYS: frozenset[tuple[str, str]] = frozenset(
         ("log", "level"),
     }
 )
-SECTIONS = ("node", "link", "api", "sync", "promotion", "hooks", "store", "log")
+SECTIONS = ("node", "link", "api", "sync", "promotion", "hooks", "store", "replication", "log")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +61,14 @@ def _show(v: Any) -> str:
     if isinstance(v, tuple):
         return "[" + ", ".join(str(x) for x in v) + "]"
     return str(v)
+
+
+def _key_ids(config: Config) -> str:
+    """The link keys by key id (never the keys themselves)."""
+    out = f"current {key_id(config.psk.reveal()).hex()}"
+    if config.psk_next is not None:
+        out += f", next {key_id(config.psk_next.reveal()).hex()}"
+    return out
 
 
 def plan(old: Config, new: Config) -> Reload:
@@ -76,7 +89,9 @@ def plan(old: Config, new: Config) -> Reload:
             else:
                 restart.append(where)
         sections[section] = dataclasses.replace(o, **live) if live else o
-    if old.psk != new.psk:
-        restart.append("[link].psk_file (key contents)")
-    merged = dataclasses.replace(old, **sections)
+    keys: dict[str, Any] = {}
+    if old.psk != new.psk or old.psk_next != new.psk_next:
+        keys = {"psk": new.psk, "psk_next": new.psk_next}
+        applied.append(f"[link] key ids: {_key_ids(old)} -> {_key_ids(new)}")
+    merged = dataclasses.replace(old, **sections, **keys)
     return Reload(merged, tuple(applied), tuple(restart))

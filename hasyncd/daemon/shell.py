@@ -36,22 +36,23 @@ from hasyncd.core.events import (
     Watermark,
 )
 from hasyncd.core.node import NodeCore
-from hasyncd.core.settings import CoreSettings
 from hasyncd.daemon import logs
 from hasyncd.daemon.api import API_DRAIN_S, Api
+from hasyncd.daemon.corelink import LinkProtocol, core_clock, core_settings
+from hasyncd.daemon.coreviews import CoreCluster, CoreWriter, node_gauges
+from hasyncd.daemon.dialer import Dialer
 from hasyncd.daemon.eventhub import EventHub
 from hasyncd.daemon.hooks import HookRunner
 from hasyncd.daemon.metrics import Metrics
 from hasyncd.daemon.reload import plan as plan_reload
-from hasyncd.daemon.system import InterfaceMonitor, LoopLagMonitor, SystemdNotifier
+from hasyncd.daemon.system import InterfaceMonitor, LoopLagMonitor, SystemdNotifier, status_line
+from hasyncd.daemon.views import ApiViews
 from hasyncd.daemon.waiters import SyncWaiters
 from hasyncd.errors import ConfigError, HasyncdError
 from hasyncd.store import Store
 
 log = logging.getLogger("hasyncd.daemon")
 
-
-BOOTTIME = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
 
 # A planned stop ends within this many seconds whatever peers and API clients
 # do: below systemd's TimeoutStopSec=15 (systemd/hasyncd.service), so a
@@ -63,80 +64,6 @@ LINK_DRAIN_S = 0.5
 STOP_SLACK_S = 0.5
 # How often systemd's STATUS= is looked at again (sent only when it changed).
 STATUS_REFRESH_S = 1.0
-
-
-def core_clock() -> float:
-    """The core's clock: monotonic, and counting time the machine was suspended.
-
-    CLOCK_BOOTTIME (Linux) keeps running while a VM is paused or a host is
-    suspended; CLOCK_MONOTONIC does not.  With it a primary that was frozen
-    that way sees the gap as its own stall and fences itself, exactly as
-    after a SIGSTOP, instead of taking writes as if no time had passed.
-    """
-    return time.clock_gettime(BOOTTIME)
-
-
-def core_settings(config: Config) -> CoreSettings:
-    node, link = config.node, config.link
-    return CoreSettings(
-        name=node.name,
-        tag=node.id,
-        priority=node.priority,
-        group_id=link.group_id,
-        psk=config.psk,
-        peers=tuple(str(a) for a in link.peers),
-        listen=str(link.listen),
-        heartbeat_interval=link.heartbeat_interval_ms / 1000.0,
-        lost_threshold=link.heartbeat_lost_threshold,
-        holddown=link.hello_holddown_ms / 1000.0,
-        window=link.window_kib * 1024,
-        override=node.override,
-        preempt_delay=node.preempt_delay_s,
-        uptime_margin=node.uptime_margin_s,
-        max_flaps=node.max_flaps,
-        esp_seq_margin=config.promotion.esp_seq_margin,
-        tombstone_ttl=float(config.store.tombstone_ttl_s),
-        handshake_timeout=link.handshake_timeout_ms / 1000.0,
-        handover_timeout=config.promotion.handover_timeout_ms / 1000.0,
-        monitors=node.monitor,
-    )
-
-
-class LinkProtocol(asyncio.Protocol):
-    """One HA link connection; every callback goes straight into the core."""
-
-    def __init__(self, daemon: Daemon, initiator: bool, address: str | None = None) -> None:
-        self.daemon = daemon
-        self.initiator = initiator
-        self.address = address
-        self.conn_id = daemon.new_conn_id()
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        d = self.daemon
-        d.transports[self.conn_id] = transport
-        if self.address is None:
-            peer = transport.get_extra_info("peername")
-            self.address = f"{peer[0]}:{peer[1]}" if peer else "?"
-        d.core.connection_made(
-            self.conn_id, initiator=self.initiator, address=self.address, now=d.clock()
-        )
-        d.flush()
-
-    def data_received(self, data: bytes) -> None:
-        d = self.daemon
-        d.core.receive_data(self.conn_id, data, d.clock())
-        d.flush()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        d = self.daemon
-        d.transports.pop(self.conn_id, None)
-        if not d.transports:
-            d.links_closed()
-        d.core.connection_lost(self.conn_id, d.clock())
-        d.flush()
 
 
 class Daemon:
@@ -161,15 +88,35 @@ class Daemon:
         self._stop_ready = asyncio.Event()  # the core's StopReady
         self._links_closed = asyncio.Event()
         self._stopped = False
+        self._core_done = False  # finish_shutdown ran: no timer, no dial any more
         self._monitor_task: asyncio.Task[None] | None = None
         self._status_sent = ""
         self._tasks: set[asyncio.Task[None]] = set()
-        self.metrics = Metrics(self)
+        self._failure: tuple[str, BaseException] | None = None  # the first crash: exit 1
+        self.metrics = Metrics(lambda: node_gauges(self.core, self.clock()))
         self.hub = EventHub(on_subscribers=self._record_events_wanted)
         self.waiters = SyncWaiters()
-        self.hooks = HookRunner(config.hooks, config.node.name, self.metrics)
+        self.hooks = HookRunner(config.hooks, config.node.name, self.metrics.hook_run)
         self.notifier = SystemdNotifier()
-        self.api = Api(self)
+        self.dialer = Dialer(
+            lambda address: LinkProtocol(self, True, address),
+            lambda: self.config.link.handshake_timeout_ms / 1000.0,
+            self._connect_failed,
+        )
+        self.api = Api(
+            ApiViews(
+                config=lambda: self.config,
+                clock=self.clock,
+                writer=CoreWriter(self.core, self.flush),
+                reader=self.store,
+                cluster=CoreCluster(self.core, self.flush, self.wait_role),
+                hooks=self.hooks,
+                counters=self.metrics,
+                waiters=self.waiters,
+                hub=self.hub,
+                metrics=self.metrics.render,
+            )
+        )
         self._server: asyncio.Server | None = None
         self.role_changed = asyncio.Condition()
 
@@ -188,8 +135,22 @@ class Daemon:
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background task failed", exc_info=task.exception())
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            name = getattr(task.get_coro(), "__qualname__", task.get_name())
+            self.crashed(f"background task {name}", exc)
+
+    def crashed(self, where: str, exc: BaseException) -> None:
+        """A bug escaped a task or a callback: log it with its traceback and stop the node.
+
+        Never swallowed and never restarted in place: the state the failed
+        code left behind is unknown.  The node makes its planned stop (a
+        primary hands over) and exits with status 1, and systemd
+        (``Restart=on-failure``) starts it again, resynchronised from a peer.
+        """
+        log.error("%s failed; stopping the node", where, exc_info=exc)
+        if self._failure is None:
+            self._failure = (where, exc)
+        self._stopping.set()
 
     # -- the core's outputs ----------------------------------------------------------
 
@@ -202,6 +163,8 @@ class Daemon:
                 transport.write(data)
         for ev in core.events():
             self._on_event(ev)
+        if self._core_done:
+            return
         when = core.next_timer()
         # Keep an earlier timer: re-arming it later on every flush would let a
         # busy API handler postpone heartbeats forever.  Firing early is harmless.
@@ -213,12 +176,16 @@ class Daemon:
 
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
-        self.core.handle_timer(self.clock())
-        self.flush()
+        try:
+            self.core.handle_timer(self.clock())
+            self.flush()
+        except Exception as exc:  # the loop would only log it: the node would stop beating
+            self.crashed("the core's timer", exc)
 
     def _on_event(self, ev: Event) -> None:
         if isinstance(ev, Dial):
-            self.spawn(self._dial(ev.address))
+            if not self._core_done:
+                self.spawn(self.dialer.dial(ev.address))
             return
         if isinstance(ev, Close):
             transport = self.transports.get(ev.conn_id)
@@ -262,16 +229,7 @@ class Daemon:
             self._update_status()
 
     def _status_line(self) -> str:
-        """systemd's STATUS=: role, sync state and every peer, as ``systemctl status`` shows."""
-        st = self.core.status(self.clock())
-        role = str(st["role"])
-        sync = "" if role == "primary" else (" in sync" if st["in_sync"] else " not in sync")
-        peers = []
-        for p in st["peers"]:  # type: ignore[attr-defined]
-            name = p["node"] or p["address"]
-            state = p["link"] + (", in sync" if p["in_sync"] else "")
-            peers.append(f"{name} {state}")
-        return f"{role}{sync} in epoch {st['epoch']}; peers: {'; '.join(peers) or 'none'}"
+        return status_line(self.core.status(self.clock()))
 
     async def _notify_role_waiters(self) -> None:
         async with self.role_changed:
@@ -292,21 +250,9 @@ class Daemon:
     def _record_events_wanted(self, wanted: bool) -> None:
         self.core.record_events = wanted
 
-    async def _dial(self, address: str) -> None:
-        host, _, port = address.rpartition(":")
-        host = host.strip("[]")
-        timeout = self.config.link.handshake_timeout_ms / 1000.0
-        try:
-            async with asyncio.timeout(timeout):
-                await self.loop.create_connection(
-                    lambda: LinkProtocol(self, True, address), host, int(port)
-                )
-        except (OSError, TimeoutError) as exc:
-            reason = (
-                "connect timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-            )
-            self.core.connect_failed(address, self.clock(), reason)
-            self.flush()
+    def _connect_failed(self, address: str, reason: str) -> None:
+        self.core.connect_failed(address, self.clock(), reason)
+        self.flush()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -323,7 +269,7 @@ class Daemon:
             ) from None
         await self.api.start()
         self.spawn(self.hooks.run())
-        self.spawn(LoopLagMonitor(self.metrics).run())
+        self.spawn(LoopLagMonitor(self.metrics.loop_lag).run())
         self._start_monitor()
         self.flush()
         self.notifier.ready(f"starting: link {listen}")
@@ -425,6 +371,9 @@ class Daemon:
         finally:
             for sig in signals:
                 self.loop.remove_signal_handler(sig)
+        if self._failure is not None:
+            where, exc = self._failure
+            raise HasyncdError(f"stopped after an internal error in {where}: {exc!r} (logged)")
 
     async def _until(self, event: asyncio.Event, timeout: float) -> bool:
         """Wait for ``event`` for at most ``timeout`` s, or until a second signal forces."""
@@ -463,24 +412,32 @@ class Daemon:
         log.info("stopped")
 
     async def _close(self) -> None:
-        """Close everything ``start()`` opened, in order; safe after a partial start."""
+        """Close everything ``start()`` opened, in order; safe after a partial start.
+
+        The core's timer keeps running while the API drains: a node that went
+        silent for the drain (up to 2 x API_DRAIN_S) would be declared lost by
+        its peers before its GOODBYE arrived, and the peer's loss handling
+        would close the link the GOODBYE was to travel on.
+        """
         core = self.core
-        if self._timer is not None:
-            self._timer.cancel()
         if self._server is not None:
             self._server.close()  # no new links; the open ones get their GOODBYE below
         self.hub.close("node shutting down")
         await self.api.stop()
         core.finish_shutdown(self.clock())
         self.flush()
+        self._core_done = True
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = self._timer_at = None
         for transport in list(self.transports.values()):
             transport.close()  # writes what is buffered (the GOODBYE), then closes
         if self.transports and not self._force.is_set():
             self._links_closed.clear()
             await self._until(self._links_closed, LINK_DRAIN_S)
         for transport in list(self.transports.values()):
+            if unsent := transport.get_write_buffer_size():  # the GOODBYE is at its end
+                log.warning("stop: a link's last %d bytes (its GOODBYE) were not sent", unsent)
             transport.abort()
         for task in list(self._tasks):
             task.cancel()

@@ -16,10 +16,6 @@ import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from hasyncd.daemon.metrics import Metrics
 
 log = logging.getLogger("hasyncd.system")
 
@@ -64,6 +60,18 @@ class SystemdNotifier:
             await asyncio.sleep(self._watchdog / 2)
 
 
+def status_line(st: dict[str, object]) -> str:
+    """systemd's STATUS=: role, sync state and every peer, as ``systemctl status`` shows."""
+    role = str(st["role"])
+    sync = "" if role == "primary" else (" in sync" if st["in_sync"] else " not in sync")
+    peers = []
+    for p in st["peers"]:  # type: ignore[attr-defined]
+        name = p["node"] or p["address"]
+        state = p["link"] + (", in sync" if p["in_sync"] else "")
+        peers.append(f"{name} {state}")
+    return f"{role}{sync} in epoch {st['epoch']}; peers: {'; '.join(peers) or 'none'}"
+
+
 def operstate(ifname: str) -> str:
     try:
         return (SYS_NET / ifname / "operstate").read_text().strip()
@@ -95,12 +103,12 @@ class InterfaceMonitor:
 
 
 class LoopLagMonitor:
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
+    def __init__(self, observe: Callable[[float], None]) -> None:
+        self.observe = observe  # seconds late: Metrics.loop_lag
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             start = loop.time()
             await asyncio.sleep(LAG_PROBE)
-            self.metrics.loop_lag(max(0.0, loop.time() - start - LAG_PROBE))
+            self.observe(max(0.0, loop.time() - start - LAG_PROBE))

@@ -80,11 +80,19 @@ class Channel:
         hello: Hello,
         epoch: int = 0,
         ephemeral: X25519PrivateKey | None = None,
+        accept: tuple[Secret, ...] = (),
     ) -> None:
+        """``psk`` is the key an initiator dials with; a responder accepts it or any of ``accept``.
+
+        A responder picks the key by the INIT's key id (PROTOCOL.md section 5.2.1).
+        """
         self.initiator = initiator
         self._psk = psk
         self._group_id = group_id
         self._key_id = hs.key_id(psk.reveal())
+        self._accept = accept
+        # The key id this link is (being) authenticated under; a responder learns it from INIT.
+        self.key_id: bytes | None = self._key_id if initiator else None
         self._hello = hello
         self._epoch = epoch
         self._ephemeral = ephemeral
@@ -230,16 +238,18 @@ class Channel:
                 "group_mismatch", f"peer is in group_id {group_id}, this node in {self._group_id}"
             )
         kid = body[7 : hs.INIT_PREAMBLE_LEN]
-        if kid != self._key_id:
+        psk = self._key_by_id(kid)
+        if psk is None:
+            held = ", ".join(hs.key_id(k.reveal()).hex() for k in (self._psk, *self._accept))
             raise HandshakeError(
                 "psk_mismatch",
-                f"peer uses a different pre-shared key (key id {kid.hex()}, "
-                f"this node {self._key_id.hex()})",
+                f"peer uses a different pre-shared key (key id {kid.hex()}, this node {held})",
             )
+        self.key_id = kid
         preamble = body[: hs.INIT_PREAMBLE_LEN]
         noise = NNpsk0(
             initiator=False,
-            psk=self._psk.reveal(),
+            psk=psk.reveal(),
             prologue=hs.prologue(preamble),
             ephemeral=self._ephemeral,
         )
@@ -258,6 +268,14 @@ class Channel:
         self.peer_hello = hello
         self._pending_open = Opened(hello, peer_epoch)
         self._enter_transport(State.AWAIT_CONFIRM)
+
+    def _key_by_id(self, kid: bytes) -> Secret | None:
+        if kid == self._key_id:
+            return self._psk
+        for key in self._accept:
+            if hs.key_id(key.reveal()) == kid:
+                return key
+        return None
 
     def _on_resp(self, body: bytes) -> ChannelEvent:
         assert self._noise is not None

@@ -1,24 +1,37 @@
-"""Typed link messages: frozen dataclasses with explicit encode/decode.
+"""Typed link messages: frozen msgspec Structs, decoded straight from the plaintext.
 
 A message's plaintext is a fixed 10-byte header followed by one msgpack array:
 
     u8 protocol version | u8 message type | u64 sender epoch | msgpack [field, ...]
 
-Bodies are positional arrays (never maps: the decoder refuses them), every
-field is type- and range-checked here, and raw msgpack values never leave
-this module.  Record blobs inside RECORDS are opaque here; the replication
-core validates them against the record schemas before applying them.
+Each message type is a frozen ``array_like`` msgspec Struct: its fields, in
+order, are the positional array of proto/PROTOCOL.md section 7.5, and their
+types and ranges are declared on the fields (``Annotated`` constraints), so
+msgspec checks them in C while it decodes.  Maps, extension types, floats,
+booleans for integers, missing and extra fields are refused; raw msgpack
+values never leave this module.
+
+RECORDS is the one body the Struct layout cannot express: a phase followed by
+flat groups of five fields.  Its groups are checked against ``Change``, a
+NamedTuple carrying the same kind of constraints, by one ``msgspec.convert``
+over the whole message.  Record blobs inside RECORDS are opaque here; the
+replication core validates them against the record schemas before applying
+them.
+
+Every failure is a ``ProtocolError`` subclass naming the message and field
+and never echoing a value.
 """
 
 from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, ClassVar, NamedTuple
+from itertools import chain
+from typing import Annotated, Any, ClassVar, NamedTuple
 
-import msgpack
+import msgspec
+from msgspec import Meta
 
 from hasyncd.errors import MalformedMessage, UnknownMessageType, UnsupportedVersion
 from hasyncd.policy import KIND_BY_CODE
@@ -35,22 +48,15 @@ U64 = 2**64 - 1
 MAX_ID_LEN = 96
 # Changes in one RECORDS message: a sender never puts more in one message
 # (a frame of tiny tombstones could otherwise hold ~10,000), and the decoder
-# bounds its array preallocation by it.
+# refuses a larger array from its header, before anything is allocated.
 MAX_CHANGES = 4096
 MAX_ARRAY_LEN = 1 + 5 * MAX_CHANGES
 NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,32}\Z")
 CODE_RE = re.compile(r"[a-z0-9_]{1,32}\Z")
+# Free text (GOODBYE's explanation): logged, so bounded.
 MAX_TEXT = 256
-
-_unpack_limits: dict[str, Any] = {
-    "raw": False,
-    "strict_map_key": True,
-    "max_str_len": MAX_RECORD_BYTES,
-    "max_bin_len": MAX_RECORD_BYTES,
-    "max_array_len": MAX_ARRAY_LEN,
-    "max_map_len": 0,
-    "max_ext_len": 0,
-}
+# Short free text: HELLO's listen address, SYNC_REQUEST's and HANDOVER's reason.
+MAX_SHORT_TEXT = 64
 
 
 class MsgType(IntEnum):
@@ -89,322 +95,176 @@ F_HANDING_OVER = 16
 F_ALL = 31
 
 
-# --- field checks -----------------------------------------------------------
+# --- field types --------------------------------------------------------------
+
+UInt8 = Annotated[int, Meta(ge=0, le=255)]
+UInt16 = Annotated[int, Meta(ge=0, le=0xFFFF)]
+UInt32 = Annotated[int, Meta(ge=0, le=U32)]
+# msgpack integers never exceed 2^64-1 (and msgspec bounds only fit int64).
+UInt64 = Annotated[int, Meta(ge=0)]
+# msgspec applies a pattern with re.search: anchor it at the start too.
+Name = Annotated[str, Meta(pattern="^" + NAME_RE.pattern)]
+Code = Annotated[str, Meta(pattern="^" + CODE_RE.pattern)]
+Text = Annotated[str, Meta(max_length=MAX_TEXT)]
+ShortText = Annotated[str, Meta(max_length=MAX_SHORT_TEXT)]
+
+if sorted(KIND_BY_CODE) != list(range(1, len(KIND_BY_CODE) + 1)):  # pragma: no cover
+    raise RuntimeError("record kind codes must be 1..n for the RECORDS range check")
+KindCode = Annotated[int, Meta(ge=1, le=len(KIND_BY_CODE))]
+RecordId = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LEN)]
+Blob = Annotated[bytes, Meta(min_length=1, max_length=MAX_RECORD_BYTES)]
 
 
-def _int(v: object, lo: int, hi: int, name: str) -> int:
-    if type(v) is not int or not lo <= v <= hi:
-        raise MalformedMessage(f"field {name}: expected an integer in [{lo}, {hi}]")
-    return v
+class _Message(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+    """A message whose body is the array of its fields, in declaration order.
+
+    A field with a default is a convenience for the constructor only: on the
+    wire every field is required (proto/PROTOCOL.md: no extensibility inside
+    version 1).
+    """
+
+    TYPE: ClassVar[MsgType]
+
+    def body(self) -> list[Any]:
+        return list(msgspec.structs.astuple(self))
 
 
-def _bool(v: object, name: str) -> bool:
-    if type(v) is not bool:
-        raise MalformedMessage(f"field {name}: expected a boolean")
-    return v
+# --- messages -----------------------------------------------------------------
 
 
-def _bin(v: object, lo: int, hi: int, name: str) -> bytes:
-    if type(v) is not bytes or not lo <= len(v) <= hi:
-        raise MalformedMessage(f"field {name}: expected {lo}..{hi} bytes")
-    return v
-
-
-def _text(v: object, name: str, max_len: int = MAX_TEXT) -> str:
-    if type(v) is not str or len(v) > max_len:
-        raise MalformedMessage(f"field {name}: expected a string of at most {max_len} chars")
-    return v
-
-
-def _match(v: object, pattern: re.Pattern[str], name: str) -> str:
-    if type(v) is not str or not pattern.match(v):
-        raise MalformedMessage(f"field {name}: does not match {pattern.pattern}")
-    return v
-
-
-def _name_or_nil(v: object, name: str) -> str | None:
-    return None if v is None else _match(v, NAME_RE, name)
-
-
-def _fields(body: list[Any], n: int, msg: str) -> list[Any]:
-    if len(body) != n:
-        raise MalformedMessage(f"{msg}: expected {n} fields, got {len(body)}")
-    return body
-
-
-# --- messages ---------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Hello:
+class Hello(_Message, frozen=True):
     """Sent encrypted inside the handshake: who the sender is and what it accepts."""
 
     TYPE: ClassVar[MsgType] = MsgType.HELLO
-    node: str
-    boot_id: bytes  # 16 random bytes per process start
-    tag: int  # the node's epoch tag (1..65535), unique in the cluster
-    window: int  # replication bytes the sender accepts unacknowledged
-    listen: str  # informational: the sender's configured link address
-
-    def body(self) -> list[Any]:
-        return [self.node, self.boot_id, self.tag, self.window, self.listen]
-
-    @classmethod
-    def from_body(cls, b: list[Any]) -> Hello:
-        _fields(b, 5, "HELLO")
-        return cls(
-            _match(b[0], NAME_RE, "node"),
-            _bin(b[1], 16, 16, "boot_id"),
-            _int(b[2], 1, 0xFFFF, "tag"),
-            _int(b[3], 4096, U32, "window"),
-            _text(b[4], "listen", 64),
-        )
+    node: Name
+    boot_id: Annotated[bytes, Meta(min_length=16, max_length=16)]  # random per process start
+    tag: Annotated[int, Meta(ge=1, le=0xFFFF)]  # the node's epoch tag, unique in the cluster
+    window: Annotated[int, Meta(ge=4096, le=U32)]  # replication bytes accepted unacknowledged
+    listen: ShortText  # informational: the sender's configured link address
 
 
-@dataclass(frozen=True, slots=True)
-class Heartbeat:
+class Heartbeat(_Message, frozen=True):
     """Liveness plus everything the election needs about the sender."""
 
     TYPE: ClassVar[MsgType] = MsgType.HEARTBEAT
     role: Role
-    primary: str | None  # the primary the sender follows (itself if primary)
-    priority: int
-    uptime_ms: int
-    monitors_down: int
-    flags: int
-    applied_epoch: int  # newest version the sender holds
-    applied_seq: int
-    t_ms: int  # sender's monotonic clock, echoed back for RTT and lease checks
-    echo_ms: int  # the newest t_ms the sender received from the receiver (0: none)
-    echo_hold_ms: int  # how long the sender held that echo before sending
+    primary: Name | None  # the primary the sender follows (itself if primary)
+    priority: UInt8
+    uptime_ms: UInt64
+    monitors_down: UInt8
+    flags: Annotated[int, Meta(ge=0, le=F_ALL)]
+    applied_epoch: UInt64  # newest version the sender holds
+    applied_seq: UInt64
+    t_ms: UInt64  # sender's monotonic clock, echoed back for RTT and lease checks
+    echo_ms: UInt64  # the newest t_ms the sender received from the receiver (0: none)
+    echo_hold_ms: UInt32  # how long the sender held that echo before sending
     # A primary: the version it held from its predecessor when it promoted
     # ((0, 0) after a cold start).  Tells a joining node whether its data shares
     # this primary's history (same predecessor epoch) and what to merge.
-    base_epoch: int = 0
-    base_seq: int = 0
-
-    def body(self) -> list[Any]:
-        return [
-            int(self.role),
-            self.primary,
-            self.priority,
-            self.uptime_ms,
-            self.monitors_down,
-            self.flags,
-            self.applied_epoch,
-            self.applied_seq,
-            self.t_ms,
-            self.echo_ms,
-            self.echo_hold_ms,
-            self.base_epoch,
-            self.base_seq,
-        ]
-
-    @classmethod
-    def from_body(cls, b: list[Any]) -> Heartbeat:
-        _fields(b, 13, "HEARTBEAT")
-        return cls(
-            Role(_int(b[0], 0, 2, "role")),
-            _name_or_nil(b[1], "primary"),
-            _int(b[2], 0, 255, "priority"),
-            _int(b[3], 0, U64, "uptime_ms"),
-            _int(b[4], 0, 255, "monitors_down"),
-            _int(b[5], 0, F_ALL, "flags"),
-            _int(b[6], 0, U64, "applied_epoch"),
-            _int(b[7], 0, U64, "applied_seq"),
-            _int(b[8], 0, U64, "t_ms"),
-            _int(b[9], 0, U64, "echo_ms"),
-            _int(b[10], 0, U32, "echo_hold_ms"),
-            _int(b[11], 0, U64, "base_epoch"),
-            _int(b[12], 0, U64, "base_seq"),
-        )
+    base_epoch: UInt64 = 0
+    base_seq: UInt64 = 0
 
 
-@dataclass(frozen=True, slots=True)
-class SyncRequest:
-    """A secondary asks its primary for a snapshot followed by the change stream."""
+class SyncRequest(_Message, frozen=True):
+    """A secondary asks its primary for a snapshot followed by the change stream.
+
+    With ``resume_epoch`` set it asks to resume instead (PROTOCOL.md 10.7): it
+    still holds what session ``resume_snap`` of that epoch delivered, either
+    the whole snapshot (``resume_kind`` 0) or the snapshot up to record
+    ``resume_after`` of kind ``resume_kind`` (None: none of that kind yet).
+    Two forms on the wire: ``[reason]`` (``resume_epoch`` 0, encoded as
+    before the resume form existed) and all five fields.
+    """
 
     TYPE: ClassVar[MsgType] = MsgType.SYNC_REQUEST
-    reason: str
+    reason: ShortText
+    resume_epoch: Annotated[int, Meta(ge=1)] = 0
+    resume_snap: UInt32 = 0
+    resume_kind: Annotated[int, Meta(ge=0, le=len(KIND_BY_CODE))] = 0
+    resume_after: RecordId | None = None
 
     def body(self) -> list[Any]:
-        return [self.reason]
-
-    @classmethod
-    def from_body(cls, b: list[Any]) -> SyncRequest:
-        _fields(b, 1, "SYNC_REQUEST")
-        return cls(_text(b[0], "reason", 64))
+        fields = list(msgspec.structs.astuple(self))
+        return fields if self.resume_epoch else fields[:1]
 
 
-@dataclass(frozen=True, slots=True)
-class BulkStart:
+class BulkStart(_Message, frozen=True):
     TYPE: ClassVar[MsgType] = MsgType.BULK_START
-    snap_id: int
-    records: int  # how many records the primary holds (a progress hint, not a promise)
-
-    def body(self) -> list[Any]:
-        return [self.snap_id, self.records]
-
-    @classmethod
-    def from_body(cls, b: list[Any]) -> BulkStart:
-        _fields(b, 2, "BULK_START")
-        return cls(_int(b[0], 0, U32, "snap_id"), _int(b[1], 0, U64, "records"))
+    snap_id: UInt32
+    records: UInt64  # how many records the primary holds (a progress hint, not a promise)
 
 
 class Change(NamedTuple):
     """One record version: ``blob`` is the record's msgpack encoding, None for a tombstone."""
 
-    kind: int
-    id: str
-    epoch: int
-    seq: int
-    blob: bytes | None
+    kind: KindCode
+    id: RecordId
+    epoch: UInt64
+    seq: UInt64
+    blob: Blob | None
 
     def __repr__(self) -> str:  # blobs hold key material: never print them
         size = "tombstone" if self.blob is None else f"{len(self.blob)} bytes"
         return f"Change(kind={self.kind}, id={self.id!r}, v={self.epoch}.{self.seq}, {size})"
 
 
-_new_tuple = tuple.__new__
+_CHANGES = tuple[Change, ...]
+_PHASES = {int(p): p for p in Phase}
 
 
-@dataclass(frozen=True, slots=True)
-class Records:
+class Records(msgspec.Struct, frozen=True):
+    """Record versions: the body is the phase, then each change's five fields, flat."""
+
     TYPE: ClassVar[MsgType] = MsgType.RECORDS
     phase: Phase
-    changes: tuple[Change, ...] = field(repr=False)
+    changes: tuple[Change, ...]
 
     def __repr__(self) -> str:
         return f"Records(phase={self.phase.name}, changes={len(self.changes)})"
 
     def body(self) -> list[Any]:
-        flat: list[Any] = [int(self.phase)]
-        for c in self.changes:
-            flat.extend(c)
-        return flat
-
-    @classmethod
-    def from_body(cls, b: list[Any]) -> Records:
-        if not b or (len(b) - 1) % 5:
-            raise MalformedMessage("RECORDS: expected a phase and groups of 5 fields")
-        phase = Phase(_int(b[0], 0, 2, "phase"))
-        changes: list[Change] = []
-        append = changes.append
-        it = iter(b)
-        next(it)
-        # The hot loop of a secondary (once per replicated record): checks inline.
-        # msgpack integers never exceed 2^64-1, so the u64 checks are ">= 0".
-        for kind, rid, epoch, seq, blob in zip(it, it, it, it, it, strict=True):
-            if type(kind) is not int or kind not in KIND_BY_CODE:
-                raise MalformedMessage(f"RECORDS: unknown record kind code {kind!r}")
-            if type(rid) is not str or not 0 < len(rid) <= MAX_ID_LEN:
-                raise MalformedMessage(f"RECORDS: record id must be 1..{MAX_ID_LEN} chars")
-            if type(epoch) is not int or epoch < 0:
-                _int(epoch, 0, U64, "epoch")
-            if type(seq) is not int or seq < 0:
-                _int(seq, 0, U64, "seq")
-            if blob is not None and (
-                type(blob) is not bytes or not 0 < len(blob) <= MAX_RECORD_BYTES
-            ):
-                _bin(blob, 1, MAX_RECORD_BYTES, "blob")
-            append(_new_tuple(Change, (kind, rid, epoch, seq, blob)))
-        return cls(phase, tuple(changes))
+        return [int(self.phase), *chain.from_iterable(self.changes)]
 
 
-@dataclass(frozen=True, slots=True)
-class BulkEnd:
+class BulkEnd(_Message, frozen=True):
     TYPE: ClassVar[MsgType] = MsgType.BULK_END
-    snap_id: int
-    count: int  # records sent in this snapshot
-    epoch: int  # the snapshot covers every change up to this version
-    seq: int
-
-    def body(self) -> list[Any]:
-        return [self.snap_id, self.count, self.epoch, self.seq]
-
-    @classmethod
-    def from_body(cls, b: list[Any]) -> BulkEnd:
-        _fields(b, 4, "BULK_END")
-        return cls(
-            _int(b[0], 0, U32, "snap_id"),
-            _int(b[1], 0, U64, "count"),
-            _int(b[2], 0, U64, "epoch"),
-            _int(b[3], 0, U64, "seq"),
-        )
+    snap_id: UInt32
+    count: UInt64  # records sent in this snapshot
+    epoch: UInt64  # the snapshot covers every change up to this version
+    seq: UInt64
 
 
-@dataclass(frozen=True, slots=True)
-class Ack:
+class Ack(_Message, frozen=True):
     """Cumulative: every frame up to ``frame`` (the sender's nonce) has been applied."""
 
     TYPE: ClassVar[MsgType] = MsgType.ACK
-    frame: int
-
-    def body(self) -> list[Any]:
-        return [self.frame]
-
-    @classmethod
-    def from_body(cls, b: list[Any]) -> Ack:
-        _fields(b, 1, "ACK")
-        return cls(_int(b[0], 0, U64, "frame"))
+    frame: UInt64
 
 
-@dataclass(frozen=True, slots=True)
-class Handover:
+class Handover(_Message, frozen=True):
     """The primary hands its role to ``target``, which holds every change up to (epoch, seq)."""
 
     TYPE: ClassVar[MsgType] = MsgType.HANDOVER
-    target: str
-    epoch: int
-    seq: int
-    reason: str
-
-    def body(self) -> list[Any]:
-        return [self.target, self.epoch, self.seq, self.reason]
-
-    @classmethod
-    def from_body(cls, b: list[Any]) -> Handover:
-        _fields(b, 4, "HANDOVER")
-        return cls(
-            _match(b[0], NAME_RE, "target"),
-            _int(b[1], 0, U64, "epoch"),
-            _int(b[2], 0, U64, "seq"),
-            _text(b[3], "reason", 64),
-        )
+    target: Name
+    epoch: UInt64
+    seq: UInt64
+    reason: ShortText
 
 
-@dataclass(frozen=True, slots=True)
-class Goodbye:
+class Goodbye(_Message, frozen=True):
     """An authenticated close: the sender is leaving or refuses the link, and says why."""
 
     TYPE: ClassVar[MsgType] = MsgType.GOODBYE
-    code: str
-    text: str
-
-    def body(self) -> list[Any]:
-        return [self.code, self.text]
-
-    @classmethod
-    def from_body(cls, b: list[Any]) -> Goodbye:
-        _fields(b, 2, "GOODBYE")
-        return cls(_match(b[0], CODE_RE, "code"), _text(b[1], "text"))
+    code: Code
+    text: Text
 
 
-@dataclass(frozen=True, slots=True)
-class MergeEnd:
+class MergeEnd(_Message, frozen=True):
     """End of a former primary's merge offer; ``epoch`` is the epoch it was primary in."""
 
     TYPE: ClassVar[MsgType] = MsgType.MERGE_END
-    count: int
-    epoch: int
-
-    def body(self) -> list[Any]:
-        return [self.count, self.epoch]
-
-    @classmethod
-    def from_body(cls, b: list[Any]) -> MergeEnd:
-        _fields(b, 2, "MERGE_END")
-        return cls(_int(b[0], 0, U64, "count"), _int(b[1], 0, U64, "epoch"))
+    count: UInt64
+    epoch: UInt64
 
 
 Message = (
@@ -420,21 +280,28 @@ Message = (
     | MergeEnd
 )
 
-_DECODERS: dict[int, Any] = {
-    int(cls.TYPE): cls.from_body
-    for cls in (
-        Hello,
-        Heartbeat,
-        SyncRequest,
-        BulkStart,
-        Records,
-        BulkEnd,
-        Ack,
-        Handover,
-        Goodbye,
-        MergeEnd,
-    )
+_STRUCTS: tuple[type[_Message], ...] = (
+    Hello,
+    Heartbeat,
+    SyncRequest,
+    BulkStart,
+    BulkEnd,
+    Ack,
+    Handover,
+    Goodbye,
+    MergeEnd,
+)
+_DECODERS: dict[int, Any] = {int(c.TYPE): msgspec.msgpack.Decoder(c) for c in _STRUCTS}
+_FIELDS: dict[int, tuple[str, ...]] = {int(c.TYPE): c.__struct_fields__ for c in _STRUCTS}
+# Types whose Struct has defaults: msgspec would accept their trailing fields
+# missing, so their array length is checked from the body's header.  Every
+# field is required, except SYNC_REQUEST's four resume fields (both or none).
+_ARITY: dict[int, tuple[int, ...]] = {
+    int(c.TYPE): (len(c.__struct_fields__),) for c in _STRUCTS if c.__struct_defaults__
 }
+_ARITY[MsgType.SYNC_REQUEST] = (1, 5)
+_untyped = msgspec.msgpack.Decoder()
+_encode = msgspec.msgpack.Encoder().encode
 
 # Frames that carry replication data: the receiver acknowledges them and the
 # sender counts them against the receiver's window.
@@ -442,8 +309,12 @@ ACK_ELICITING = (Records, BulkStart, BulkEnd, MergeEnd)
 
 
 def encode(msg: Message, epoch: int) -> bytes:
-    body: bytes = msgpack.packb(msg.body(), use_bin_type=True)
-    return HEADER.pack(PROTOCOL_VERSION, msg.TYPE, epoch) + body
+    head = HEADER.pack(PROTOCOL_VERSION, msg.TYPE, epoch)
+    if type(msg) is Records:
+        return head + _encode([int(msg.phase), *chain.from_iterable(msg.changes)])
+    if type(msg) is SyncRequest and not msg.resume_epoch:
+        return head + _encode([msg.reason])  # the short form
+    return head + _encode(msg)
 
 
 def decode(data: bytes) -> tuple[int, Message]:
@@ -453,19 +324,85 @@ def decode(data: bytes) -> tuple[int, Message]:
     version, mtype, epoch = HEADER.unpack_from(data)
     if version != PROTOCOL_VERSION:
         raise UnsupportedVersion(f"message version {version}, this node speaks {PROTOCOL_VERSION}")
+    if mtype == MsgType.RECORDS:
+        return epoch, _decode_records(data)
     decoder = _DECODERS.get(mtype)
     if decoder is None:
         raise UnknownMessageType(f"unknown message type {mtype}")
+    arity = _ARITY.get(mtype)
+    if arity is not None and _array_len(data) not in arity:
+        n = " or ".join(map(str, arity))
+        raise MalformedMessage(f"{MsgType(mtype).name}: expected an array of {n} fields")
     try:
-        body = msgpack.unpackb(data[HEADER_LEN:], **_unpack_limits)
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise MalformedMessage(
-            f"{MsgType(mtype).name}: undecodable body ({type(exc).__name__})"
-        ) from None
-    if type(body) is not list:
-        raise MalformedMessage(f"{MsgType(mtype).name}: body is not an array")
-    try:
-        msg: Message = decoder(body)
-    except ValueError as exc:  # enum conversion of an in-range but unassigned value
-        raise MalformedMessage(f"{MsgType(mtype).name}: {exc}") from None
+        msg: Message = decoder.decode(data[HEADER_LEN:])
+    except msgspec.ValidationError as exc:
+        raise _invalid(MsgType(mtype).name, exc, _FIELDS[mtype]) from None
+    except msgspec.MsgspecError as exc:
+        raise _undecodable(MsgType(mtype).name, exc) from None
+    if type(msg) is SyncRequest and msg.resume_after is not None and not msg.resume_kind:
+        raise MalformedMessage("SYNC_REQUEST: field resume_after: must be nil with resume_kind 0")
     return epoch, msg
+
+
+def _decode_records(data: bytes) -> Records:
+    n = _array_len(data)
+    if n is None or n > MAX_ARRAY_LEN or (n - 1) % 5:
+        raise MalformedMessage(
+            f"RECORDS: expected an array of a phase and at most {MAX_CHANGES} groups of 5 fields"
+        )
+    try:
+        body: list[Any] = _untyped.decode(data[HEADER_LEN:])
+    except (msgspec.MsgspecError, RecursionError) as exc:
+        raise _undecodable("RECORDS", exc) from None
+    phase = body[0]
+    if type(phase) is not int or phase not in _PHASES:
+        raise MalformedMessage("RECORDS: field phase: expected 0, 1 or 2")
+    it = iter(body)
+    next(it)
+    try:
+        # One C-level pass checks every group against Change's field types.
+        # builtin_types: a string is never taken as base64 for a blob.
+        changes = msgspec.convert(
+            list(zip(it, it, it, it, it, strict=True)), _CHANGES, builtin_types=(bytes,)
+        )
+    except msgspec.ValidationError as exc:
+        raise _invalid("RECORDS", exc, Change._fields) from None
+    return Records(_PHASES[phase], changes)
+
+
+def _array_len(data: bytes) -> int | None:
+    """The element count of the msgpack array the body starts with (None: not an array)."""
+    b = data[HEADER_LEN]
+    if 0x90 <= b <= 0x9F:
+        return b & 0x0F
+    if b == 0xDC and len(data) >= HEADER_LEN + 3:
+        return int.from_bytes(data[HEADER_LEN + 1 : HEADER_LEN + 3], "big")
+    if b == 0xDD and len(data) >= HEADER_LEN + 5:
+        return int.from_bytes(data[HEADER_LEN + 1 : HEADER_LEN + 5], "big")
+    return None
+
+
+_AT = re.compile(r" - at `\$((?:\[\d+\])*)`\Z")
+_INDEX = re.compile(r"\[(\d+)\]")
+
+
+def _invalid(name: str, exc: msgspec.ValidationError, fields: tuple[str, ...]) -> MalformedMessage:
+    """msgspec's message, with the field named and any quoted value left out."""
+    text = str(exc)
+    where = ""
+    m = _AT.search(text)
+    if m is not None:
+        text = text[: m.start()]
+        path = [int(i) for i in _INDEX.findall(m.group(1))]
+        if name == "RECORDS" and path:  # [group][field]
+            where = f" change {path[0]}:"
+            path = path[1:]
+        if path:
+            where += f" field {fields[path[0]] if path[0] < len(fields) else path[0]}:"
+    if text.startswith("Invalid enum value"):  # msgspec quotes the value
+        text = "expected one of the values the specification lists"
+    return MalformedMessage(f"{name}:{where} {text[:1].lower()}{text[1:]}")
+
+
+def _undecodable(name: str, exc: Exception) -> MalformedMessage:
+    return MalformedMessage(f"{name}: undecodable body ({type(exc).__name__})")
