@@ -7,9 +7,9 @@ the duties with a chosen ``now``.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
+import msgspec
 import pytest
 
 from hasyncd.core.events import HandoverFinished
@@ -432,7 +432,7 @@ def test_a_failover_needs_an_eligible_secondary() -> None:
     sim, core, duties = settled()
     peer = core.peers["b"]
     assert peer.hb is not None
-    peer.hb = dataclasses.replace(peer.hb, flags=peer.hb.flags | F_SUSPENDED)
+    peer.hb = msgspec.structs.replace(peer.hb, flags=peer.hb.flags | F_SUSPENDED)
     with pytest.raises(WriteRefused) as err:
         duties.request_failover(sim.now, "x")
     assert (err.value.code, str(err.value)) == (
