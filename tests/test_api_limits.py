@@ -92,9 +92,14 @@ def test_many_api_clients_cannot_starve_the_ha_link(tmp_path: Path) -> None:
     cluster = LabCluster.loopback(tmp_path)
     a, b = cluster["fw-a"], cluster["fw-b"]
     a.prefix = ("prlimit", f"--nofile={NOFILE}:{NOFILE}")
-    cluster.start()
+    cluster.write()
     held: list[socket.socket] = []
     try:
+        # fw-a first: under load it can start later than fw-b's cold-start hold-down,
+        # and then fw-b, not fw-a, would be the primary the test assumes.
+        a.start()
+        cluster.wait(lambda: a.role() == "primary", 30, "fw-a to start as primary")
+        b.start()
         cluster.wait_pair()
         for _ in range(HELD):
             held.append(connect_patiently(a))
