@@ -29,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hasyncd.daemon import api_cluster, api_records
+from hasyncd.daemon import api_cluster, api_records, counterapi
 from hasyncd.daemon.api_cluster import API_BUDGETS, openapi_json
 from hasyncd.daemon.api_records import MAX_RECORD_BODY
 from hasyncd.daemon.apilimits import API_BACKLOG, API_IDLE_S, TCP, UNIX, Admission, Budget, budgets
@@ -60,6 +60,9 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("DELETE", "/v1/records/{kind}/{id}", api_records.delete),
     ("GET", "/v1/events", api_cluster.events),
     ("POST", "/v1/failover", api_cluster.failover),
+    ("POST", "/v1/counters", counterapi.counters),
+    ("POST", "/v1/leases", counterapi.leases),
+    ("GET", "/v1/rekey", counterapi.rekey),
     ("GET", "/metrics", api_cluster.metrics),
     ("GET", "/v1/openapi.json", api_cluster.openapi),
 )
@@ -67,6 +70,8 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
 # The body formats each route with a body accepts; anything else is 415.
 BODY_TYPES: dict[tuple[str, str], tuple[str, ...]] = {
     ("PUT", "/v1/records/{kind}/{id}"): ("application/json",),
+    ("POST", "/v1/counters"): ("application/json",),
+    ("POST", "/v1/leases"): ("application/json",),
     ("POST", "/v1/records:batch"): (
         "application/x-ndjson",
         "application/msgpack",

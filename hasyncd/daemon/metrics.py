@@ -10,6 +10,7 @@ depends on the metrics library and the metrics never see the core.  Shell-side m
 
 from __future__ import annotations
 
+import math
 import platform
 from collections.abc import Callable, Iterator, Mapping
 
@@ -74,6 +75,24 @@ class _CoreCollector(Collector):
             "hasyncd_promotion_suspended",
             "1 while automatic promotion is suspended by flap damping",
             value=float(g.suspended),
+        )
+        fresh = g.freshness
+        for field, name, text in (
+            ("age_p50_s", "counter_age_p50_seconds", "median age of the last SA counter update"),
+            ("age_p99_s", "counter_age_p99_seconds", "p99 age of the last SA counter update"),
+            (
+                "recovery_point_packets",
+                "counter_recovery_point_packets",
+                "estimated packets sent that no replicated counter shows yet (rate x age)",
+            ),
+        ):
+            v = fresh[field]  # NaN until the first pass over the counters has ended
+            gauge = float(v) if isinstance(v, int | float) else math.nan
+            yield GaugeMetricFamily(f"hasyncd_{name}", text, value=gauge)
+        yield GaugeMetricFamily(
+            "hasyncd_rekey_pending",
+            "SAs waiting in the rekey governor",
+            value=float(g.rekey_pending),
         )
         records = GaugeMetricFamily("hasyncd_records", "stored records", labels=["kind"])
         for kind, n in g.records.items():
