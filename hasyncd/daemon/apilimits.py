@@ -49,7 +49,6 @@ MIN_API_CONNECTIONS = 8  # per listener: even a tiny RLIMIT_NOFILE leaves operat
 API_BACKLOG = 16
 
 UNIX, TCP = "unix", "tcp"  # the listeners, as named in status and metrics
-LISTENERS = (UNIX, TCP)
 
 
 def split_caps(available: int | None, tcp: bool) -> dict[str, int]:
