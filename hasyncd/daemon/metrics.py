@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     Info,
     ProcessCollector,
@@ -167,6 +168,21 @@ class Metrics:
         self.api_errors = Counter(
             "hasyncd_api_errors", "API requests refused, by error code", ["error"], registry=r
         )
+        self.api_refused = Counter(
+            "hasyncd_api_connections_refused",
+            "API connections answered 503 too_many_connections past their listener's cap",
+            ["listener"],
+            registry=r,
+        )
+        self.api_open = Gauge(
+            "hasyncd_api_connections", "API connections open, by listener", ["listener"], registry=r
+        )
+        self.api_cap = Gauge(
+            "hasyncd_api_connection_cap",
+            "API connections a listener admits at once (its own budget)",
+            ["listener"],
+            registry=r,
+        )
         self.not_replicated = Counter(
             "hasyncd_not_replicated_writes",
             "writes refused because the kind is not replicated by design",
@@ -214,6 +230,14 @@ class Metrics:
 
     def count_api_error(self, code: str) -> None:
         self.api_errors.labels(code).inc()
+
+    def count_connection_refused(self, listener: str) -> None:
+        self.api_refused.labels(listener).inc()
+
+    def watch_api_listener(self, listener: str, cap: int, open_now: Callable[[], float]) -> None:
+        self.api_open.labels(listener).set_function(open_now)
+        self.api_cap.labels(listener).set(cap)
+        self.api_refused.labels(listener)  # present from start-up, at zero
 
     def count_api_request(self, route: str, status: int) -> None:
         self.api_requests.labels(route, str(status)).inc()
