@@ -1,7 +1,7 @@
 """hasyncd benchmark suite: replication figures of issue 8, with Redis primary -> replica alongside.
 
     .venv/bin/python bench/run.py [--quick | --preset smoke|quick|full] [--runs N]
-                                  [--out bench/out/results.json] [--no-redis]
+                                  [--out bench/out/results.json] [--no-redis] [--promotion]
 
 Starts two real hasyncd daemons on loopback (hasyncd.lab.LabCluster) and,
 when ``redis-server`` and redis-py are installed (``pip install -e '.[bench]'``),
@@ -14,7 +14,10 @@ a Redis primary and replica on loopback, drives both with the same realistic
 3. single PUT latency over the Unix socket, async and sync mode (SET, SET + WAIT 1);
 4. an empty secondary joining a primary holding N records (Redis: full resync);
 5. RSS per stored record on the secondary (Redis: RSS and used_memory per key);
-6. CPU per replicated record on the secondary.
+6. CPU per replicated record on the secondary;
+7. with ``--promotion``: issue 10's promotion of a core holding the preset's
+   join size in SAs, and µs per counter update (``bench/promotion.py``, which
+   also has the kill -9 to ``on_primary`` run with real daemons).
 
 Each figure is the median of ``--runs`` runs.  It prints a table and writes
 JSON with the machine's facts.  These are measurements on a shared machine,
@@ -150,12 +153,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--no-redis", action="store_true", help="measure hasyncd only")
+    ap.add_argument(
+        "--promotion",
+        action="store_true",
+        help="also issue 10's promotion figures (bench/promotion.py, in process, "
+        "the preset's join size in SAs): promotion time, rekey scan, µs per counter update",
+    )
     args = ap.parse_args(argv)
     p = PRESETS[args.preset]
     started, load, facts = time.time(), loadavg(), machine(REPO)  # the commit measured
     with tempfile.TemporaryDirectory(prefix="hasyncd-bench-") as tmp:
         got = measure(args, p, Path(tmp))
     figures = summarize(got["raw"], p)
+    promotion = None
+    if args.promotion:
+        import promotion as pb  # noqa: PLC0415 - only with --promotion
+
+        say(f"promotion with {p.join} SAs, counter updates")
+        promotion = {"core": pb.core_promotion(p.join), "counters": pb.counter_cost()}
     result = {
         "command": " ".join(["bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
         "preset": args.preset,
@@ -170,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         "figures": figures,
         "raw": got["raw"],
     }
+    if promotion is not None:
+        result["promotion"] = promotion
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(table(figures, result))

@@ -84,7 +84,10 @@ _SAMPLES = [
     samples.web_session(1, _SAMPLE_TIME),
 ]
 RECORD_SEEDS: list[tuple[Kind, str, bytes, bytes]] = []
-for _kind, (_rid, _rec) in zip(KINDS.values(), _SAMPLES, strict=True):
+# The API-writable kinds; the internal ones (promotion, sa_counters) are written
+# by hasyncd itself and have no API JSON form to splice into.
+_API_KINDS = [k for k in KINDS.values() if k.api_writable]
+for _kind, (_rid, _rec) in zip(_API_KINDS, _SAMPLES, strict=True):
     _raw = json.dumps(_rec).encode()
     RECORD_SEEDS.append((_kind, _rid, _raw, _kind.parse_json(_raw, _rid).blob))
 

@@ -1,5 +1,5 @@
 """The hasyncd command: run, check-config, keygen, status, history, records, failover, policy, lab,
-portal, portal-user."""
+portal, portal-user, esp-endpoint."""
 
 from __future__ import annotations
 
@@ -294,6 +294,16 @@ def cmd_portal(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_esp_endpoint(args: argparse.Namespace) -> int:
+    from hasyncd.contrib import espd
+
+    try:
+        return espd.main(args.config)
+    except ConfigError as exc:
+        print(f"hasyncd: configuration error: {exc.message}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
 def cmd_portal_user(args: argparse.Namespace) -> int:
     import getpass
 
@@ -386,6 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("portal", help="run the reference web-mode SSL VPN portal ([portal])")
     p.add_argument("--config", "-c", required=True, type=Path)
     p.set_defaults(func=cmd_portal)
+
+    p = sub.add_parser(
+        "esp-endpoint", help="run the reference userspace ESP-in-UDP endpoint ([esp] section)"
+    )
+    p.add_argument("--config", "-c", required=True, type=Path)
+    p.set_defaults(func=cmd_esp_endpoint)
 
     p = sub.add_parser("portal-user", help="manage the portal's users file")
     p.add_argument("action", choices=["add"], help="add (or replace) a user")

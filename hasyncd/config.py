@@ -105,6 +105,14 @@ class SyncConfig:
 class PromotionConfig:
     esp_seq_margin: Annotated[int, Int(1, 2**32 - 1)] = 1 << 16
     handover_timeout_ms: Annotated[int, Int(100, 60000)] = 3000
+    # The rate bound's factor over rate x (age of the last counter update +
+    # detection time): 2 covers a send rate that doubled since the estimate.
+    seq_safety_factor: Annotated[float, Num(1, 1000)] = 2.0
+    inbound_window: Annotated[str, Choice("replicated", "advance")] = "replicated"
+    # Rekeys and message-ID syncs released to the IKE daemon per second after
+    # a promotion, and the spread of release times (fraction of a tick).
+    rekey_rate: Annotated[float, Num(1, 100000)] = 200.0
+    rekey_jitter: Annotated[float, Num(0, 1)] = 0.5
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -113,6 +113,12 @@ class UnknownKind(RecordError):
         return {}  # the API names the kind itself (``kind``), not the field
 
 
+class ReadOnlyKind(RecordError):
+    """A kind hasyncd writes itself (``KindPolicy.internal``): the records API only reads it."""
+
+    code = "read_only_kind"
+
+
 class NotReplicated(RecordError):
     """A kind hasyncd deliberately does not replicate (see ``hasyncd.policy``)."""
 
@@ -161,6 +167,20 @@ class PortalError(HasyncdError):
     """
 
     code = "portal"
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class EspError(HasyncdError):
+    """The reference ESP endpoint (``hasyncd.contrib``) drops a packet or cannot run an SA.
+
+    ``code`` names the endpoint counter it goes to (``rx_replay``,
+    ``rx_auth_failed``, ``tx_no_lease``...); messages never carry key material.
+    """
+
+    code = "esp"
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)

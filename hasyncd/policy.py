@@ -19,6 +19,9 @@ class KindPolicy:
     replicated: bool
     reason: str
     code: int | None = None  # wire code, replicated kinds only
+    # Written by hasyncd itself (promotion history, data-plane counters), never
+    # through PUT/DELETE/batch: the records API reads them only.
+    internal: bool = False
 
     def as_json(self) -> dict[str, object]:
         return {"kind": self.kind, "replicated": self.replicated, "reason": self.reason}
@@ -47,6 +50,22 @@ POLICY: tuple[KindPolicy, ...] = (
         "SSL VPN web-mode authentication cookies are replicated so web-mode users are "
         "not asked to log in again after a failover",
         code=3,
+    ),
+    KindPolicy(
+        "promotion",
+        True,
+        "the promotion history (epoch, time, sequence jump rule): every node reads outbound "
+        "ESP sequence numbers through it, so a promotion writes one record, not one per SA",
+        code=4,
+        internal=True,
+    ),
+    KindPolicy(
+        "sa_counters",
+        True,
+        "data-plane counters, send-rate estimates and lease ceilings per IPsec SA "
+        "(POST /v1/counters, POST /v1/leases): they bound the sequence jump at promotion",
+        code=5,
+        internal=True,
     ),
     KindPolicy(
         "sslvpn_tunnel_session",

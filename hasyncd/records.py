@@ -26,7 +26,17 @@ from typing import Any
 
 import msgspec
 
-from hasyncd.errors import IdMismatch, RecordError
+from hasyncd.counterkinds import (
+    PROMOTION,
+    SA_COUNTERS,
+    _counters_expiry,
+    _counters_merge,
+    _never,
+    _no_check,
+    _promotion_id,
+    _promotion_merge,
+)
+from hasyncd.errors import IdMismatch, ReadOnlyKind, RecordError
 from hasyncd.kinds import (
     ALG,
     IKE_SA,
@@ -55,7 +65,7 @@ from hasyncd.kinds import (
     advance_outbound_seq,
     require_mid_sync,
 )
-from hasyncd.policy import KIND_CODES, require_replicated
+from hasyncd.policy import BY_NAME, KIND_CODES, require_replicated
 from hasyncd.schema import (
     Struct,
     conversion_error,
@@ -85,6 +95,7 @@ __all__ = [
     "Record",
     "advance_outbound_seq",
     "kind_for_api",
+    "kind_for_write",
     "require_mid_sync",
 ]
 
@@ -127,6 +138,7 @@ class Kind:
     ) -> None:
         self.name = name
         self.code = KIND_CODES[name]
+        self.api_writable = not BY_NAME[name].internal
         self.schema = schema
         self.make_id = make_id
         self.id_pattern = re.compile(id_pattern + r"\Z")
@@ -233,6 +245,17 @@ class Kind:
         """
         return self.from_blob(self.encode(wire), rid)
 
+    def from_checked(self, wire: Any, rid: str) -> Record:
+        """A value a rule built from inputs it range-checked itself (the counter path).
+
+        Encoded (types and the size limit checked by the encoder) but not
+        decoded again: the cheap path of ``POST /v1/counters``.  The link still
+        validates it fully on every secondary.
+        """
+        return Record(
+            _TOKEN, self, rid, value=wire, blob=self.encode(wire), expires=self.expiry(wire)
+        )
+
     # -- conversions ------------------------------------------------------------------
 
     def to_json(self, wire: Any) -> dict[str, Any]:
@@ -321,6 +344,24 @@ KINDS: dict[str, Kind] = {
         expiry=_web_expiry,
         merge=_web_merge,
     ),
+    "promotion": Kind(
+        "promotion",
+        PROMOTION,
+        make_id=_promotion_id,
+        id_pattern=r"[0-9a-f]{16}",
+        check=_no_check,
+        expiry=_never,
+        merge=_promotion_merge,
+    ),
+    "sa_counters": Kind(
+        "sa_counters",
+        SA_COUNTERS,
+        make_id=lambda _w: None,  # the id is its ipsec_sa's id
+        id_pattern=r"(esp|ah)-[0-9a-f]{8}@[0-9a-f.:]{2,45}",
+        check=_no_check,
+        expiry=_counters_expiry,
+        merge=_counters_merge,
+    ),
 }
 KINDS_BY_CODE: dict[int, Kind] = {k.code: k for k in KINDS.values()}
 
@@ -329,3 +370,15 @@ def kind_for_api(name: str) -> Kind:
     """The Kind for an API path segment; raises UnknownKind / NotReplicated per policy."""
     require_replicated(name)
     return KINDS[name]
+
+
+def kind_for_write(name: str) -> Kind:
+    """``kind_for_api`` for PUT, DELETE and batch ops: internal kinds are refused."""
+    kind = kind_for_api(name)
+    if not kind.api_writable:
+        raise ReadOnlyKind(
+            f"{name} records are written by hasyncd itself (see /v1/policy); "
+            "the records API only reads them",
+            field="kind",
+        )
+    return kind

@@ -162,3 +162,38 @@ def bench_ipsec_sa(
         for lo, re in pairs
     ]
     return rid, rec
+
+
+def promotion(i: int, now: float | None = None) -> tuple[str, dict[str, Any]]:
+    """A promotion history record (written by hasyncd itself at each promotion)."""
+    now = time.time() if now is None else now
+    epoch = ((int(now * 10) + i) << 16) | (1 + i % 65535)
+    rec = {
+        "epoch": epoch,
+        "at": now,
+        "margin": 1 << 16,
+        "safety": 2.0,
+        "detection_s": 0.5,
+        "inbound": "advance" if i % 2 else "replicated",
+    }
+    return f"{epoch:016x}", rec
+
+
+def sa_counters(
+    i: int, direction: str = "out", now: float | None = None
+) -> tuple[str, dict[str, Any]]:
+    """The data plane's counters for child SA ``i`` (POST /v1/counters, /v1/leases)."""
+    now = time.time() if now is None else now
+    rid, sa = ipsec_sa(i, direction, now)
+    rec = {
+        "seq": 1000 + i,
+        "bytes": 150_000 * (i + 1),
+        "packets": 1000 + i,
+        "replay_bitmap": "ff" * 4 if direction == "in" else None,
+        "rate": 250.0 + i,
+        "at": now,
+        "seq_limit": 0 if direction == "in" or i % 2 else 1_000_000 + i,
+        "expires": now + 3600,
+    }
+    del sa
+    return rid, rec

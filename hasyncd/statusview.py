@@ -68,6 +68,15 @@ def _keys_line(st: dict[str, Any]) -> list[str]:
     return [f"  link keys: current {keys.get('current')}" + (f", next {nxt}" if nxt else "")]
 
 
+def _api_line(st: dict[str, Any]) -> list[str]:
+    """Each API listener's own budget: open/cap, and how many were refused past it."""
+    budgets = st.get("api_connections")
+    if not budgets:
+        return []
+    parts = [f"{n} {b['open']}/{b['cap']} ({b['refused']} refused)" for n, b in budgets.items()]
+    return ["  api connections: " + ", ".join(parts)]
+
+
 def _state_lines(st: dict[str, Any]) -> list[str]:
     out = []
     fenced = st.get("fenced")
@@ -126,6 +135,7 @@ def render_status(st: dict[str, Any]) -> str:
         lines.append(f"  sync mode: {st['sync_mode']}")
     lines += _state_lines(st)
     lines += _keys_line(st)
+    lines += _api_line(st)
     peers = st.get("peers") or []
     lines.append("peers:")
     if peers:

@@ -154,6 +154,8 @@ def record_samples() -> list[tuple[str, str, str, dict[str, Any]]]:
         ("ipsec_sa AH IPv6 ESN", "ipsec_sa", *_ah_ipv6_sa()),
         ("ike_sa 7", "ike_sa", *samples.ike_sa(7, now=NOW)),
         ("sslvpn_web_session 7", "sslvpn_web_session", *samples.web_session(7, now=NOW)),
+        ("promotion 7", "promotion", *samples.promotion(7, now=NOW)),
+        ("sa_counters out 8", "sa_counters", *samples.sa_counters(8, "out", now=NOW)),
     ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hasyncd import samples
+from hasyncd.core.seqview import view
 from hasyncd.records import KINDS
 from hasyncd.sim import WALL_BASE, Sim
 from hasyncd.store import Entry
@@ -48,6 +49,16 @@ def decoded(entry: Entry | None, kind: int) -> dict[str, Any] | None:
         return None
     k = _KIND_BY_CODE[kind]
     return k.to_json(k.decode(entry.blob))
+
+
+def viewed(sim: Sim, node: str, kind: int, rid: str) -> dict[str, Any] | None:
+    """A record as node ``node``'s API shows it: through its promotion history."""
+    core = sim.nodes[node].core
+    entry = core.store.get_raw(kind, rid)
+    if entry is None or entry.blob is None:
+        return None
+    k = _KIND_BY_CODE[kind]
+    return k.to_json(view(core.promotions, kind, rid, entry.version, k.decode(entry.blob)))
 
 
 def snapshot(sim: Sim, node: str) -> dict[tuple[int, str], tuple[int, bytes | None]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -57,7 +58,10 @@ def test_status_history_and_records_on_three_nodes(make_cluster: Any) -> None:
     text = out.stdout
     assert text.startswith("hasyncd fw-b: PRIMARY in epoch ")
     assert "why: handover from fw-a: manual failover" in text
-    assert "records: 12 (" in text
+    # The 12 written and the promotion history: fw-a's cold start, fw-b's handover.
+    assert "records: 14 (" in text
+    assert "promotion 2" in text
+    assert re.search(r"^  api connections: unix \d+/256 \(0 refused\)$", text, re.M), text
     peers = [line.split() for line in text.splitlines() if line.startswith("  fw-")]
     assert [(p[0], p[2], p[3], p[4]) for p in peers] == [
         ("fw-a", "up", "secondary", "yes"),

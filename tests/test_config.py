@@ -1025,7 +1025,7 @@ def test_cli_policy_lists_every_kind() -> None:
     res = run_cli("policy")
     assert res.returncode == 0, res.stderr
     lines = res.stdout.strip().splitlines()
-    assert len(lines) == len(POLICY) == 12
+    assert len(lines) == len(POLICY) == 14  # twelve product kinds, two internal ones
     for line, p in zip(lines, POLICY, strict=True):
         assert line.split()[0] == p.kind
         if p.replicated:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from hasyncd import policy, records, store
-from hasyncd.errors import NotReplicated, RecordError, UnknownKind
+from hasyncd.errors import NotReplicated, ReadOnlyKind, RecordError, UnknownKind
 from hasyncd.policy import (
     BY_NAME,
     KIND_BY_CODE,
@@ -19,19 +19,31 @@ from hasyncd.policy import (
     require_replicated,
 )
 
-from .product import NOT_REPLICATED, REPLICATED
+from .product import INTERNAL, NOT_REPLICATED, REPLICATED
 
 
-def test_replicated_kinds_are_exactly_the_three() -> None:
-    assert REPLICATED_KINDS == REPLICATED
-    assert {p.kind for p in POLICY if p.replicated} == set(REPLICATED)
-    assert set(records.KINDS) == set(REPLICATED)
+def test_replicated_kinds_are_exactly_the_three_and_the_two_internal_ones() -> None:
+    assert REPLICATED_KINDS == REPLICATED + INTERNAL
+    assert {p.kind for p in POLICY if p.replicated} == set(REPLICATED) | set(INTERNAL)
+    assert set(records.KINDS) == set(REPLICATED) | set(INTERNAL)
+    assert {p.kind for p in POLICY if p.internal} == set(INTERNAL)
+
+
+@pytest.mark.parametrize("kind", INTERNAL)
+def test_internal_kinds_are_read_but_never_written_through_the_api(kind: str) -> None:
+    assert records.kind_for_api(kind) is records.KINDS[kind]
+    assert records.KINDS[kind].api_writable is False
+    with pytest.raises(ReadOnlyKind) as info:
+        records.kind_for_write(kind)
+    assert info.value.code == "read_only_kind"
+    for user_kind in REPLICATED:
+        assert records.kind_for_write(user_kind) is records.KINDS[user_kind]
 
 
 def test_the_table_lists_exactly_the_twelve_kinds_once() -> None:
     kinds = [p.kind for p in POLICY]
     assert len(kinds) == len(set(kinds))
-    assert set(kinds) == set(REPLICATED) | set(NOT_REPLICATED)
+    assert set(kinds) == set(REPLICATED) | set(NOT_REPLICATED) | set(INTERNAL)
     assert {p.kind for p in POLICY if not p.replicated} == set(NOT_REPLICATED)
     assert set(BY_NAME) == set(kinds)
 
@@ -101,19 +113,27 @@ def test_every_kind_has_a_reason() -> None:
 
 def test_wire_codes_are_unique_small_positive_integers() -> None:
     codes = [p.code for p in POLICY if p.code is not None]
-    assert len(codes) == len(set(codes)) == 3
+    assert len(codes) == len(set(codes)) == 5
     assert all(type(c) is int and 1 <= c <= 255 for c in codes)
-    assert [p.kind for p in POLICY if p.code is not None] == list(REPLICATED)
+    assert [p.kind for p in POLICY if p.code is not None] == list(REPLICATED + INTERNAL)
     assert {KIND_BY_CODE[c]: c for c in KIND_BY_CODE} == KIND_CODES
     assert {k.code for k in records.KINDS.values()} == set(codes)
-    assert {records.KINDS[k].code: records.KINDS[k] for k in REPLICATED} == records.KINDS_BY_CODE
+    assert {
+        records.KINDS[k].code: records.KINDS[k] for k in REPLICATED + INTERNAL
+    } == records.KINDS_BY_CODE
     for kind, code in KIND_CODES.items():
         assert records.KINDS[kind].code == code
 
 
 def test_the_wire_codes_are_stable() -> None:
     # The codes travel between nodes: changing one breaks mixed-version clusters.
-    assert KIND_CODES == {"ipsec_sa": 1, "ike_sa": 2, "sslvpn_web_session": 3}
+    assert KIND_CODES == {
+        "ipsec_sa": 1,
+        "ike_sa": 2,
+        "sslvpn_web_session": 3,
+        "promotion": 4,
+        "sa_counters": 5,
+    }
 
 
 def test_replicated_kinds_have_a_code_and_others_none() -> None:
@@ -144,7 +164,7 @@ def test_policy_table_returns_fresh_objects() -> None:
     table[0]["replicated"] = False
     table.clear()
     assert policy_table()[0]["replicated"] is True
-    assert len(policy_table()) == 12
+    assert len(policy_table()) == 14
 
 
 def test_policy_entries_are_frozen() -> None:

@@ -32,8 +32,17 @@ SA_OUT = samples.ipsec_sa(3, "out", now=NOW)
 SA_IN = samples.ipsec_sa(3, "in", now=NOW)
 IKE = samples.ike_sa(3, now=NOW)
 WEB = samples.web_session(3, now=NOW)
-BASE = {"sa_out": SA_OUT, "sa_in": SA_IN, "ike": IKE, "web": WEB}
-KIND_OF = {"sa_out": "ipsec_sa", "sa_in": "ipsec_sa", "ike": "ike_sa", "web": "sslvpn_web_session"}
+PROMO = samples.promotion(3, now=NOW)
+CTR = samples.sa_counters(3, "in", now=NOW)
+BASE = {"sa_out": SA_OUT, "sa_in": SA_IN, "ike": IKE, "web": WEB, "promo": PROMO, "ctr": CTR}
+KIND_OF = {
+    "sa_out": "ipsec_sa",
+    "sa_in": "ipsec_sa",
+    "ike": "ike_sa",
+    "web": "sslvpn_web_session",
+    "promo": "promotion",
+    "ctr": "sa_counters",
+}
 
 # (sample, path, bad value, field the error must name)
 BAD: list[tuple[str, str, Any, str]] = [
@@ -209,6 +218,25 @@ BAD: list[tuple[str, str, Any, str]] = [
     ("ike", "expires_at", 1, "expires_at"),
     ("web", "last_seen", 1, "last_seen"),
     ("web", "expires_at", 1, "expires_at"),
+    # The internal kinds (issue 10): written by hasyncd, validated all the same.
+    ("promo", "epoch", 0, "epoch"),
+    ("promo", "epoch", 2**63, "epoch"),
+    ("promo", "at", -1, "at"),
+    ("promo", "margin", -1, "margin"),
+    ("promo", "safety", 0.5, "safety"),
+    ("promo", "detection_s", 3601, "detection_s"),
+    ("promo", "inbound", "later", "inbound"),
+    ("promo", "inbound", MISSING, "inbound"),
+    ("ctr", "seq", -1, "seq"),
+    ("ctr", "bytes", "1", "bytes"),
+    ("ctr", "packets", 1.5, "packets"),
+    ("ctr", "replay_bitmap", "zz", "replay_bitmap"),
+    ("ctr", "replay_bitmap", "ff" * 8193, "replay_bitmap"),
+    ("ctr", "rate", -1.0, "rate"),
+    ("ctr", "rate", 1e11, "rate"),
+    ("ctr", "at", 2.0**41, "at"),
+    ("ctr", "seq_limit", -1, "seq_limit"),
+    ("ctr", "expires", "soon", "expires"),
 ]
 
 

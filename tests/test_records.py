@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hasyncd import records, samples
+from hasyncd.counterkinds import PROMOTION, SA_COUNTERS, promotion_id
 from hasyncd.errors import IdMismatch, RecordError, UnknownField
 from hasyncd.records import (
     ALG,
@@ -129,6 +130,10 @@ def sample(kind: str, i: int = 1, direction: str = "out") -> tuple[str, dict[str
         return samples.ipsec_sa(i, direction, now=NOW)
     if kind == "ike_sa":
         return samples.ike_sa(i, now=NOW)
+    if kind == "promotion":
+        return samples.promotion(i, now=NOW)
+    if kind == "sa_counters":
+        return samples.sa_counters(i, direction, now=NOW)
     return samples.web_session(i, now=NOW)
 
 
@@ -1651,6 +1656,11 @@ VALID_RECORDS: dict[str, st.SearchStrategy[tuple[str, dict[str, Any]]]] = {
         st.binary(min_size=32, max_size=32).map(bytes.hex),
         json_strategy(WEB_SESSION).map(_fix_web),
     ),
+    "promotion": json_strategy(PROMOTION).map(lambda r: (promotion_id(r["epoch"]), r)),
+    "sa_counters": st.tuples(
+        st.integers(0, 600).map(lambda i: samples.ipsec_sa(i, "out", now=NOW)[0]),
+        json_strategy(SA_COUNTERS),
+    ),
 }
 
 
@@ -1690,6 +1700,16 @@ def mutated_sample(draw: st.DrawFn, kind_name: str) -> tuple[str, dict[str, Any]
         rec["msgid_recv"] = draw(st.integers(0, U32))
         a, b = sorted([draw(t), draw(t)])
         rec["established_at"], rec["expires_at"] = a, b
+    elif kind_name == "promotion":
+        rec["at"] = draw(t)
+        rec["margin"] = draw(st.integers(0, U64))
+        rec["safety"] = draw(st.integers(1, 1000) | st.floats(1, 1000))
+    elif kind_name == "sa_counters":
+        for name in ("seq", "bytes", "packets", "seq_limit"):
+            rec[name] = draw(st.integers(0, U64))
+        rec["rate"] = draw(st.floats(0, 1e10))
+        rec["at"] = draw(st.none() | t)
+        rec["expires"] = draw(st.none() | t)
     else:
         a, b, c = sorted([draw(t), draw(t), draw(t)])
         rec["created_at"] = a

@@ -17,7 +17,6 @@ from .simutil import (
     IKE,
     SA,
     WEB,
-    decoded,
     in_sync,
     pair,
     put,
@@ -26,6 +25,7 @@ from .simutil import (
     sample,
     settled,
     snapshot,
+    viewed,
 )
 
 
@@ -54,24 +54,32 @@ def test_primary_death_promotes_the_secondary_within_the_detection_time() -> Non
     assert core.roles.epoch > old_epoch
     assert core.roles.epoch & TAG_MASK == sim.nodes[secondary].settings.tag
     sim.run_until_true(lambda: core.roles.promotion is None, limit=1)
-    # Every record is there; outbound SAs jumped by the margin, inbound did not.
+    # Every record is there; outbound SAs read advanced by the margin, inbound
+    # do not; nothing was written per record (the stored values are unchanged).
     margin = sim.nodes[secondary].settings.esp_seq_margin
     for i in range(40):
         rid = record(SA, i)[0]
-        was = before[(SA, rid)][1]
-        assert was is not None
-        orig = decoded(core.store.get_raw(SA, rid), SA)
-        assert orig is not None
-        expected_seq = record_seq(i) + (margin if orig["direction"] == "out" else 0)
-        assert orig["seq"] == expected_seq
+        was = before[(SA, rid)]
+        stored = core.store.get_raw(SA, rid)
+        assert stored is not None
+        assert (stored.version, stored.blob) == was
+        got = viewed(sim, secondary, SA, rid)
+        assert got is not None
+        expected_seq = record_seq(i) + (margin if got["direction"] == "out" else 0)
+        assert got["seq"] == expected_seq
     for i in range(5):
-        ike = decoded(core.store.get_raw(IKE, record(IKE, i)[0]), IKE)
+        ike = viewed(sim, secondary, IKE, record(IKE, i)[0])
         assert ike is not None
         assert ike["mid_sync_required"] is True
     done = [ev for _, ev in sim.nodes[secondary].events if isinstance(ev, PromotionDone)]
-    assert done
-    assert done[-1].esp_advanced == 20
-    assert done[-1].ike_flagged == 5
+    assert len(done) == 1
+    assert done[0].ipsec_sa == 40
+    assert done[0].ike_sa == 5
+    assert done[0].rule["esp_seq_margin"] == margin
+    summary = core.roles.last_promotion
+    assert summary is not None
+    assert summary["esp_advanced"] == 20
+    assert summary["ike_flagged"] == 5
 
 
 def record_seq(i: int) -> int:
@@ -92,28 +100,31 @@ def test_seq_jump_marks_rekey_when_the_counter_would_wrap_without_esn() -> None:
         ),
         limit=5,
     )
-    got = decoded(sim.nodes[secondary].core.store.get_raw(SA, rid), SA)
+    got = viewed(sim, secondary, SA, rid)
     assert got is not None
     assert got["seq"] == 2**32 - 1
     assert got["rekey_required"] is True
 
 
-def test_writes_after_promotion_are_not_overwritten_by_the_seq_jump() -> None:
+def test_a_write_after_promotion_supersedes_the_seq_jump() -> None:
     sim = Sim(seed=13)
     primary, secondary = pair(sim)
-    for i in range(4000):  # enough outbound SAs for several promotion slices
+    for i in range(4000):  # enough outbound SAs for several scan slices
         put(sim, primary, SA, i)
     sim.run_for(0.5)
     sim.kill(primary)
     sim.run_until_true(lambda: role(sim, secondary) is Role.PRIMARY, limit=5, step=0)
     core = sim.nodes[secondary].core
-    assert core.roles.promotion is not None  # step 2 runs in slices
-    # The IKE daemon writes a fresh counter for the last SA before the slice reaches it.
+    assert core.roles.promotion is not None  # the rekey scan runs in slices
+    # The IKE daemon writes a fresh counter for the last SA: the new epoch's write wins.
     rid, _ = put(sim, secondary, SA, 3998, seq=7)
     sim.run_until_true(lambda: core.roles.promotion is None, limit=2)
-    got = decoded(core.store.get_raw(SA, rid), SA)
+    got = viewed(sim, secondary, SA, rid)
     assert got is not None
     assert got["seq"] == 7
+    other = viewed(sim, secondary, SA, record(SA, 3996)[0])
+    assert other is not None
+    assert other["seq"] == record_seq(3996) + sim.nodes[secondary].settings.esp_seq_margin
 
 
 def test_a_booting_node_never_steals_the_role_from_a_live_primary() -> None:
@@ -266,9 +277,13 @@ def test_link_cut_and_heal_merges_writes_from_both_sides() -> None:
     for rid in only_old + only_new:
         assert (WEB, rid) in final
     assert (WEB, deleted) not in final
-    sa = decoded(sim.nodes[survivor].core.store.get_raw(SA, record(SA, 0)[0]), SA)
+    sa = viewed(sim, survivor, SA, record(SA, 0)[0])
     assert sa is not None
-    assert sa["seq"] == 900_000  # counters never go backwards in a merge
+    # Counters never go backwards in a merge, and the loser's value keeps the
+    # survivor's promotion jump (its data plane may have sent past it).
+    margin = sim.nodes[survivor].settings.esp_seq_margin
+    assert sa["seq"] == 900_000 + margin
+    assert viewed(sim, primary, SA, record(SA, 0)[0]) == sa  # the loser reads the same
     for name in (primary, secondary):
         sb = sim.nodes[name].core.roles.split_brain
         assert sb is not None

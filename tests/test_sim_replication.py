@@ -186,5 +186,6 @@ def test_versions_are_assigned_in_the_primary_epoch() -> None:
     epoch = sim.nodes[primary].core.roles.epoch
     _, v1 = put(sim, primary, SA, 1)
     _, v2 = put(sim, primary, SA, 2)
-    assert unpack_version(v1) == (epoch, 1)
-    assert unpack_version(v2) == (epoch, 2)
+    # (epoch, 1) is the promotion record the primary wrote when it promoted.
+    assert unpack_version(v1) == (epoch, 2)
+    assert unpack_version(v2) == (epoch, 3)

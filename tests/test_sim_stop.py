@@ -77,13 +77,13 @@ def test_a_stop_that_cannot_wait_says_how_many_records_are_lost(
     held_by_b = len(snapshot(sim, "b"))
     # Everything b does not hold is counted (an upper bound: nothing is understated).
     assert ready.unreplicated >= RECORDS - held_by_b
-    assert ready.unreplicated < RECORDS
+    assert ready.unreplicated < RECORDS + 1  # + a's promotion record
     assert sim.nodes["a"].core.status(sim.now)["stopping"]["unreplicated_records"] == (
         ready.unreplicated
     )
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any(
-        "STOPPING WITHOUT A HANDOVER" in line and f"{ready.unreplicated} of {RECORDS}" in line
+        "STOPPING WITHOUT A HANDOVER" in line and f"{ready.unreplicated} of {RECORDS + 1}" in line
         for line in lines
     ), lines
 
@@ -97,7 +97,8 @@ def test_a_lone_primary_stops_at_once_and_counts_every_record_as_lost() -> None:
     sim.call("a", lambda core: core.begin_shutdown(sim.now, 60.0))
     ready = stop_ready(sim, "a")
     assert ready is not None
-    assert (ready.handed_to, ready.unreplicated) == (None, 10)
+    # The ten sessions and the promotion record a wrote when it became primary.
+    assert (ready.handed_to, ready.unreplicated) == (None, 11)
 
 
 def test_a_secondary_is_ready_to_stop_at_once() -> None:

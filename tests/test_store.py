@@ -21,6 +21,8 @@ from hasyncd.store import SEQ_MASK, Entry, Store, pack_version, unpack_version
 SA = KIND_CODES["ipsec_sa"]
 IKE = KIND_CODES["ike_sa"]
 WEB = KIND_CODES["sslvpn_web_session"]
+# The internal kinds (promotion history, data-plane counters) have tables too: empty here.
+ZERO = {KIND_CODES["promotion"]: 0, KIND_CODES["sa_counters"]: 0}
 T0 = 1_000_000.0
 
 HYPOTHESIS = settings(derandomize=True, database=None, deadline=None, max_examples=200)
@@ -91,10 +93,10 @@ def test_kinds_are_independent() -> None:
     assert s.get(SA, "x", T0) == rec(1, None, b"sa")
     assert s.get(IKE, "x", T0) == rec(2, None, b"ike")
     assert s.get(WEB, "x", T0) is None
-    assert s.counts() == {SA: 1, IKE: 1, WEB: 0}
+    assert s.counts() == {SA: 1, IKE: 1, WEB: 0, **ZERO}
     s.discard(SA, "x")
     assert s.get(IKE, "x", T0) is not None
-    assert s.counts() == {SA: 0, IKE: 1, WEB: 0}
+    assert s.counts() == {SA: 0, IKE: 1, WEB: 0, **ZERO}
 
 
 def test_tombstones_are_stored_but_not_gettable() -> None:
@@ -129,7 +131,7 @@ def test_discard() -> None:
 
 def test_live_counts_with_tombstones() -> None:
     s = Store()
-    assert s.counts() == {SA: 0, IKE: 0, WEB: 0}
+    assert s.counts() == {SA: 0, IKE: 0, WEB: 0, **ZERO}
     s.put(SA, "a", rec(1))
     s.put(SA, "b", rec(2))
     assert s.counts()[SA] == 2
@@ -352,7 +354,7 @@ def test_sweep_budget_is_per_kind() -> None:
         for i in range(5):
             s.put(kind, f"x{i}", rec(1, T0 - 1))
     assert s.sweep(T0, 2) == 6
-    assert s.counts() == {SA: 3, IKE: 3, WEB: 3}
+    assert s.counts() == {SA: 3, IKE: 3, WEB: 3, **ZERO}
     assert s.sweep(T0, 10) == 9
     assert len(s) == 0
 
@@ -395,7 +397,7 @@ def test_resync_purges_exactly_the_unseen_ids() -> None:
     assert not s.resyncing
     assert s.ids_after(SA, None, 10) == ["b", "d", "new", "t1"]
     assert s.ids_after(IKE, None, 10) == []
-    assert s.counts() == {SA: 2, IKE: 0, WEB: 0}
+    assert s.counts() == {SA: 2, IKE: 0, WEB: 0, **ZERO}
     assert s.get(SA, "b", T0) == rec(2)
 
 
@@ -620,6 +622,7 @@ class StoreModel(RuleBasedStateMachine):
         if not hasattr(self, "store"):
             return
         expected = {k: sum(e.blob is not None for e in m.values()) for k, m in self.model.items()}
+        expected.update(ZERO)
         assert self.store.counts() == expected
         assert len(self.store) == sum(len(m) for m in self.model.values())
         assert self.store.resyncing == (self.seen is not None)

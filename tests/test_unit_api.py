@@ -22,13 +22,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from hasyncd import config as config_mod
 from hasyncd import samples
 from hasyncd.config import Config
+from hasyncd.core.counterpath import Outcome
 from hasyncd.daemon.api import Api
 from hasyncd.daemon.eventhub import EventHub
 from hasyncd.daemon.views import ApiViews
 from hasyncd.errors import WriteRefused
 from hasyncd.lab import LabCluster
-from hasyncd.records import Record
-from hasyncd.store import Store, pack_value
+from hasyncd.records import Kind, Record
+from hasyncd.store import Entry, Store, pack_value
 from hasyncd.wire.messages import Role
 
 
@@ -78,6 +79,43 @@ class FakeWriter:
 
     def flush(self) -> None:
         self.flushes += 1
+
+
+class PlainReader:
+    """The store, records shown as stored (no promotion history in these tests)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def get(self, kind: int, rid: str, wall: float) -> Entry | None:
+        return self.store.get(kind, rid, wall)
+
+    def page(
+        self, kind: int, after: str | None, limit: int, wall: float
+    ) -> list[tuple[str, Entry]]:
+        return self.store.page(kind, after, limit, wall)
+
+    def shown(self, kind: Kind, rid: str, entry: Entry) -> dict[str, Any]:
+        assert entry.blob is not None
+        return kind.to_json(kind.decode(entry.blob))
+
+
+class NoDataPlane:
+    """The data-plane routes are tested against real daemons (test_integration_counters)."""
+
+    def update_counters(self, items: list[Any], now: float) -> Outcome:
+        raise AssertionError("not used here")
+
+    write_leases = update_counters
+
+    def has_in_sync_secondary(self) -> bool:
+        return False
+
+    def count(self, counter: str, label: str, n: int) -> None:
+        pass
+
+    def rekey(self) -> dict[str, Any]:
+        return {"rate": 200.0, "pending": 0, "released": 0, "recent": []}
 
 
 class FakeCluster:
@@ -179,13 +217,14 @@ def run_api(
             config=lambda: cfg,
             clock=time.monotonic,
             writer=h.writer,
-            reader=store,
+            reader=PlainReader(store),
             cluster=h.cluster,
             hooks=FakeHooks(),
             counters=h.counts,
             waiters=h.waiters,
             hub=EventHub(on_subscribers=lambda wanted: None),
             metrics=lambda: b"hasyncd_up 1\n",
+            dataplane=NoDataPlane(),
         )
         api = Api(h.views)
         async with TestClient(

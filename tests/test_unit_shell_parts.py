@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import math
 import os
 import socket
 import stat
@@ -202,9 +203,18 @@ def gauges(**kw: Any) -> NodeGauges:
         "fenced": False,
         "suspended": True,
         "records": {"ipsec_sa": 5},
+        "freshness": {"age_p50_s": 1.5, "age_p99_s": None, "recovery_point_packets": 20},
+        "rekey_pending": 3,
         "peers": (
             PeerGauges(
-                "fw-b", up=True, link=True, silence=0.1, rtt=None, in_flight=7, session=None
+                "fw-b",
+                up=True,
+                link=True,
+                silence=0.1,
+                rtt=None,
+                in_flight=7,
+                session=None,
+                key=("00112233aabbccdd", "next"),
             ),
             PeerGauges(
                 "fw-c",
@@ -244,6 +254,13 @@ def test_metrics_render_the_gauge_snapshot_taken_at_scrape_time() -> None:
     assert ("hasyncd_replication_pending", (("peer", "fw-b"),)) not in got  # no session
     assert got["hasyncd_replication_lag_records", (("peer", "fw-c"),)] == 4
     assert got["hasyncd_peer_rtt_seconds", (("peer", "fw-c"),)] == 0.002
+    key = (("key", "next"), ("key_id", "00112233aabbccdd"), ("peer", "fw-b"))
+    assert got["hasyncd_peer_link_key", key] == 1.0
+    assert not any(n == "hasyncd_peer_link_key" and ("peer", "fw-c") in ls for n, ls in got)
+    assert got["hasyncd_counter_age_p50_seconds", ()] == 1.5
+    assert math.isnan(got["hasyncd_counter_age_p99_seconds", ()])  # none yet
+    assert got["hasyncd_counter_recovery_point_packets", ()] == 20
+    assert got["hasyncd_rekey_pending", ()] == 3
     snap[0] = gauges(role=Role.PRIMARY, epoch=10)  # read again at the next scrape
     got = samples_of(m.render())
     assert got["hasyncd_role", (("role", "primary"),)] == 1.0

@@ -1271,7 +1271,13 @@ def test_replication_batches_fit_in_one_transport_frame(phase: str) -> None:
 
 
 def test_kind_codes_on_the_wire_match_the_policy() -> None:
-    assert KIND_BY_CODE == {1: "ipsec_sa", 2: "ike_sa", 3: "sslvpn_web_session"}
+    assert KIND_BY_CODE == {
+        1: "ipsec_sa",
+        2: "ike_sa",
+        3: "sslvpn_web_session",
+        4: "promotion",
+        5: "sa_counters",
+    }
     assert {KINDS[k].code for k in KIND_CODES} == set(KIND_BY_CODE)
 
 

@@ -55,6 +55,15 @@ COUNTERS: dict[str, CounterSpec] = {
         "requested resumes answered with a full snapshot instead, by reason", "reason"
     ),
     "records_applied": CounterSpec("replicated records applied from the primary"),
+    "counter_updates": CounterSpec(
+        "data-plane counter updates (POST /v1/counters), by result: applied, ignored "
+        "(older than what is stored), unknown (no such SA), error",
+        "result",
+    ),
+    "leases": CounterSpec(
+        "sequence-number lease requests (POST /v1/leases), by result: written, error", "result"
+    ),
+    "rekey_released": CounterSpec("SAs released to the IKE daemon by the rekey governor"),
     "records_invalid": CounterSpec(
         "received records refused as invalid (never stored), by where they came from", "source"
     ),

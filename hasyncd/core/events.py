@@ -36,14 +36,30 @@ class RoleChanged:
 
 @dataclass(frozen=True, slots=True)
 class PromotionDone:
-    """Promotion step 2 finished: the data plane may now be told (``on_primary``)."""
+    """Promotion step 2 finished: the data plane may now be told (``on_primary``).
+
+    One event per promotion, never one per record: every ``ipsec_sa`` and
+    ``ike_sa`` stored reads through the jump ``rule`` from now on.
+    """
 
     epoch: int
     reason: str
-    esp_advanced: int
-    esp_rekey_required: int
-    ike_flagged: int
-    duration_s: float
+    rule: dict[str, object]  # the jump rule: margin, safety factor, detection time, inbound
+    ipsec_sa: int  # SAs stored: outbound ones read advanced, inbound per the rule
+    ike_sa: int  # IKE SAs stored: older ones read mid_sync_required
+    duration_s: float  # from the election to this event
+
+
+@dataclass(frozen=True, slots=True)
+class RekeyRelease:
+    """The rekey governor releases these SAs to the IKE daemon (``hasyncd.core.governor``).
+
+    ``items`` are ``(kind, id)``: an ``ipsec_sa`` marked ``rekey_required``
+    (rekey the CHILD_SA) or an ``ike_sa`` needing RFC 6311 message-ID sync.
+    """
+
+    items: tuple[tuple[str, str], ...]
+    pending: int  # still queued after this release
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +144,7 @@ Event = (
     | Close
     | RoleChanged
     | PromotionDone
+    | RekeyRelease
     | Reannounce
     | FaultChanged
     | PeerChanged

@@ -19,13 +19,16 @@ included, once it resynchronizes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from hasyncd.core.epochs import minter
 from hasyncd.core.events import MergeApplied, Reannounce, SplitBrain
 from hasyncd.core.peers import Peer
 from hasyncd.core.replication import Mark, MarkKind, Position, Walker, decode_change
+from hasyncd.core.seqview import merge_view
 from hasyncd.errors import RecordError
 from hasyncd.policy import KIND_BY_CODE, shown_id
 from hasyncd.records import KINDS_BY_CODE, Record
@@ -34,6 +37,9 @@ from hasyncd.wire.messages import Change, Heartbeat, MergeEnd, Message, Phase, R
 
 if TYPE_CHECKING:
     from hasyncd.core.node import NodeCore
+
+# (kind code, id, version, wire value) -> the value as the survivor reads it.
+View = Callable[[int, str, int, Any], Any]
 
 log = logging.getLogger("hasyncd.core")
 
@@ -105,7 +111,9 @@ class MergeDecision:
     conflict: bool  # both sides changed the record during the split
 
 
-def merge_one(mine: Entry | None, theirs: Change, loser_tag: int) -> MergeDecision:
+def merge_one(
+    mine: Entry | None, theirs: Change, loser_tag: int, view: View | None = None
+) -> MergeDecision:
     """Resolve one offered change against the survivor's entry.
 
     The newer version wins per record (versions are unique: equal means the
@@ -115,12 +123,18 @@ def merge_one(mine: Entry | None, theirs: Change, loser_tag: int) -> MergeDecisi
     message IDs, last_seen) take the larger value so they never go backwards.
     An older offer minted by anyone else is just a stale copy.  Every record
     written is validated (``Kind.from_blob`` / ``from_wire``), merged ones too.
+    ``view`` maps each side's value to how the survivor reads it (the
+    promotion history, ``hasyncd.core.seqview.merge_view``) before merging.
     """
     kind = KINDS_BY_CODE[theirs.kind]
     rid = theirs.id
     v_theirs = pack_version(theirs.epoch, theirs.seq)
     offered = None if theirs.blob is None else kind.from_blob(theirs.blob, rid)
     if mine is None:
+        if offered is not None and view is not None:
+            seen = view(kind.code, rid, v_theirs, offered.value)
+            if seen is not offered.value:
+                offered = kind.from_wire(seen, rid)
         return MergeDecision(offered, offered is not None, False)
     if mine.version == v_theirs:
         return MergeDecision(None, False, False)
@@ -128,13 +142,19 @@ def merge_one(mine: Entry | None, theirs: Change, loser_tag: int) -> MergeDecisi
     if theirs_newer:
         if offered is None or mine.blob is None:
             return MergeDecision(offered, True, False)
-        merged = kind.merge(offered.value, kind.decode(mine.blob))
+        a, b = offered.value, kind.decode(mine.blob)
+        if view is not None:
+            a, b = view(kind.code, rid, v_theirs, a), view(kind.code, rid, mine.version, b)
+        merged = kind.merge(a, b)
         return MergeDecision(kind.from_wire(merged, rid), True, False)
     # Ours is newer: keep ours, with counters that never go back.
     conflict = minter(theirs.epoch) == loser_tag
     if offered is None or mine.blob is None:
         return MergeDecision(None, False, conflict)
-    record = kind.from_wire(kind.merge(kind.decode(mine.blob), offered.value), rid)
+    a, b = kind.decode(mine.blob), offered.value
+    if view is not None:
+        a, b = view(kind.code, rid, mine.version, a), view(kind.code, rid, v_theirs, b)
+    record = kind.from_wire(kind.merge(a, b), rid)
     return MergeDecision(record, record.blob != mine.blob, conflict)
 
 
@@ -147,7 +167,12 @@ def receive_merge(core: NodeCore, peer: Peer, epoch: int, msg: Records) -> bool:
         peer.merge_offered += 1
         try:
             decode_change(change)
-            decision = merge_one(core.store.get_raw(change.kind, change.id), change, peer.tag)
+            decision = merge_one(
+                core.store.get_raw(change.kind, change.id),
+                change,
+                peer.tag,
+                partial(merge_view, core.promotions),
+            )
         except RecordError as exc:
             core.count("records_invalid", "merge")
             log.error(  # noqa: TRY400 - a peer sent bad data; no traceback to show

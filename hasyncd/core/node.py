@@ -31,6 +31,8 @@ from hasyncd.core.events import (
     RecordChanged,
     Watermark,
 )
+from hasyncd.core.freshness import Freshness
+from hasyncd.core.governor import RekeyGovernor
 from hasyncd.core.links import (
     MAX_HANDSHAKING,
     MAX_UNPROVEN,
@@ -55,6 +57,8 @@ from hasyncd.core.replication import (
     apply_changes,
 )
 from hasyncd.core.roles import RoleManager
+from hasyncd.core.seqview import CTR, PROMO, History
+from hasyncd.core.seqview import SA as SA_CODE
 from hasyncd.core.settings import CoreSettings
 from hasyncd.core.status import node_status
 from hasyncd.errors import (
@@ -143,6 +147,9 @@ class NodeCore(Outputs):
         self._pump_needed = False
         self._snap_ids = 0
         self.backlog = Backlog(settings.backlog_bytes, settings.backlog_s)
+        self.promotions = History(store)  # read-time ESP sequence numbers (seqview)
+        self.governor = RekeyGovernor(settings.rekey_rate, settings.rekey_jitter, self.rng)
+        self.freshness = Freshness()  # how stale the replicated SA counters are
         self.roles = RoleManager(self, now)
 
     # -- small helpers --------------------------------------------------------
@@ -517,6 +524,8 @@ class NodeCore(Outputs):
 
     def apply_from_primary(self, changes: tuple[Change, ...]) -> int:
         result = apply_changes(self.store, changes, self.wall(), self.s.tombstone_ttl)
+        if any(c.kind == PROMO for c in changes):
+            self.promotions.invalidate()
         self.count("records_applied", "", result.applied)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -583,8 +592,13 @@ class NodeCore(Outputs):
                 out.append(exc)
         return out
 
-    def local_write(self, kind: int, rid: str, record: Record | None) -> WriteResult:
-        """Store and replicate a validated record (or a delete) in this node's epoch."""
+    def local_write(
+        self, kind: int, rid: str, record: Record | None, *, quiet: bool = False
+    ) -> WriteResult:
+        """Store and replicate a validated record (or a delete) in this node's epoch.
+
+        ``quiet``: no ``record_changed`` event (counter updates: many a second).
+        """
         version = self.roles.next_version()
         if record is None:
             value = pack_value(version, self.wall() + self.s.tombstone_ttl, None)
@@ -592,16 +606,20 @@ class NodeCore(Outputs):
             value = pack_value(version, record.expires, record.blob)
         old = self.store.put_value(kind, rid, value)
         self.backlog.append(version, kind, rid, self.now)
+        if kind == PROMO:
+            self.promotions.invalidate()
         for peer in self.peers.values():
             if peer.session is not None:
                 peer.session.enqueue(kind, rid, version)
                 peer.lag.wrote(version, self.now)
         self._pump_needed = True
-        if self.record_events:
+        if self.record_events and not quiet:
             epoch, seq = unpack_version(version)
             self.emit(
                 RecordChanged(KIND_BY_CODE[kind], rid, "put" if record else "delete", epoch, seq)
             )
+        if record is None and kind == SA_CODE and self.store.get(CTR, rid, self.wall()):
+            self.local_write(CTR, rid, None)  # its counters go with it (a reused id starts afresh)
         return WriteResult(version, old is None or not value_is_record(old))
 
     def recompute_watermark(self) -> None:
@@ -635,6 +653,7 @@ class NodeCore(Outputs):
         if now >= self._next_sweep:
             self._next_sweep = now + 1.0
             self.store.sweep(self.wall(), SWEEP_BUDGET)
+            self.freshness.run(self.store, self.wall())
         self._after_input(now)
 
     def send_heartbeats(self, now: float) -> None:

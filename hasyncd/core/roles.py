@@ -38,6 +38,7 @@ from hasyncd.core.events import (
     FaultChanged,
     HandoverFinished,
     PeerChanged,
+    RekeyRelease,
     RoleChanged,
     StopReady,
     SyncChanged,
@@ -47,8 +48,9 @@ from hasyncd.core.history import RoleChange, RoleHistory
 from hasyncd.core.merge import MergeSender, catch_up_floor, record_split
 from hasyncd.core.peers import Fence, HandoverState, Peer
 from hasyncd.core.primary import PrimaryDuties
-from hasyncd.core.promotion import PromotionWork
+from hasyncd.core.promotion import PromotionRule, PromotionWork, promotion_record
 from hasyncd.core.replication import Position
+from hasyncd.core.seqview import PROMO
 from hasyncd.core.settings import CoreSettings
 from hasyncd.core.stopping import StopState, least_unreplicated, loading_peers
 from hasyncd.errors import WriteRefused
@@ -144,6 +146,9 @@ class RoleManager:
         flap_deadline = self.damper.deadline()
         if flap_deadline is not None:
             candidates.append(flap_deadline)
+        rekey_deadline = self.core.governor.deadline()
+        if rekey_deadline is not None and self.is_primary:
+            candidates.append(rekey_deadline)
         return min((t for t in candidates if t > now), default=INF)
 
     def heartbeat(self, peer: Peer, now: float) -> Heartbeat:
@@ -490,31 +495,49 @@ class RoleManager:
         self._note_role_change(now, planned=planned)
         self._set_role(Role.PRIMARY, self.s.name, reason)
         self.in_sync = True
-        self.promotion = PromotionWork(self.epoch, reason, now, self.s.esp_seq_margin)
+        rule = PromotionRule(
+            self.s.esp_seq_margin,
+            self.s.seq_safety_factor,
+            self.s.lost_timeout,
+            self.s.inbound_window,
+        )
+        # Step 2 in O(1): one promotion record; every SA reads through it (seqview).
+        record = promotion_record(self.epoch, core.wall(), rule)
+        core.local_write(PROMO, record.id, record, quiet=True)  # promotion_done tells
+        work = PromotionWork(self.epoch, reason, now, rule)
+        self.promotion = work
         core.count("promotions")
         log.warning("PROMOTED to primary in epoch %d: %s", self.epoch, reason)
+        core.emit(work.event(core.store, now))
         core.send_heartbeats(now)
         core.recompute_watermark()
 
     def run_slices(self, now: float) -> None:
-        work = self.promotion
-        if work is None or not self.is_primary:
+        if not self.is_primary:
             return
         core = self.core
-        work.run_slice(core.store, core.local_write)
-        if work.done:
-            self.promotion = None
-            done = work.finish(now)
-            self.last_promotion = work.summary(now)
-            core.emit(done)
+        work = self.promotion
+        if work is not None:
+            work.run_slice(core.store, core.promotions)
+            if work.done:
+                self.promotion = None
+                work.finish()
+                self.last_promotion = work.summary(now)
+                core.governor.add(work.rekey, now)
+                work.rekey = []
+        released = core.governor.run(now, core.wall())
+        if released:
+            core.count("rekey_released", "", len(released))
+            core.emit(RekeyRelease(tuple(released), len(core.governor.queue)))
 
     def _step_down(
         self, now: float, reason: str, *, merge: bool, owner: str | None, planned: bool
     ) -> None:
         core = self.core
         if self.promotion is not None:
-            log.warning("promotion to epoch %d interrupted", self.promotion.epoch)
+            log.warning("promotion scan in epoch %d interrupted", self.promotion.epoch)
             self.promotion = None
+        core.governor.clear()
         h = self.duties.reset()
         for peer in core.peers.values():
             peer.session = None
@@ -602,6 +625,8 @@ class RoleManager:
     def reconfigure(self, settings: CoreSettings) -> None:
         self.s = self.duties.s = settings
         self.damper.max_flaps = settings.max_flaps
+        self.core.governor.rate = settings.rekey_rate
+        self.core.governor.jitter = settings.rekey_jitter
 
     # -- health and flap damping -------------------------------------------------------------
 

@@ -30,6 +30,10 @@ class CoreSettings:
     max_flaps: int = 3
     flap_window: float = 900.0
     esp_seq_margin: int = 1 << 16
+    seq_safety_factor: float = 2.0  # see [promotion] seq_safety_factor in README
+    inbound_window: str = "replicated"  # or "advance" (hasyncd.core.seqview)
+    rekey_rate: float = 200.0  # rekey governor: releases per second
+    rekey_jitter: float = 0.5
     tombstone_ttl: float = 3600.0
     # The replication backlog (hasyncd.core.backlog): its byte budget and the
     # age of the oldest write it keeps; below tombstone_ttl.

@@ -57,6 +57,8 @@ def node_status(core: NodeCore, now: float) -> dict[str, object]:
         "link_keys": keys.ids(),
         # A primary's replication backlog (what a reconnecting secondary can resume from).
         "backlog": core.backlog.status(now) if core.roles.is_primary else None,
+        "counters": core.freshness.status(core.wall()),
+        "rekey": core.governor.status(),
     }
     out.update(role_status(core.roles, now))
     return out

@@ -29,10 +29,10 @@ from typing import Any
 
 from aiohttp import web
 
-from hasyncd.daemon import api_cluster, api_records
-from hasyncd.daemon.api_cluster import openapi_json
+from hasyncd.daemon import api_cluster, api_records, counterapi
+from hasyncd.daemon.api_cluster import API_BUDGETS, openapi_json
 from hasyncd.daemon.api_records import MAX_RECORD_BODY
-from hasyncd.daemon.apilimits import API_BACKLOG, API_IDLE_S, Admission
+from hasyncd.daemon.apilimits import API_BACKLOG, API_IDLE_S, TCP, UNIX, Admission, Budget, budgets
 from hasyncd.daemon.eventhub import event_type_name
 from hasyncd.daemon.httperrors import api_error, error_response, handler_factory
 from hasyncd.daemon.views import ApiViews
@@ -60,6 +60,9 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
     ("DELETE", "/v1/records/{kind}/{id}", api_records.delete),
     ("GET", "/v1/events", api_cluster.events),
     ("POST", "/v1/failover", api_cluster.failover),
+    ("POST", "/v1/counters", counterapi.counters),
+    ("POST", "/v1/leases", counterapi.leases),
+    ("GET", "/v1/rekey", counterapi.rekey),
     ("GET", "/metrics", api_cluster.metrics),
     ("GET", "/v1/openapi.json", api_cluster.openapi),
 )
@@ -67,6 +70,8 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
 # The body formats each route with a body accepts; anything else is 415.
 BODY_TYPES: dict[tuple[str, str], tuple[str, ...]] = {
     ("PUT", "/v1/records/{kind}/{id}"): ("application/json",),
+    ("POST", "/v1/counters"): ("application/json",),
+    ("POST", "/v1/leases"): ("application/json",),
     ("POST", "/v1/records:batch"): (
         "application/x-ndjson",
         "application/msgpack",
@@ -97,6 +102,10 @@ class Api:
         self._runner: web.AppRunner | None = None
         self._socket: Path | None = None
         self._listeners: list[asyncio.Server] = []
+        # Each listener's own connection budget (apilimits), filled at start: the
+        # socket's clients keep theirs whatever the TCP port's do.  Status shows them.
+        self.budgets: dict[str, Budget] = {}
+        self.app[API_BUDGETS] = self.budgets
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -113,13 +122,16 @@ class Api:
         server = self._runner.server
         assert server is not None
         make = handler_factory(server, self.views.counters.count_api_error)
-        admit = Admission(make, lambda: len(server.connections), self._count_busy)
+        self.budgets.update(budgets(unix=cfg.socket is not None, tcp=cfg.listen is not None))
+        for name, b in self.budgets.items():
+            self.views.counters.watch_api_listener(name, b.cap, b.open_now)
+        admit = {name: Admission(make, b, self._count_busy) for name, b in self.budgets.items()}
         loop = asyncio.get_running_loop()
         if cfg.socket is not None:
             try:
                 _prepare_socket_path(cfg.socket)
                 self._listeners.append(
-                    await loop.create_unix_server(admit, str(cfg.socket), backlog=API_BACKLOG)
+                    await loop.create_unix_server(admit[UNIX], str(cfg.socket), backlog=API_BACKLOG)
                 )
                 self._socket = cfg.socket  # ours now: removed by stop()
                 os.chmod(cfg.socket, 0o660)
@@ -131,7 +143,7 @@ class Api:
             try:
                 self._listeners.append(
                     await loop.create_server(
-                        admit,
+                        admit[TCP],
                         cfg.listen.host,
                         cfg.listen.port,
                         reuse_address=True,
@@ -142,10 +154,12 @@ class Api:
                 raise HasyncdError(
                     f"cannot listen on {cfg.listen} for the API: {exc.strerror}"
                 ) from None
-        log.debug("API: at most %d connections at once", admit.cap)
+        caps = ", ".join(f"{b.cap} on {name}" for name, b in self.budgets.items())
+        log.debug("API: at most %s connections at once", caps)
 
-    def _count_busy(self) -> None:
+    def _count_busy(self, listener: str) -> None:
         self.views.counters.count_api_error("too_many_connections")
+        self.views.counters.count_connection_refused(listener)
 
     async def stop(self) -> None:
         """Stop listening; requests still running get API_DRAIN_S, then are cancelled.

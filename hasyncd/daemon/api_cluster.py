@@ -14,6 +14,7 @@ from importlib import resources
 import yaml
 from aiohttp import web
 
+from hasyncd.daemon.apilimits import Budget
 from hasyncd.daemon.bodies import last_event_id
 from hasyncd.daemon.eventhub import SHUTDOWN
 from hasyncd.daemon.metrics import CONTENT_TYPE
@@ -21,6 +22,8 @@ from hasyncd.daemon.views import ApiViews
 from hasyncd.errors import ApiError
 from hasyncd.policy import policy_table
 
+# Each API listener's connection budget, set by hasyncd.daemon.api.Api at start.
+API_BUDGETS = web.AppKey("api_budgets", dict[str, Budget])
 SSE_KEEPALIVE = 15.0  # seconds between comment lines on an idle event stream
 # A manual failover waits for the handover this much beyond its own timeout
 # (the peer's promotion and its first heartbeat back).
@@ -32,6 +35,8 @@ async def status(v: ApiViews, request: web.Request) -> web.Response:
     hooks = v.hooks
     st["hooks"] = {"queued": hooks.queued, "running": hooks.running, "recent": hooks.recent()}
     st["sync_mode"] = v.config().sync.mode
+    budgets = request.app.get(API_BUDGETS, {})
+    st["api_connections"] = {name: b.as_json() for name, b in budgets.items()}
     return web.json_response(st)
 
 

@@ -31,7 +31,7 @@ from hasyncd.daemon.httperrors import api_error
 from hasyncd.daemon.views import ApiViews
 from hasyncd.errors import ApiError, NotReplicated, UnknownKind, error_body
 from hasyncd.policy import shown_id
-from hasyncd.records import KINDS_BY_CODE, Kind, Record, kind_for_api
+from hasyncd.records import KINDS_BY_CODE, Kind, Record, kind_for_api, kind_for_write
 from hasyncd.store import unpack_version
 from hasyncd.wire.messages import MAX_ID_LEN
 
@@ -73,7 +73,7 @@ def check_id(rid: str) -> None:
 
 def kind_of(v: ApiViews, name: str, *, write: bool = False) -> Kind:
     try:
-        return kind_for_api(name)
+        return kind_for_write(name) if write else kind_for_api(name)
     except NotReplicated as exc:
         if write:
             v.counters.count_not_replicated(exc.kind)
@@ -127,7 +127,7 @@ async def get(v: ApiViews, request: web.Request) -> web.Response:
             "kind": kind.name,
             "id": rid,
             "version": version_json(entry.version),
-            "record": kind.to_json(kind.decode(entry.blob)),
+            "record": v.reader.shown(kind, rid, entry),
         }
     )
 
@@ -160,9 +160,9 @@ async def list_kind(v: ApiViews, request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_query", f"limit must be in 1..{MAX_PAGE}")
     page = v.reader.page(kind.code, after, limit, time.time())
     items = [
-        {"id": rid, "version": version_json(e.version), "record": kind.to_json(kind.decode(b))}
+        {"id": rid, "version": version_json(e.version), "record": v.reader.shown(kind, rid, e)}
         for rid, e in page
-        if (b := e.blob) is not None
+        if e.blob is not None
     ]
     nxt = page[-1][0] if len(page) == limit else None
     return web.json_response({"kind": kind.name, "items": items, "next": nxt})

@@ -8,12 +8,16 @@ The API and the metrics see the views, never the core or the Daemon.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+from hasyncd.core.counterpath import Outcome, update_counters, write_leases
 from hasyncd.core.node import NodeCore
 from hasyncd.core.replication import writes_behind
+from hasyncd.core.seqview import view
 from hasyncd.daemon.views import NodeGauges, PeerGauges, SessionGauges, Written
 from hasyncd.policy import KIND_BY_CODE
-from hasyncd.records import Record
+from hasyncd.records import Kind, Record
+from hasyncd.store import Entry
 from hasyncd.wire.messages import Role
 
 
@@ -32,6 +36,50 @@ class CoreWriter:
 
     def write_batch(self, ops: list[tuple[int, str, Record | None]], now: float) -> list[object]:
         return list(self._core.write_batch(ops, now))
+
+
+class CoreReader:
+    """The store, with records shown through the core's promotion history (seqview)."""
+
+    def __init__(self, core: NodeCore) -> None:
+        self._core = core
+
+    def get(self, kind: int, rid: str, wall: float) -> Entry | None:
+        return self._core.store.get(kind, rid, wall)
+
+    def page(
+        self, kind: int, after: str | None, limit: int, wall: float
+    ) -> list[tuple[str, Entry]]:
+        return self._core.store.page(kind, after, limit, wall)
+
+    def shown(self, kind: Kind, rid: str, entry: Entry) -> dict[str, Any]:
+        assert entry.blob is not None
+        promotions = self._core.promotions
+        wire = view(promotions, kind.code, rid, entry.version, kind.decode(entry.blob))
+        return kind.to_json(wire)
+
+
+class CoreDataPlane:
+    """Counter updates, leases and the rekey governor, asked of the core."""
+
+    def __init__(self, core: NodeCore) -> None:
+        self._core = core
+
+    def update_counters(self, items: list[Any], now: float) -> Outcome:
+        return update_counters(self._core, items, now)
+
+    def write_leases(self, items: list[Any], now: float) -> Outcome:
+        return write_leases(self._core, items, now)
+
+    def has_in_sync_secondary(self) -> bool:
+        return self._core.watermark is not None
+
+    def count(self, counter: str, label: str, n: int) -> None:
+        self._core.count(counter, label, n)
+
+    def rekey(self) -> dict[str, Any]:
+        gov = self._core.governor
+        return {**gov.status(), "recent": list(gov.recent)}
 
 
 class CoreCluster:
@@ -109,4 +157,6 @@ def node_gauges(core: NodeCore, now: float) -> NodeGauges:
         suspended=roles.suspended_since is not None,
         records={KIND_BY_CODE[code]: n for code, n in core.store.counts().items()},
         peers=tuple(peers),
+        freshness=core.freshness.status(core.wall()),
+        rekey_pending=len(core.governor.queue),
     )

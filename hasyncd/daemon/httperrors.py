@@ -12,10 +12,15 @@ quotes the start of the request line (where a web session's id, the cookie
 digest, may stand).  Here the reply is the API's ``{"error": "http_<status>",
 ...}`` body, the refusal is counted in ``hasyncd_api_errors_total``, and the
 log line names only the status and the error's class.
+
+Each handler also keeps its listener's connection count
+(``hasyncd.daemon.apilimits.Budget``): one more from ``connection_made``, one
+less at ``connection_lost``, which asyncio always pairs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +28,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from hasyncd.daemon.apilimits import Budget
 from hasyncd.errors import ApiError, HasyncdError, error_body
 
 log = logging.getLogger("hasyncd.api")
@@ -42,15 +48,31 @@ def error_response(err: HasyncdError) -> web.Response:
     resp = web.json_response(error_body(err), status=err.http_status)
     if err.http_status == 401:
         resp.headers["WWW-Authenticate"] = "Bearer"
+        # One refusal per connection: no keep-alive for a client without the token,
+        # so it cannot hold a TCP slot past its 401.
+        resp.force_close()
     return resp
 
 
 class JsonErrorHandler(RequestHandler):
-    __slots__ = ("_count",)
+    __slots__ = ("_budget", "_count", "_counted")
 
-    def __init__(self, count: Callable[[str], None], *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, count: Callable[[str], None], budget: Budget, *args: Any, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self._count = count
+        self._count, self._budget, self._counted = count, budget, False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._budget.opened()
+        self._counted = True
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._counted:
+            self._counted = False
+            self._budget.closed()
+        super().connection_lost(exc)
 
     def handle_error(
         self,
@@ -69,12 +91,14 @@ class JsonErrorHandler(RequestHandler):
         return resp
 
 
-def handler_factory(server: web.Server, count: Callable[[str], None]) -> Callable[[], Any]:
-    """What ``server()`` makes, with JSON errors: the same arguments aiohttp would pass."""
+def handler_factory(
+    server: web.Server, count: Callable[[str], None]
+) -> Callable[[Budget], JsonErrorHandler]:
+    """What ``server()`` makes, with JSON errors and counted in ``budget``: aiohttp's arguments."""
     kwargs = server._kwargs  # (private: aiohttp keeps the runner's handler settings here)
     loop = server._loop
 
-    def make() -> JsonErrorHandler:
-        return JsonErrorHandler(count, server, loop=loop, **kwargs)
+    def make(budget: Budget) -> JsonErrorHandler:
+        return JsonErrorHandler(count, budget, server, loop=loop, **kwargs)
 
     return make

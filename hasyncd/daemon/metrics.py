@@ -10,12 +10,14 @@ depends on the metrics library and the metrics never see the core.  Shell-side m
 
 from __future__ import annotations
 
+import math
 import platform
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     Info,
     ProcessCollector,
@@ -73,6 +75,24 @@ class _CoreCollector(Collector):
             "hasyncd_promotion_suspended",
             "1 while automatic promotion is suspended by flap damping",
             value=float(g.suspended),
+        )
+        fresh = g.freshness
+        for field, name, text in (
+            ("age_p50_s", "counter_age_p50_seconds", "median age of the last SA counter update"),
+            ("age_p99_s", "counter_age_p99_seconds", "p99 age of the last SA counter update"),
+            (
+                "recovery_point_packets",
+                "counter_recovery_point_packets",
+                "estimated packets sent that no replicated counter shows yet (rate x age)",
+            ),
+        ):
+            v = fresh[field]  # NaN until the first pass over the counters has ended
+            gauge = float(v) if isinstance(v, int | float) else math.nan
+            yield GaugeMetricFamily(f"hasyncd_{name}", text, value=gauge)
+        yield GaugeMetricFamily(
+            "hasyncd_rekey_pending",
+            "SAs waiting in the rekey governor",
+            value=float(g.rekey_pending),
         )
         records = GaugeMetricFamily("hasyncd_records", "stored records", labels=["kind"])
         for kind, n in g.records.items():
@@ -148,6 +168,21 @@ class Metrics:
         self.api_errors = Counter(
             "hasyncd_api_errors", "API requests refused, by error code", ["error"], registry=r
         )
+        self.api_refused = Counter(
+            "hasyncd_api_connections_refused",
+            "API connections answered 503 too_many_connections past their listener's cap",
+            ["listener"],
+            registry=r,
+        )
+        self.api_open = Gauge(
+            "hasyncd_api_connections", "API connections open, by listener", ["listener"], registry=r
+        )
+        self.api_cap = Gauge(
+            "hasyncd_api_connection_cap",
+            "API connections a listener admits at once (its own budget)",
+            ["listener"],
+            registry=r,
+        )
         self.not_replicated = Counter(
             "hasyncd_not_replicated_writes",
             "writes refused because the kind is not replicated by design",
@@ -195,6 +230,14 @@ class Metrics:
 
     def count_api_error(self, code: str) -> None:
         self.api_errors.labels(code).inc()
+
+    def count_connection_refused(self, listener: str) -> None:
+        self.api_refused.labels(listener).inc()
+
+    def watch_api_listener(self, listener: str, cap: int, open_now: Callable[[], float]) -> None:
+        self.api_open.labels(listener).set_function(open_now)
+        self.api_cap.labels(listener).set(cap)
+        self.api_refused.labels(listener)  # present from start-up, at zero
 
     def count_api_request(self, route: str, status: int) -> None:
         self.api_requests.labels(route, str(status)).inc()

@@ -39,7 +39,13 @@ from hasyncd.core.node import NodeCore
 from hasyncd.daemon import logs
 from hasyncd.daemon.api import API_DRAIN_S, Api
 from hasyncd.daemon.corelink import LinkProtocol, core_clock, core_settings
-from hasyncd.daemon.coreviews import CoreCluster, CoreWriter, node_gauges
+from hasyncd.daemon.coreviews import (
+    CoreCluster,
+    CoreDataPlane,
+    CoreReader,
+    CoreWriter,
+    node_gauges,
+)
 from hasyncd.daemon.dialer import Dialer
 from hasyncd.daemon.eventhub import EventHub
 from hasyncd.daemon.hooks import HookRunner
@@ -108,13 +114,14 @@ class Daemon:
                 config=lambda: self.config,
                 clock=self.clock,
                 writer=CoreWriter(self.core, self.flush),
-                reader=self.store,
+                reader=CoreReader(self.core),
                 cluster=CoreCluster(self.core, self.flush, self.wait_role),
                 hooks=self.hooks,
                 counters=self.metrics,
                 waiters=self.waiters,
                 hub=self.hub,
                 metrics=self.metrics.render,
+                dataplane=CoreDataPlane(self.core),
             )
         )
         self._server: asyncio.Server | None = None

@@ -16,8 +16,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from hasyncd.config import Config
+from hasyncd.core.counterpath import Outcome
 from hasyncd.daemon.eventhub import EventHub
-from hasyncd.records import Record
+from hasyncd.records import Kind, Record
 from hasyncd.store import Entry
 from hasyncd.wire.messages import Role
 
@@ -48,6 +49,21 @@ class RecordReader(Protocol):
     def page(
         self, kind: int, after: str | None, limit: int, wall: float
     ) -> list[tuple[str, Entry]]: ...
+    def shown(self, kind: Kind, rid: str, entry: Entry) -> dict[str, Any]:
+        """A live stored record as the API shows it (through the promotion history)."""
+        ...
+
+
+class DataPlane(Protocol):
+    """The data plane's calls (``hasyncd.daemon.counterapi``): counters, leases, rekeys."""
+
+    def update_counters(self, items: list[Any], now: float) -> Outcome: ...
+    def write_leases(self, items: list[Any], now: float) -> Outcome: ...
+    def has_in_sync_secondary(self) -> bool: ...
+    def count(self, counter: str, label: str, n: int) -> None: ...
+    def rekey(self) -> dict[str, Any]:
+        """The rekey governor's state and its recent releases."""
+        ...
 
 
 class ClusterView(Protocol):
@@ -76,6 +92,14 @@ class HookState(Protocol):
 
 class ApiCounters(Protocol):
     def count_api_error(self, code: str) -> None: ...
+    def count_connection_refused(self, listener: str) -> None:
+        """A connection answered 503 past its listener's cap."""
+        ...
+
+    def watch_api_listener(self, listener: str, cap: int, open_now: Callable[[], float]) -> None:
+        """Export a listener's cap and, read at each scrape, its open connections."""
+        ...
+
     def count_api_request(self, route: str, status: int) -> None: ...
     def count_not_replicated(self, kind: str) -> None: ...
     def count_sync_write(self, replicated: bool) -> None: ...
@@ -124,6 +148,8 @@ class NodeGauges:
     suspended: bool
     records: Mapping[str, int]  # live records by kind name
     peers: tuple[PeerGauges, ...]
+    freshness: Mapping[str, object]  # how stale the SA counters are (core.freshness)
+    rekey_pending: int  # SAs waiting in the rekey governor
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -140,12 +166,14 @@ class ApiViews:
     waiters: SyncWait
     hub: EventHub  # concrete: it depends on nothing but the core's event types
     metrics: Callable[[], bytes]  # the /metrics exposition
+    dataplane: DataPlane
 
 
 __all__ = [
     "ApiCounters",
     "ApiViews",
     "ClusterView",
+    "DataPlane",
     "HookState",
     "NodeGauges",
     "PeerGauges",

@@ -24,7 +24,7 @@ from hasyncd.portal.tls import write_self_signed
 from hasyncd.portal.users import add_user
 
 if TYPE_CHECKING:
-    from hasyncd.lab import LabCluster, LabNode
+    from hasyncd.labcluster import LabCluster, LabNode
 
 LAB_USER = "alice"
 # A lab account, hashed into the lab directory only.
