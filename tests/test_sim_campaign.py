@@ -873,7 +873,7 @@ def test_split_brain_merge_keeps_acknowledged_writes_of_a_dead_primary() -> None
     assert survivor == "c"  # the higher epoch survives
     assert (WEB, rid) in snapshot(sim, survivor), (
         f"acknowledged write lost in the merge; split brain: "
-        f"{sim.nodes[survivor].core.roles.split_brain}; roles log: {sim.log}"
+        f"{sim.nodes[survivor].core.split_brain.status()}; roles log: {sim.log}"
     )
 
 
@@ -911,7 +911,7 @@ def test_a_restarted_node_mints_a_new_epoch_and_its_split_write_survives() -> No
     assert final[1] == blob_y, (
         f"the write made during the split was dropped: epoch {reborn_epoch:#x} minted again "
         f"(first life: {first_epoch:#x}), versions {v_x} and {v_y} collide; "
-        f"split brain: {sim.nodes[survivor].core.roles.split_brain}"
+        f"split brain: {sim.nodes[survivor].core.split_brain.status()}"
     )
 
 
@@ -942,7 +942,7 @@ def test_manual_failover_across_a_partial_partition_keeps_one_primary() -> None:
     sim.run_for(2.0)
     assert promotions(sim, "c", after=t) == [], f"roles log: {sim.log}"
     assert sim.primaries() == ["b"]
-    assert all(sim.nodes[n].core.roles.split_brain is None for n in names)
+    assert all(sim.nodes[n].core.split_brain.current is None for n in names)
 
 
 def test_merge_reoffers_writes_the_survivor_acknowledged_then_lost_in_a_resync() -> None:
@@ -984,6 +984,6 @@ def test_merge_reoffers_writes_the_survivor_acknowledged_then_lost_in_a_resync()
     sim.run_for(0.2)
     survivor = sim.primaries()[0]
     assert (WEB, rid) in snapshot(sim, survivor), (
-        f"acknowledged write lost; b's split brain: {sim.nodes['b'].core.roles.split_brain}; "
+        f"acknowledged write lost; b's split brain: {sim.nodes['b'].core.split_brain.status()}; "
         f"roles log: {sim.log}"
     )

@@ -285,10 +285,10 @@ def test_link_cut_and_heal_merges_writes_from_both_sides() -> None:
     assert sa["seq"] == 900_000 + margin
     assert viewed(sim, primary, SA, record(SA, 0)[0]) == sa  # the loser reads the same
     for name in (primary, secondary):
-        sb = sim.nodes[name].core.roles.split_brain
+        sb = sim.nodes[name].core.split_brain.status()
         assert sb is not None
         assert sb["survivor"] == survivor
-    sb = sim.nodes[survivor].core.roles.split_brain
+    sb = sim.nodes[survivor].core.split_brain.status()
     assert sb is not None
     assert sb["conflicts"] == 1
     assert any(isinstance(ev, Reannounce) for _, ev in sim.nodes[survivor].events)
@@ -322,7 +322,7 @@ def test_a_merge_cut_by_a_reconnection_continues_where_it_was_acknowledged() -> 
     missing = [rid for rid in written if (WEB, rid) not in final]
     assert not missing, f"{len(missing)} of {len(written)} split writes lost"
     assert snapshot(sim, loser) == final
-    sb = sim.nodes[survivor].core.roles.split_brain
+    sb = sim.nodes[survivor].core.split_brain.status()
     assert sb is not None
     assert sb["peer"] == loser
     assert sim.nodes[survivor].core.stats["split_brains"][""] == 1
@@ -374,7 +374,7 @@ def test_override_preempts_after_the_delay_once_in_sync() -> None:
     sim.run_for(0.2)
     assert snapshot(sim, primary) == snapshot(sim, secondary)
     assert len(snapshot(sim, primary)) == 51
-    assert sim.nodes[secondary].core.roles.split_brain is None
+    assert sim.nodes[secondary].core.split_brain.current is None
 
 
 def test_without_override_a_returning_node_stays_secondary() -> None:
@@ -406,7 +406,7 @@ def test_manual_failover_hands_over_without_losing_writes() -> None:
     finished = [ev for _, ev in sim.nodes[primary].events if isinstance(ev, HandoverFinished)]
     assert finished
     assert finished[-1].ok
-    assert sim.nodes[secondary].core.roles.split_brain is None  # a handover is not a split
+    assert sim.nodes[secondary].core.split_brain.current is None  # a handover is not a split
 
 
 def test_manual_failover_is_refused_without_an_in_sync_secondary() -> None:

@@ -12,12 +12,10 @@ primaries to their own busy CPUs.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from hasyncd.core.peers import Peer
-
-if TYPE_CHECKING:
-    from hasyncd.core.node import NodeCore
 
 log = logging.getLogger("hasyncd.core")
 
@@ -33,30 +31,41 @@ def loss_deadline(peer: Peer, lost_timeout: float) -> float:
     return peer.last_rx + lost_timeout + peer.stall
 
 
-def own_lateness(core: NodeCore, late: float, now: float) -> None:
-    """The node's timer ran ``late`` seconds after its deadline."""
+def own_lateness(peers: Iterable[Peer], late: float, heartbeat_interval: float) -> bool:
+    """The node's timer ran ``late`` seconds after its deadline: credit the peers.
+
+    True if it was a stall (the caller counts ``loop_stalls`` and lets a
+    primary re-check its lease), False if it was scheduling noise.
+    """
     if late <= STALL_NOISE:
-        return
-    core.count("loop_stalls")
-    for peer in core.peers.values():
+        return False
+    for peer in peers:
         if peer.up:
             peer.stall += late
-    if late >= core.s.heartbeat_interval:
+    if late >= heartbeat_interval:
         log.warning("this node's event loop stalled for %.0f ms", late * 1000)
-    if core.roles.is_primary:
-        core.roles.duties.after_stall(now)
+    return True
 
 
-def check_peers(core: NodeCore, now: float) -> None:
-    lost = core.s.lost_timeout
-    for peer in list(core.peers.values()):
-        if not peer.up or now < peer.last_rx + lost:
+@dataclass(frozen=True, slots=True)
+class Verdicts:
+    """What ``check_peers`` found: peers to declare lost (with why), losses it suppressed."""
+
+    lost: tuple[tuple[Peer, str], ...]
+    suppressed: int
+
+
+def check_peers(peers: Iterable[Peer], lost_timeout: float, now: float) -> Verdicts:
+    lost_peers: list[tuple[Peer, str]] = []
+    suppressed = 0
+    for peer in peers:
+        if not peer.up or now < peer.last_rx + lost_timeout:
             continue
         silence = now - peer.last_rx
-        if now < loss_deadline(peer, lost):
+        if now < loss_deadline(peer, lost_timeout):
             if not peer.suppressed:
                 peer.suppressed = True
-                core.count("loss_suppressed_own_stall")
+                suppressed += 1
                 log.warning(
                     "%s silent for %.0f ms, but this node itself stalled %.0f ms of that: "
                     "not declaring it lost",
@@ -65,4 +74,5 @@ def check_peers(core: NodeCore, now: float) -> None:
                     peer.stall * 1000,
                 )
             continue
-        core.roles.peer_lost(peer, now, f"no authenticated frame for {silence * 1000:.0f} ms")
+        lost_peers.append((peer, f"no authenticated frame for {silence * 1000:.0f} ms"))
+    return Verdicts(tuple(lost_peers), suppressed)

@@ -17,17 +17,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from hasyncd.core.merge import MergeSender
 from hasyncd.core.peers import Peer
-from hasyncd.core.replication import REPLICATED_KIND_CODES, Position
+from hasyncd.core.replication import REPLICATED_KIND_CODES, Mark, Position
 from hasyncd.errors import UnexpectedMessage
-from hasyncd.store import pack_version
-from hasyncd.wire.messages import BulkEnd, BulkStart, Phase, Records, SyncRequest
-
-if TYPE_CHECKING:
-    from hasyncd.core.roles import RoleManager
+from hasyncd.store import Store, pack_version
+from hasyncd.wire.messages import BulkEnd, BulkStart, Change, Message, Phase, Records, SyncRequest
 
 log = logging.getLogger("hasyncd.roles")
 
@@ -36,6 +33,31 @@ log = logging.getLogger("hasyncd.roles")
 # release without resumption closes the link on the resume form (malformed),
 # and a link that keeps failing this early is not helped by resuming.
 RESUME_ATTEMPTS = 3
+
+
+class FollowerRoles(Protocol):
+    """The role state a follower reads and advances (``hasyncd.core.roles.RoleManager``)."""
+
+    epoch: int
+    applied: int  # newest version applied from a primary
+    resume_claim: Claim | None
+    resume_failures: int
+
+    def set_in_sync(self, value: bool) -> None: ...
+
+
+class ReplicaLink(Protocol):
+    """What a follower needs of the node: the store, applying changes, sending to the primary."""
+
+    store: Store
+
+    def apply_from_primary(self, changes: tuple[Change, ...]) -> int: ...
+
+    def request_pump(self) -> None: ...
+
+    def send(self, peer: Peer, msg: Message) -> tuple[int, int] | None: ...
+
+    def send_tracked(self, peer: Peer, msg: Message, mark: Mark | None) -> bool: ...
 
 
 class FollowState(Enum):
@@ -91,9 +113,15 @@ class Follower:
             and peer.flow.open
         )
 
-    def handle(self, roles: RoleManager, peer: Peer, msg: BulkStart | Records | BulkEnd) -> None:
+    def handle(
+        self,
+        roles: FollowerRoles,
+        link: ReplicaLink,
+        peer: Peer,
+        msg: BulkStart | Records | BulkEnd,
+    ) -> None:
         """Apply a replication message from the primary we follow (already checked to be it)."""
-        store = roles.core.store
+        store = link.store
         if isinstance(msg, BulkStart):
             asked = self.asked
             roles.resume_failures = 0
@@ -131,7 +159,7 @@ class Follower:
         elif msg.phase is Phase.BULK:
             if self.state is not FollowState.BULK:
                 raise UnexpectedMessage(f"bulk RECORDS in state {self.state.value}")
-            roles.core.apply_from_primary(msg.changes)
+            link.apply_from_primary(msg.changes)
             self.received += len(msg.changes)
             if msg.changes:  # the walk's order: the last change is where it stands
                 last = msg.changes[-1]
@@ -139,10 +167,16 @@ class Follower:
         else:
             if self.state is not FollowState.STREAM:
                 raise UnexpectedMessage(f"stream RECORDS in state {self.state.value}")
-            roles.applied = max(roles.applied, roles.core.apply_from_primary(msg.changes))
+            roles.applied = max(roles.applied, link.apply_from_primary(msg.changes))
 
-    def pump(self, roles: RoleManager, peer: Peer, now: float) -> None:
-        core = roles.core
+    def pump(
+        self,
+        roles: FollowerRoles,
+        core: ReplicaLink,
+        peer: Peer,
+        now: float,
+        handshake_timeout: float,
+    ) -> None:
         if self.state is FollowState.MERGING and self.merge is not None:
             while peer.flow.open:
                 nxt = self.merge.next_message(core.store)
@@ -165,12 +199,11 @@ class Follower:
             if core.send(peer, req) is not None:
                 self.state, self.requested_at, self.asked = FollowState.REQUESTED, now, claim
         elif (
-            self.state is FollowState.REQUESTED
-            and now - self.requested_at > 2 * roles.s.handshake_timeout
+            self.state is FollowState.REQUESTED and now - self.requested_at > 2 * handshake_timeout
         ):
             self.state = FollowState.NEED_REQUEST  # the primary did not answer: ask again
 
-    def link_up(self, roles: RoleManager, peer: Peer) -> None:
+    def link_up(self) -> None:
         """A new link to the primary: start over (merge again if one was due).
 
         A snapshot in progress keeps its resync: the primary may resume it.
@@ -181,7 +214,7 @@ class Follower:
         else:
             self.state = FollowState.NEED_REQUEST
 
-    def link_down(self, roles: RoleManager) -> None:
+    def link_down(self, roles: FollowerRoles) -> None:
         if self.state is FollowState.REQUESTED and self.asked is not None:
             roles.resume_failures += 1
             if roles.resume_failures >= RESUME_ATTEMPTS:
@@ -195,17 +228,12 @@ class Follower:
             roles.set_in_sync(False)  # the resync stays open: the primary may resume it
         self.state = FollowState.NEED_REQUEST if self.merge is None else FollowState.MERGING
 
-    def merge_acknowledged(self, roles: RoleManager, peer: Peer) -> None:
+    def merge_acknowledged(self, peer: Peer) -> bool:
+        """The primary acknowledged the whole merge; False if none was in progress."""
         if self.state is not FollowState.MERGING:
-            return
-        log.warning(
-            "merge into %s acknowledged (%d records offered)",
-            peer.name,
-            self.merge.sent if self.merge else 0,
-        )
-        sb = roles.split_brain
-        if sb is not None and self.merge is not None:
-            sb["offered"] = self.merge.sent
+            return False
+        offered = self.merge.sent if self.merge else 0
+        log.warning("merge into %s acknowledged (%d records offered)", peer.name, offered)
         self.merge = None
         self.state = FollowState.NEED_REQUEST
-        roles.core.request_pump()
+        return True

@@ -22,21 +22,18 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from hasyncd.core.epochs import minter
-from hasyncd.core.events import MergeApplied, Reannounce, SplitBrain
+from hasyncd.core.events import MergeApplied
 from hasyncd.core.peers import Peer
 from hasyncd.core.replication import Mark, MarkKind, Position, Walker, decode_change
-from hasyncd.core.seqview import merge_view
+from hasyncd.core.seqview import History, merge_view
 from hasyncd.errors import RecordError
 from hasyncd.policy import KIND_BY_CODE, shown_id
 from hasyncd.records import KINDS_BY_CODE, Record
 from hasyncd.store import HEADER, Entry, Store, pack_version, unpack_version
 from hasyncd.wire.messages import Change, Heartbeat, MergeEnd, Message, Phase, Records
-
-if TYPE_CHECKING:
-    from hasyncd.core.node import NodeCore
 
 # (kind code, id, version, wire value) -> the value as the survivor reads it.
 View = Callable[[int, str, int, Any], Any]
@@ -158,23 +155,38 @@ def merge_one(
     return MergeDecision(record, record.blob != mine.blob, conflict)
 
 
-def receive_merge(core: NodeCore, peer: Peer, epoch: int, msg: Records) -> bool:
+class MergeHost(Protocol):
+    """What a survivor's merge needs of the node: its store, promotion history and writer."""
+
+    store: Store
+    promotions: History
+
+    def count(self, metric: str, label: str = "", n: int = 1) -> None: ...
+
+    def local_write(
+        self, kind: int, rid: str, record: Record | None, *, quiet: bool = False
+    ) -> object: ...
+
+
+def receive_merge(
+    host: MergeHost, peer: Peer, epoch: int, msg: Records, *, is_primary: bool, own_epoch: int
+) -> bool:
     """Survivor: apply offered changes; False (not acknowledged) unless we are primary."""
-    if not core.roles.is_primary or epoch > core.roles.epoch:
-        core.count("refused", "merge_not_primary")
+    if not is_primary or epoch > own_epoch:
+        host.count("refused", "merge_not_primary")
         return False
     for change in msg.changes:
         peer.merge_offered += 1
         try:
             decode_change(change)
             decision = merge_one(
-                core.store.get_raw(change.kind, change.id),
+                host.store.get_raw(change.kind, change.id),
                 change,
                 peer.tag,
-                partial(merge_view, core.promotions),
+                partial(merge_view, host.promotions),
             )
         except RecordError as exc:
-            core.count("records_invalid", "merge")
+            host.count("records_invalid", "merge")
             log.error(  # noqa: TRY400 - a peer sent bad data; no traceback to show
                 "merge from %s: invalid record %s: %s",
                 peer.name,
@@ -184,7 +196,7 @@ def receive_merge(core: NodeCore, peer: Peer, epoch: int, msg: Records) -> bool:
             continue
         if decision.conflict:
             peer.merge_conflicts += 1
-            core.count("merge_conflicts")
+            host.count("merge_conflicts")
             log.warning(
                 "merge conflict on %s %s: changed on both sides, newer version kept",
                 KIND_BY_CODE[change.kind],
@@ -192,15 +204,19 @@ def receive_merge(core: NodeCore, peer: Peer, epoch: int, msg: Records) -> bool:
             )
         if decision.write:
             peer.merge_merged += 1
-            core.count("merged_records")
-            core.local_write(change.kind, change.id, decision.record)
+            host.count("merged_records")
+            host.local_write(change.kind, change.id, decision.record)
     return True
 
 
-def merge_end(core: NodeCore, peer: Peer, msg: MergeEnd) -> bool:
-    if not core.roles.is_primary:
-        core.count("refused", "merge_not_primary")
-        return False
+def merge_end(peer: Peer, *, is_primary: bool) -> MergeApplied | None:
+    """Survivor: the merge from ``peer`` is complete; its figures (None: refused, not primary).
+
+    The caller emits the event, and for a former primary's merge (epoch not
+    0) notes the split brain and re-announces.
+    """
+    if not is_primary:
+        return None
     log.warning(
         "merge from %s done: %d offered, %d merged, %d conflicts",
         peer.name,
@@ -208,49 +224,6 @@ def merge_end(core: NodeCore, peer: Peer, msg: MergeEnd) -> bool:
         peer.merge_merged,
         peer.merge_conflicts,
     )
-    core.emit(MergeApplied(peer.name, peer.merge_offered, peer.merge_merged, peer.merge_conflicts))
-    counts = {
-        "offered": peer.merge_offered,
-        "merged": peer.merge_merged,
-        "conflicts": peer.merge_conflicts,
-    }
+    done = MergeApplied(peer.name, peer.merge_offered, peer.merge_merged, peer.merge_conflicts)
     peer.merge_offered = peer.merge_merged = peer.merge_conflicts = 0
-    roles = core.roles
-    if msg.epoch == 0:
-        return True  # a secondary's catch-up offer, not a former primary's
-    sb = roles.split_brain
-    if sb is None or sb.get("peer") != peer.name:
-        sb = record_split(core, peer.name, roles.epoch, msg.epoch, survivor=core.s.name)
-    sb.update(counts)
-    # Both nodes told the data plane they were primary: the survivor says it again.
-    reason = f"split brain with {peer.name} resolved: re-announcing"
-    log.warning("%s", reason)
-    core.emit(Reannounce(roles.epoch, reason))
-    return True
-
-
-def record_split(
-    core: NodeCore, peer: str, own_epoch: int, peer_epoch: int, survivor: str
-) -> dict[str, object]:
-    """Note (status, metrics, events, log) that ``peer`` and this node were both primary."""
-    info: dict[str, object] = {
-        "peer": peer,
-        "own_epoch": own_epoch,
-        "peer_epoch": peer_epoch,
-        "survivor": survivor,
-        "detected_at": core.wall(),
-        "offered": None,
-        "merged": None,
-        "conflicts": None,
-    }
-    core.roles.split_brain = info
-    core.count("split_brains")
-    core.emit(SplitBrain(peer, own_epoch, peer_epoch, survivor))
-    log.error(
-        "SPLIT BRAIN: %s and this node were both primary (epochs %d and %d); survivor: %s",
-        peer,
-        peer_epoch,
-        own_epoch,
-        survivor,
-    )
-    return info
+    return done

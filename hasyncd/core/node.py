@@ -28,6 +28,7 @@ from hasyncd.core.events import (
     Close,
     Dial,
     PeerChanged,
+    Reannounce,
     RecordChanged,
     Watermark,
 )
@@ -60,6 +61,7 @@ from hasyncd.core.roles import RoleManager
 from hasyncd.core.seqview import CTR, PROMO, History
 from hasyncd.core.seqview import SA as SA_CODE
 from hasyncd.core.settings import CoreSettings
+from hasyncd.core.splitbrain import SplitBrainState
 from hasyncd.core.status import node_status
 from hasyncd.errors import (
     HasyncdError,
@@ -150,7 +152,8 @@ class NodeCore(Outputs):
         self.promotions = History(store)  # read-time ESP sequence numbers (seqview)
         self.governor = RekeyGovernor(settings.rekey_rate, settings.rekey_jitter, self.rng)
         self.freshness = Freshness()  # how stale the replicated SA counters are
-        self.roles = RoleManager(self, now)
+        self.split_brain = SplitBrainState()  # two primaries overlapped (status)
+        self.roles = RoleManager(self, settings, now)
 
     # -- small helpers --------------------------------------------------------
 
@@ -430,9 +433,12 @@ class NodeCore(Outputs):
         elif isinstance(msg, SyncRequest):
             self._on_sync_request(peer, msg)
         elif isinstance(msg, Records) and msg.phase is Phase.MERGE:
-            accepted = receive_merge(self, peer, epoch, msg)
+            roles = self.roles
+            accepted = receive_merge(
+                self, peer, epoch, msg, is_primary=roles.is_primary, own_epoch=roles.epoch
+            )
         elif isinstance(msg, MergeEnd):
-            accepted = merge_end(self, peer, msg)
+            accepted = self._on_merge_end(peer, msg)
         elif isinstance(msg, BulkStart | Records | BulkEnd):
             accepted = self.roles.follower_message(peer, epoch, msg, now)
         elif isinstance(msg, Handover):
@@ -471,6 +477,30 @@ class NodeCore(Outputs):
             peer.lag.acked(peer.session.acked)
         self.recompute_watermark()
         self._pump_needed = True
+
+    def _on_merge_end(self, peer: Peer, msg: MergeEnd) -> bool:
+        done = merge_end(peer, is_primary=self.roles.is_primary)
+        if done is None:
+            self.count("refused", "merge_not_primary")
+            return False
+        self.emit(done)
+        if msg.epoch == 0:
+            return True  # a secondary's catch-up offer, not a former primary's
+        sb = self.split_brain.current
+        if sb is None or sb.peer != peer.name:
+            self.note_split(peer.name, self.roles.epoch, msg.epoch, survivor=self.s.name)
+        self.split_brain.merged(peer.name, done.offered, done.merged, done.conflicts)
+        # Both nodes told the data plane they were primary: the survivor says it again.
+        reason = f"split brain with {peer.name} resolved: re-announcing"
+        log.warning("%s", reason)
+        self.emit(Reannounce(self.roles.epoch, reason))
+        return True
+
+    def note_split(self, peer: str, own_epoch: int, peer_epoch: int, *, survivor: str) -> None:
+        """``peer`` and this node were both primary (status, metrics, events, log)."""
+        event = self.split_brain.detected(peer, own_epoch, peer_epoch, survivor, self.wall())
+        self.count("split_brains")
+        self.emit(event)
 
     def _on_sync_request(self, peer: Peer, msg: SyncRequest) -> None:
         if not self.roles.is_primary:
@@ -636,8 +666,13 @@ class NodeCore(Outputs):
 
     def handle_timer(self, now: float) -> None:
         self.now = now
-        if self._deadline is not None:
-            own_lateness(self, now - self._deadline, now)
+        late = 0.0 if self._deadline is None else now - self._deadline
+        if self._deadline is not None and own_lateness(
+            self.peers.values(), late, self.s.heartbeat_interval
+        ):
+            self.count("loop_stalls")
+            if self.roles.is_primary:
+                self.roles.duties.after_stall(now)
         self._deadline = None
         for conn in list(self.conns.values()):
             if conn.peer is None and now - conn.created > self.s.handshake_timeout:
@@ -646,7 +681,11 @@ class NodeCore(Outputs):
             elif conn.peer is None and init_overdue(conn, now, self.s.handshake_timeout):
                 self.count("link_errors", "init_timeout")
                 self.close(conn, "no INIT in time")
-        check_peers(self, now)
+        verdicts = check_peers(list(self.peers.values()), self.s.lost_timeout, now)
+        if verdicts.suppressed:
+            self.count("loss_suppressed_own_stall", "", verdicts.suppressed)
+        for peer, why in verdicts.lost:
+            self.roles.peer_lost(peer, now, why)
         if now >= self._next_hb:
             self.send_heartbeats(now)
         self._dial_due(now)

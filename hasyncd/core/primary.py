@@ -16,27 +16,59 @@ announces the next epoch; abort (and resume) after ``handover_timeout``.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from hasyncd.core.election import elect
-from hasyncd.core.events import HandoverFinished
+from hasyncd.core.election import Candidate, Rules, elect
+from hasyncd.core.events import Event, HandoverFinished
 from hasyncd.core.peers import Fence, HandoverState, Peer
+from hasyncd.core.settings import CoreSettings
 from hasyncd.core.stopping import loading_peers
 from hasyncd.errors import WriteRefused
 from hasyncd.store import unpack_version
-from hasyncd.wire.messages import F_FENCED, F_HANDING_OVER, Handover
-
-if TYPE_CHECKING:
-    from hasyncd.core.roles import RoleManager
+from hasyncd.wire.messages import F_FENCED, F_HANDING_OVER, Handover, Message
 
 log = logging.getLogger("hasyncd.roles")
 
 
+class DutiesRoles(Protocol):
+    """The role state a primary's duties read (``hasyncd.core.roles.RoleManager``)."""
+
+    epoch: int
+    shutting_down: bool
+    reason: str  # why the node holds its role (status); the duties say so while handing over
+
+    @property
+    def version(self) -> int: ...
+
+    def self_candidate(self, now: float, *, incumbent: bool = False) -> Candidate: ...
+
+    def rules(self, *, prefer_newest: bool = False) -> Rules: ...
+
+
+class DutiesHost(Protocol):
+    """What the duties need of the node: the peers, its heartbeat clock, outputs."""
+
+    peers: dict[str, Peer]
+
+    @property
+    def last_heartbeat_sent(self) -> float: ...
+
+    def now_ms(self, now: float) -> int: ...
+
+    def count(self, metric: str, label: str = "", n: int = 1) -> None: ...
+
+    def emit(self, event: Event) -> None: ...
+
+    def request_pump(self) -> None: ...
+
+    def send(self, peer: Peer, msg: Message) -> tuple[int, int] | None: ...
+
+
 class PrimaryDuties:
-    def __init__(self, roles: RoleManager) -> None:
+    def __init__(self, roles: DutiesRoles, core: DutiesHost, settings: CoreSettings) -> None:
         self.roles = roles
-        self.core = roles.core
-        self.s = roles.s
+        self.core = core
+        self.s = settings
         self.fence: Fence | None = None
         self.handover: HandoverState | None = None
         self.preempt_since: float | None = None

@@ -29,8 +29,10 @@ The rules, in the order they are applied on every input:
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
+from hasyncd.core.backlog import Backlog
 from hasyncd.core.damping import FlapDamper
 from hasyncd.core.election import Candidate, Rules, elect
 from hasyncd.core.epochs import minter, next_epoch
@@ -43,17 +45,20 @@ from hasyncd.core.events import (
     StopReady,
     SyncChanged,
 )
-from hasyncd.core.follower import Claim, Follower, FollowState
+from hasyncd.core.follower import Claim, Follower, FollowState, ReplicaLink
+from hasyncd.core.governor import RekeyGovernor
 from hasyncd.core.history import RoleChange, RoleHistory
-from hasyncd.core.merge import MergeSender, catch_up_floor, record_split
-from hasyncd.core.peers import Fence, HandoverState, Peer
-from hasyncd.core.primary import PrimaryDuties
+from hasyncd.core.merge import MergeSender, catch_up_floor
+from hasyncd.core.peers import Conn, Fence, HandoverState, Peer
+from hasyncd.core.primary import DutiesHost, PrimaryDuties
 from hasyncd.core.promotion import PromotionRule, PromotionWork, promotion_record
 from hasyncd.core.replication import Position
-from hasyncd.core.seqview import PROMO
+from hasyncd.core.seqview import PROMO, History
 from hasyncd.core.settings import CoreSettings
+from hasyncd.core.splitbrain import SplitBrainState
 from hasyncd.core.stopping import StopState, least_unreplicated, loading_peers
 from hasyncd.errors import WriteRefused
+from hasyncd.records import Record
 from hasyncd.store import pack_version, unpack_version
 from hasyncd.wire.messages import (
     F_IN_SYNC,
@@ -68,18 +73,42 @@ from hasyncd.wire.messages import (
     Role,
 )
 
-if TYPE_CHECKING:
-    from hasyncd.core.node import NodeCore
-
 log = logging.getLogger("hasyncd.roles")
 
 INF = float("inf")
 
 
+class RolesHost(DutiesHost, ReplicaLink, Protocol):
+    """What the roles need of the node core (``hasyncd.core.node.NodeCore``)."""
+
+    backlog: Backlog
+    governor: RekeyGovernor
+    promotions: History
+    split_brain: SplitBrainState
+    started: float
+    wall: Callable[[], float]
+
+    def close(self, conn: Conn, reason: str, code: str | None = None) -> None: ...
+
+    def send_heartbeats(self, now: float) -> None: ...
+
+    def recompute_watermark(self) -> None: ...
+
+    def local_write(
+        self, kind: int, rid: str, record: Record | None, *, quiet: bool = False
+    ) -> object: ...
+
+    def peer_by_tag(self, tag: int) -> Peer | None: ...
+
+    def log_limited(self, key: tuple[str, str], level: int, msg: str, *args: object) -> None: ...
+
+    def note_split(self, peer: str, own_epoch: int, peer_epoch: int, *, survivor: str) -> None: ...
+
+
 class RoleManager:
-    def __init__(self, core: NodeCore, now: float) -> None:
+    def __init__(self, core: RolesHost, settings: CoreSettings, now: float) -> None:
         self.core = core
-        self.s = core.s
+        self.s = settings
         self.role = Role.STARTING
         self.epoch = 0
         self.primary: str | None = None
@@ -95,14 +124,13 @@ class RoleManager:
         self.last_promotion: dict[str, object] | None = None
         self.monitors_down: tuple[str, ...] = ()
         self.damper = FlapDamper(self.s.max_flaps, self.s.flap_window)
-        self.split_brain: dict[str, object] | None = None
         self.merge_pending = False
         self.primary_epoch = 0  # the last epoch this node was primary in
         self.shutting_down = False
         self.stop: StopState | None = None
         self._last_decision = ""  # logged at debug when it changes
         self.history = RoleHistory()
-        self.duties = PrimaryDuties(self)
+        self.duties = PrimaryDuties(self, core, self.s)
 
     # -- views --------------------------------------------------------------------
 
@@ -189,7 +217,7 @@ class RoleManager:
             handover = self.duties.handed_to(owner)
             split = handover is None
             if split:
-                record_split(self.core, peer.name, old, epoch, survivor=owner)
+                self.core.note_split(peer.name, old, epoch, survivor=owner)
             self._step_down(
                 now,
                 f"{peer.name} reports a newer epoch {epoch} (own {old})",
@@ -220,7 +248,7 @@ class RoleManager:
     def on_link_up(self, peer: Peer, now: float) -> None:
         f = self.follower
         if f is not None and f.primary == peer.name:
-            f.link_up(self, peer)
+            f.link_up()
 
     def on_link_down(self, peer: Peer, reason: str) -> None:
         f = self.follower
@@ -239,7 +267,7 @@ class RoleManager:
             stale = epoch < self.epoch
             self.core.count("refused", "stale_epoch" if stale else "not_following")
             return False
-        f.handle(self, peer, msg)
+        f.handle(self, self.core, peer, msg)
         return True
 
     def pump_follower(self, now: float) -> None:
@@ -248,7 +276,7 @@ class RoleManager:
             return
         peer = self.core.peers.get(f.primary)
         if peer is not None and peer.conn is not None:
-            f.pump(self, peer, now)
+            f.pump(self, self.core, peer, now, self.s.handshake_timeout)
 
     def merge_progress(self, peer: Peer, position: Position | None) -> None:
         f = self.follower
@@ -258,7 +286,11 @@ class RoleManager:
     def merge_acknowledged(self, peer: Peer) -> None:
         f = self.follower
         if f is not None and f.primary == peer.name:
-            f.merge_acknowledged(self, peer)
+            merge = f.merge
+            if f.merge_acknowledged(peer):
+                if merge is not None:
+                    self.core.split_brain.offered(merge.sent)
+                self.core.request_pump()
 
     def peer_lost(self, peer: Peer, now: float, reason: str) -> None:
         if not peer.up:

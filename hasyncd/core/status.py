@@ -2,18 +2,39 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
+from hasyncd.core.backlog import Backlog
+from hasyncd.core.freshness import Freshness
+from hasyncd.core.governor import RekeyGovernor
 from hasyncd.core.keys import Keyring
 from hasyncd.core.peers import Peer
 from hasyncd.core.replication import writes_behind
+from hasyncd.core.roles import RoleManager
+from hasyncd.core.settings import CoreSettings
+from hasyncd.core.splitbrain import SplitBrainState
 from hasyncd.policy import KIND_BY_CODE
-from hasyncd.store import unpack_version
+from hasyncd.store import Store, unpack_version
 from hasyncd.wire.messages import Role
 
-if TYPE_CHECKING:
-    from hasyncd.core.node import NodeCore
-    from hasyncd.core.roles import RoleManager
+
+class StatusSource(Protocol):
+    """The node core's state a status reads (``hasyncd.core.node.NodeCore``)."""
+
+    s: CoreSettings
+    peers: dict[str, Peer]
+    store: Store
+    started: float
+    wall: Callable[[], float]
+    backlog: Backlog
+    freshness: Freshness
+    governor: RekeyGovernor
+    roles: RoleManager
+    split_brain: SplitBrainState
+
+    @property
+    def version(self) -> int: ...
 
 
 def version_json(version: int) -> dict[str, int]:
@@ -21,7 +42,7 @@ def version_json(version: int) -> dict[str, int]:
     return {"epoch": epoch, "seq": seq}
 
 
-def node_status(core: NodeCore, now: float) -> dict[str, object]:
+def node_status(core: StatusSource, now: float) -> dict[str, object]:
     keys = core.s.keyring()
     peers = [
         peer_status(p, now, core.version, keys)
@@ -60,11 +81,13 @@ def node_status(core: NodeCore, now: float) -> dict[str, object]:
         "counters": core.freshness.status(core.wall()),
         "rekey": core.governor.status(),
     }
-    out.update(role_status(core.roles, now))
+    out.update(role_status(core.roles, core.split_brain.status(), now))
     return out
 
 
-def role_status(roles: RoleManager, now: float) -> dict[str, object]:
+def role_status(
+    roles: RoleManager, split_brain: dict[str, object] | None, now: float
+) -> dict[str, object]:
     f = roles.follower
     promo: dict[str, object] | None = None
     if roles.promotion is not None:
@@ -84,7 +107,7 @@ def role_status(roles: RoleManager, now: float) -> dict[str, object]:
         "suspended": roles.damper.status(now),
         "role_changes_in_window": len(roles.damper.changes),
         "monitors": {"configured": list(roles.s.monitors), "down": list(roles.monitors_down)},
-        "split_brain": roles.split_brain,
+        "split_brain": split_brain,
         "promotion": promo,
         "stopping": None if roles.stop is None else roles.stop.status(now),
         "role_history": roles.history.recent(5),
