@@ -6,7 +6,13 @@ import pytest
 
 from hasyncd.core.election import Candidate, Rules, elect
 from hasyncd.core.epochs import TAG_MASK
-from hasyncd.core.events import HandoverFinished, PromotionDone, Reannounce, RoleChanged
+from hasyncd.core.events import (
+    HandoverFinished,
+    PromotionDone,
+    Reannounce,
+    RoleChanged,
+    SyncChanged,
+)
 from hasyncd.core.merge import catch_up_floor
 from hasyncd.errors import WriteRefused
 from hasyncd.sim import Sim
@@ -407,6 +413,34 @@ def test_manual_failover_hands_over_without_losing_writes() -> None:
     assert finished
     assert finished[-1].ok
     assert sim.nodes[secondary].core.split_brain.current is None  # a handover is not a split
+
+
+def test_sync_changed_events_follow_in_sync_through_a_manual_failover() -> None:
+    # Every change of a node's in_sync is an event: the last SyncChanged a
+    # subscriber saw (none: not in sync) is what the node holds, after every
+    # step.  Before issue 9 a promotion and a step-down assigned in_sync
+    # directly: the old primary went out of sync silently and then reported
+    # SyncChanged(True) without ever having said False.
+    sim = Sim(seed=26)
+    wrong: list[str] = []
+
+    def consistent() -> bool:
+        for name, node in sim.nodes.items():
+            seen = [ev.in_sync for _, ev in node.events if isinstance(ev, SyncChanged)]
+            if (seen[-1] if seen else False) != node.core.roles.in_sync:
+                wrong.append(
+                    f"{name} at {sim.now:.3f}: events {seen}, in_sync {node.core.roles.in_sync}"
+                )
+        return True
+
+    primary, _ = pair(sim)
+    consistent()
+    sim.call(primary, lambda core: core.request_failover(sim.now))
+    sim.run_until_true(lambda: consistent() and role(sim, primary) is Role.SECONDARY, limit=5)
+    sim.run_until_true(lambda: consistent() and in_sync(sim, primary), limit=5)
+    assert wrong == []
+    seen = [ev.in_sync for _, ev in sim.nodes[primary].events if isinstance(ev, SyncChanged)]
+    assert seen == [True, False, True]  # promoted at cold start, stepped down, resynced
 
 
 def test_manual_failover_is_refused_without_an_in_sync_secondary() -> None:

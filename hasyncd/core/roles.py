@@ -526,7 +526,7 @@ class RoleManager:
             peer.session = None
         self._note_role_change(now, planned=planned)
         self._set_role(Role.PRIMARY, self.s.name, reason)
-        self.in_sync = True
+        self.set_in_sync(True)  # a primary holds a complete copy by definition
         rule = PromotionRule(
             self.s.esp_seq_margin,
             self.s.seq_safety_factor,
@@ -577,7 +577,7 @@ class RoleManager:
         self.merge_pending = merge
         # It holds everything it wrote: its data's history is now its own epoch.
         self.applied = max(self.applied, pack_version(self.primary_epoch, self.seq))
-        self.in_sync = False
+        self.set_in_sync(False)
         self._note_role_change(now, planned=planned)
         # Name the new epoch's owner if we can see it: a third node that cannot
         # (a partial partition) then knows a primary exists and does not elect.
