@@ -168,13 +168,8 @@ class MergeHost(Protocol):
     ) -> object: ...
 
 
-def receive_merge(
-    host: MergeHost, peer: Peer, epoch: int, msg: Records, *, is_primary: bool, own_epoch: int
-) -> bool:
-    """Survivor: apply offered changes; False (not acknowledged) unless we are primary."""
-    if not is_primary or epoch > own_epoch:
-        host.count("refused", "merge_not_primary")
-        return False
+def receive_merge(host: MergeHost, peer: Peer, msg: Records) -> None:
+    """Survivor: apply offered changes (the handler table checked that we are primary)."""
     for change in msg.changes:
         peer.merge_offered += 1
         try:
@@ -206,17 +201,14 @@ def receive_merge(
             peer.merge_merged += 1
             host.count("merged_records")
             host.local_write(change.kind, change.id, decision.record)
-    return True
 
 
-def merge_end(peer: Peer, *, is_primary: bool) -> MergeApplied | None:
-    """Survivor: the merge from ``peer`` is complete; its figures (None: refused, not primary).
+def merge_end(peer: Peer) -> MergeApplied:
+    """Survivor: the merge from ``peer`` is complete; its figures.
 
     The caller emits the event, and for a former primary's merge (epoch not
     0) notes the split brain and re-announces.
     """
-    if not is_primary:
-        return None
     log.warning(
         "merge from %s done: %d offered, %d merged, %d conflicts",
         peer.name,

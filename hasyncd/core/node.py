@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from hasyncd.core.backlog import Backlog, plan_resync, resumed_session
 from hasyncd.core.detector import check_peers, loss_deadline, own_lateness
+from hasyncd.core.dispatch import MERGE_RECORDS, Handler, Refusal, message_key
 from hasyncd.core.events import (
     Close,
     Dial,
@@ -86,7 +87,6 @@ from hasyncd.wire.messages import (
     Hello,
     MergeEnd,
     Message,
-    Phase,
     Records,
     SyncRequest,
 )
@@ -154,6 +154,7 @@ class NodeCore(Outputs):
         self.freshness = Freshness()  # how stale the replicated SA counters are
         self.split_brain = SplitBrainState()  # two primaries overlapped (status)
         self.roles = RoleManager(self, settings, now)
+        self._handlers = self._handler_table()
 
     # -- small helpers --------------------------------------------------------
 
@@ -418,42 +419,95 @@ class NodeCore(Outputs):
 
     # -- message dispatch ---------------------------------------------------------
 
+    def _handler_table(self) -> dict[type[Message] | str, Handler]:
+        """Every message a linked peer may send, and when it is legal (core.dispatch)."""
+        roles = self.roles
+
+        def unless_primary(label: str) -> Refusal:
+            return lambda peer, epoch, msg: None if roles.is_primary else label
+
+        def merge_refusal(peer: Peer, epoch: int, msg: Message) -> str | None:
+            legal = roles.is_primary and epoch <= roles.epoch
+            return None if legal else "merge_not_primary"
+
+        def follower_refusal(peer: Peer, epoch: int, msg: Message) -> str | None:
+            return roles.follower_refusal(peer, epoch)
+
+        def handover_refusal(peer: Peer, epoch: int, msg: Message) -> str | None:
+            assert isinstance(msg, Handover)
+            return roles.handover_refusal(peer, epoch, msg)
+
+        # The handlers are looked up when called (a test may replace one on the instance).
+        def sync_request(conn: Conn, peer: Peer, epoch: int, msg: Message, now: float) -> None:
+            assert isinstance(msg, SyncRequest)
+            self._on_sync_request(peer, msg)
+
+        def merge_end_(conn: Conn, peer: Peer, epoch: int, msg: Message, now: float) -> None:
+            assert isinstance(msg, MergeEnd)
+            self._on_merge_end(peer, msg)
+
+        replication = Handler(self._on_replication, follower_refusal)
+        return {
+            Heartbeat: Handler(self._on_heartbeat, observes_epoch=False),
+            Ack: Handler(self._on_ack_message),
+            SyncRequest: Handler(sync_request, unless_primary("sync_request_not_primary")),
+            MERGE_RECORDS: Handler(self._on_merge_records, merge_refusal),
+            MergeEnd: Handler(merge_end_, unless_primary("merge_not_primary")),
+            BulkStart: replication,
+            Records: replication,
+            BulkEnd: replication,
+            Handover: Handler(self._on_handover, handover_refusal),
+            Goodbye: Handler(self._on_goodbye),
+        }
+
     def _dispatch(self, conn: Conn, epoch: int, msg: Message, frame_no: int, now: float) -> None:
         assert conn.peer is not None
         peer = self.peers[conn.peer]
         peer.last_rx, peer.stall, peer.suppressed = now, 0.0, False
         self.count("frames_received", type(msg).__name__)
-        if isinstance(msg, Heartbeat):
-            self.roles.on_heartbeat(peer, epoch, msg, now)
-            return
-        self.roles.observe_epoch(epoch, peer, now)
-        accepted = True  # only what was applied is acknowledged
-        if isinstance(msg, Ack):
-            self._on_ack(peer, msg.frame)
-        elif isinstance(msg, SyncRequest):
-            self._on_sync_request(peer, msg)
-        elif isinstance(msg, Records) and msg.phase is Phase.MERGE:
-            roles = self.roles
-            accepted = receive_merge(
-                self, peer, epoch, msg, is_primary=roles.is_primary, own_epoch=roles.epoch
-            )
-        elif isinstance(msg, MergeEnd):
-            accepted = self._on_merge_end(peer, msg)
-        elif isinstance(msg, BulkStart | Records | BulkEnd):
-            accepted = self.roles.follower_message(peer, epoch, msg, now)
-        elif isinstance(msg, Handover):
-            self.roles.on_handover(peer, epoch, msg, now)
-        elif isinstance(msg, Goodbye):
-            self.count("goodbyes", msg.code)
-            level = logging.INFO if msg.code == "rekeyed" else logging.WARNING
-            log.log(level, "%s closed the link: %s: %s", peer.name, msg.code, msg.text)
-            self.close(conn, f"peer said goodbye: {msg.code}")
-            if msg.code in ("shutdown", "name_conflict", "tag_conflict"):
-                self.roles.peer_lost(peer, now, f"peer said goodbye: {msg.code}")
-        else:  # pragma: no cover - Hello is refused by the channel
+        rule = self._handlers.get(message_key(msg))
+        if rule is None:  # pragma: no cover - Hello is refused by the channel
             raise ProtocolError(f"unexpected {type(msg).__name__}")
-        if accepted and isinstance(msg, ACK_ELICITING):
+        if rule.observes_epoch:
+            self.roles.observe_epoch(epoch, peer, now)
+        why = None if rule.refusal is None else rule.refusal(peer, epoch, msg)
+        if why is not None:
+            self.count("refused", why)  # not applied, so not acknowledged
+            return
+        rule.handle(conn, peer, epoch, msg, now)
+        if isinstance(msg, ACK_ELICITING):
             conn.ack_frame = frame_no
+
+    def _on_heartbeat(self, conn: Conn, peer: Peer, epoch: int, msg: Message, now: float) -> None:
+        assert isinstance(msg, Heartbeat)
+        self.roles.on_heartbeat(peer, epoch, msg, now)
+
+    def _on_ack_message(self, conn: Conn, peer: Peer, epoch: int, msg: Message, now: float) -> None:
+        assert isinstance(msg, Ack)
+        self._on_ack(peer, msg.frame)
+
+    def _on_merge_records(
+        self, conn: Conn, peer: Peer, epoch: int, msg: Message, now: float
+    ) -> None:
+        assert isinstance(msg, Records)
+        receive_merge(self, peer, msg)
+
+    def _on_replication(self, conn: Conn, peer: Peer, epoch: int, msg: Message, now: float) -> None:
+        assert isinstance(msg, BulkStart | Records | BulkEnd)
+        self.roles.follower_message(peer, msg)
+
+    def _on_handover(self, conn: Conn, peer: Peer, epoch: int, msg: Message, now: float) -> None:
+        assert isinstance(msg, Handover)
+        self.roles.on_handover(peer, msg, now)
+
+    def _on_goodbye(self, conn: Conn, peer: Peer, epoch: int, msg: Message, now: float) -> None:
+        assert isinstance(msg, Goodbye)
+        self.count("goodbyes", msg.code)
+        level = logging.INFO if msg.code == "rekeyed" else logging.WARNING
+        log.log(level, "%s closed the link: %s: %s", peer.name, msg.code, msg.text)
+        self.close(conn, f"peer said goodbye: {msg.code}")
+        if msg.code in ("shutdown", "name_conflict", "tag_conflict"):
+            self.roles.peer_lost(peer, now, f"peer said goodbye: {msg.code}")
 
     def _on_ack(self, peer: Peer, frame: int) -> None:
         for mark in peer.flow.acked(frame):
@@ -478,14 +532,11 @@ class NodeCore(Outputs):
         self.recompute_watermark()
         self._pump_needed = True
 
-    def _on_merge_end(self, peer: Peer, msg: MergeEnd) -> bool:
-        done = merge_end(peer, is_primary=self.roles.is_primary)
-        if done is None:
-            self.count("refused", "merge_not_primary")
-            return False
+    def _on_merge_end(self, peer: Peer, msg: MergeEnd) -> None:
+        done = merge_end(peer)
         self.emit(done)
         if msg.epoch == 0:
-            return True  # a secondary's catch-up offer, not a former primary's
+            return  # a secondary's catch-up offer, not a former primary's
         sb = self.split_brain.current
         if sb is None or sb.peer != peer.name:
             self.note_split(peer.name, self.roles.epoch, msg.epoch, survivor=self.s.name)
@@ -494,7 +545,6 @@ class NodeCore(Outputs):
         reason = f"split brain with {peer.name} resolved: re-announcing"
         log.warning("%s", reason)
         self.emit(Reannounce(self.roles.epoch, reason))
-        return True
 
     def note_split(self, peer: str, own_epoch: int, peer_epoch: int, *, survivor: str) -> None:
         """``peer`` and this node were both primary (status, metrics, events, log)."""
@@ -503,9 +553,6 @@ class NodeCore(Outputs):
         self.emit(event)
 
     def _on_sync_request(self, peer: Peer, msg: SyncRequest) -> None:
-        if not self.roles.is_primary:
-            self.count("refused", "sync_request_not_primary")
-            return
         epoch, now = self.roles.epoch, self.now
         ticket = peer.resume
         plan = plan_resync(msg, ticket, peer.boot_id, epoch, backlog=self.backlog, now=now)
@@ -666,13 +713,8 @@ class NodeCore(Outputs):
 
     def handle_timer(self, now: float) -> None:
         self.now = now
-        late = 0.0 if self._deadline is None else now - self._deadline
-        if self._deadline is not None and own_lateness(
-            self.peers.values(), late, self.s.heartbeat_interval
-        ):
-            self.count("loop_stalls")
-            if self.roles.is_primary:
-                self.roles.duties.after_stall(now)
+        if self._deadline is not None:
+            self.note_lateness(now - self._deadline, now)
         self._deadline = None
         for conn in list(self.conns.values()):
             if conn.peer is None and now - conn.created > self.s.handshake_timeout:
@@ -681,11 +723,7 @@ class NodeCore(Outputs):
             elif conn.peer is None and init_overdue(conn, now, self.s.handshake_timeout):
                 self.count("link_errors", "init_timeout")
                 self.close(conn, "no INIT in time")
-        verdicts = check_peers(list(self.peers.values()), self.s.lost_timeout, now)
-        if verdicts.suppressed:
-            self.count("loss_suppressed_own_stall", "", verdicts.suppressed)
-        for peer, why in verdicts.lost:
-            self.roles.peer_lost(peer, now, why)
+        self.check_peers(now)
         if now >= self._next_hb:
             self.send_heartbeats(now)
         self._dial_due(now)
@@ -694,6 +732,21 @@ class NodeCore(Outputs):
             self.store.sweep(self.wall(), SWEEP_BUDGET)
             self.freshness.run(self.store, self.wall())
         self._after_input(now)
+
+    def note_lateness(self, late: float, now: float) -> None:
+        """The timer ran ``late`` s after its deadline (``hasyncd.core.detector``)."""
+        if own_lateness(self.peers.values(), late, self.s.heartbeat_interval):
+            self.count("loop_stalls")
+            if self.roles.is_primary:
+                self.roles.duties.after_stall(now)
+
+    def check_peers(self, now: float) -> None:
+        """Declare lost the peers the detector finds silent for too long."""
+        verdicts = check_peers(list(self.peers.values()), self.s.lost_timeout, now)
+        if verdicts.suppressed:
+            self.count("loss_suppressed_own_stall", "", verdicts.suppressed)
+        for peer, why in verdicts.lost:
+            self.roles.peer_lost(peer, now, why)
 
     def send_heartbeats(self, now: float) -> None:
         for peer in self.peers.values():

@@ -258,17 +258,17 @@ class RoleManager:
 
     # -- replication as a follower ------------------------------------------------------
 
-    def follower_message(
-        self, peer: Peer, epoch: int, msg: BulkStart | Records | BulkEnd, now: float
-    ) -> bool:
-        """Apply a replication message from our primary; False if refused (not acked)."""
+    def follower_refusal(self, peer: Peer, epoch: int) -> str | None:
+        """Why a replication message from ``peer`` is refused now (None: it is our primary's)."""
         f = self.follower
         if self.is_primary or f is None or f.primary != peer.name or epoch != self.epoch:
-            stale = epoch < self.epoch
-            self.core.count("refused", "stale_epoch" if stale else "not_following")
-            return False
-        f.handle(self, self.core, peer, msg)
-        return True
+            return "stale_epoch" if epoch < self.epoch else "not_following"
+        return None
+
+    def follower_message(self, peer: Peer, msg: BulkStart | Records | BulkEnd) -> None:
+        """Apply a replication message from our primary (``follower_refusal`` said legal)."""
+        assert self.follower is not None
+        self.follower.handle(self, self.core, peer, msg)
 
     def pump_follower(self, now: float) -> None:
         f = self.follower
@@ -636,7 +636,8 @@ class RoleManager:
 
     # -- handover (target side) --------------------------------------------------------------
 
-    def on_handover(self, peer: Peer, epoch: int, msg: Handover, now: float) -> None:
+    def handover_refusal(self, peer: Peer, epoch: int, msg: Handover) -> str | None:
+        """None if we may take the role ``peer`` hands us: we follow it, in sync, streaming."""
         f = self.follower
         ok = (
             msg.target == self.s.name
@@ -646,12 +647,14 @@ class RoleManager:
             and self.in_sync
             and f.streaming
         )
-        if not ok:
-            self.core.count("refused", "handover")
-            log.warning(
-                "refused a handover from %s: not in sync with it in epoch %d", peer.name, self.epoch
-            )
-            return
+        if ok:
+            return None
+        log.warning(
+            "refused a handover from %s: not in sync with it in epoch %d", peer.name, self.epoch
+        )
+        return "handover"
+
+    def on_handover(self, peer: Peer, msg: Handover, now: float) -> None:
         self._promote(now, f"handover from {peer.name}: {msg.reason}", planned=True)
 
     def reconfigure(self, settings: CoreSettings) -> None:
