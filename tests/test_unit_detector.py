@@ -1,8 +1,10 @@
 """Failure detection (``hasyncd.core.detector``) on a real node core, inputs given by hand.
 
-A settled simulated pair provides the cores; the tests then call the
-detector's functions with chosen ``now`` values and look at the peer state,
-the counters, the events and the log.
+A settled simulated pair provides the cores; the tests then give the
+detector's inputs through the core (``note_lateness``: the timer ran late;
+``check_peers``) with chosen ``now`` values and look at the peer state, the
+counters, the events and the log.  (tests/test_unit_core_machines.py gives
+the detector its narrow inputs directly.)
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 
 import pytest
 
-from hasyncd.core.detector import STALL_NOISE, check_peers, loss_deadline, own_lateness
+from hasyncd.core.detector import STALL_NOISE, loss_deadline
 from hasyncd.core.events import PeerChanged
 from hasyncd.core.node import NodeCore
 from hasyncd.core.peers import Peer
@@ -42,7 +44,7 @@ def test_the_loss_deadline_is_last_rx_plus_timeout_plus_stall_credit() -> None:
 def test_lateness_within_the_noise_is_ignored() -> None:
     _sim, _a, b = settled()
     peer = b.peers["a"]
-    own_lateness(b, STALL_NOISE, b.now)
+    b.note_lateness(STALL_NOISE, b.now)
     assert peer.stall == 0.0
     assert b.stats["loop_stalls"][""] == 0
 
@@ -53,17 +55,17 @@ def test_lateness_credits_every_up_peer_and_is_counted(caplog: pytest.LogCapture
     down = Peer("c", 9, b"", 1, "sim:c")  # a known peer that is not up gets no credit
     b.peers["c"] = down
     caplog.set_level(logging.WARNING, logger="hasyncd.core")
-    own_lateness(b, 0.03, b.now)
-    own_lateness(b, 0.05, b.now)
+    b.note_lateness(0.03, b.now)
+    b.note_lateness(0.05, b.now)
     assert peer.stall == pytest.approx(0.08)
     assert down.stall == 0.0
     assert b.stats["loop_stalls"][""] == 2
     # Short stalls are not worth a warning; one of a heartbeat interval or more is.
     assert [r for r in caplog.records if r.name == "hasyncd.core"] == []
-    own_lateness(b, b.s.heartbeat_interval, b.now)
+    b.note_lateness(b.s.heartbeat_interval, b.now)
     msgs = [r.getMessage() for r in caplog.records if r.name == "hasyncd.core"]
     assert msgs == ["this node's event loop stalled for 100 ms"]
-    own_lateness(b, 1.0, b.now)
+    b.note_lateness(1.0, b.now)
     assert caplog.messages[-1] == "this node's event loop stalled for 1000 ms"
 
 
@@ -71,19 +73,19 @@ def test_a_stall_fences_a_primary_that_sent_no_heartbeat_for_too_long() -> None:
     _sim, a, b = settled()
     threshold = a.roles.duties.fence_threshold
     now = a.last_heartbeat_sent + threshold + 0.05
-    own_lateness(a, 0.05, now)
+    a.note_lateness(0.05, now)
     fence = a.roles.fence
     assert fence is not None
     assert fence.since == now
     assert fence.reason == f"own stall: no heartbeat sent for {(threshold + 0.05) * 1000:.0f} ms"
     # A secondary has no lease to lose.
-    own_lateness(b, 5.0, b.last_heartbeat_sent + 10.0)
+    b.note_lateness(5.0, b.last_heartbeat_sent + 10.0)
     assert b.roles.fence is None
 
 
 def test_a_short_stall_of_a_primary_does_not_fence_it() -> None:
     _sim, a, _b = settled()
-    own_lateness(a, 0.05, a.last_heartbeat_sent + 0.1)
+    a.note_lateness(0.05, a.last_heartbeat_sent + 0.1)
     assert a.roles.fence is None
 
 
@@ -92,9 +94,9 @@ def test_a_peer_is_lost_after_the_timeout_without_a_frame() -> None:
     peer = b.peers["a"]
     lost = b.s.lost_timeout
     b.events()
-    check_peers(b, peer.last_rx + lost - 0.001)
+    b.check_peers(peer.last_rx + lost - 0.001)
     assert peer.up
-    check_peers(b, peer.last_rx + lost + 0.1234)
+    b.check_peers(peer.last_rx + lost + 0.1234)
     assert not peer.up
     changes = [ev for ev in b.events() if isinstance(ev, PeerChanged)]
     assert [(ev.node, ev.up, ev.reason) for ev in changes] == [
@@ -111,8 +113,8 @@ def test_a_loss_the_stall_credit_explains_is_suppressed_once(
     lost = b.s.lost_timeout
     peer.stall = 0.3
     caplog.set_level(logging.WARNING, logger="hasyncd.core")
-    check_peers(b, peer.last_rx + lost + 0.1)
-    check_peers(b, peer.last_rx + lost + 0.2)
+    b.check_peers(peer.last_rx + lost + 0.1)
+    b.check_peers(peer.last_rx + lost + 0.2)
     assert peer.up
     assert peer.suppressed
     assert b.stats["loss_suppressed_own_stall"][""] == 1
@@ -121,7 +123,7 @@ def test_a_loss_the_stall_credit_explains_is_suppressed_once(
         "a silent for 600 ms, but this node itself stalled 300 ms of that: not declaring it lost"
     ]
     # Past the credit too: lost.
-    check_peers(b, loss_deadline(peer, lost))
+    b.check_peers(loss_deadline(peer, lost))
     assert not peer.up
 
 
@@ -132,7 +134,7 @@ def test_the_suppression_message_gives_the_silence_and_the_stall_in_ms(
     peer = b.peers["a"]
     peer.stall = 1.0
     caplog.set_level(logging.WARNING, logger="hasyncd.core")
-    check_peers(b, peer.last_rx + 1.0)
+    b.check_peers(peer.last_rx + 1.0)
     assert [r.getMessage() for r in caplog.records if r.name == "hasyncd.core"] == [
         "a silent for 1000 ms, but this node itself stalled 1000 ms of that: not declaring it lost"
     ]
@@ -148,7 +150,7 @@ def test_a_suppressed_peer_does_not_stop_the_check_of_the_others() -> None:
     assert first.up and second.up
     first.stall = 10.0  # the first one's silence is explained by our own stall
     now = max(first.last_rx, second.last_rx) + core.s.lost_timeout + 0.1
-    check_peers(core, now)
+    core.check_peers(now)
     assert first.up
     assert first.suppressed
     assert not second.up
@@ -159,6 +161,6 @@ def test_a_peer_that_is_already_down_is_not_checked() -> None:
     peer = b.peers["a"]
     peer.up = False
     b.events()
-    check_peers(b, peer.last_rx + 100.0)
+    b.check_peers(peer.last_rx + 100.0)
     assert [ev for ev in b.events() if isinstance(ev, PeerChanged)] == []
     assert b.stats["peers_lost"][""] == 0

@@ -1,9 +1,10 @@
 """Merge before resync (``hasyncd.core.merge``): what is offered, how each offer is resolved,
 and what the survivor records.
 
-``merge_one`` and ``MergeSender`` are tested on their own; ``receive_merge``,
-``merge_end`` and ``record_split`` on the primary core of a settled simulated
-pair, with the offers built by hand.
+``merge_one`` and ``MergeSender`` are tested on their own; the survivor's side
+(the handler table's refusals, ``receive_merge``, ``merge_end`` and the split
+record) through the primary core of a settled simulated pair, with the
+offers built by hand and delivered as the link would.
 """
 
 from __future__ import annotations
@@ -13,24 +14,18 @@ from typing import Any
 
 import pytest
 
+from hasyncd.core.dispatch import MERGE_RECORDS
 from hasyncd.core.events import MergeApplied, Reannounce, SplitBrain
-from hasyncd.core.merge import (
-    MERGE_SCAN,
-    MergeDecision,
-    MergeSender,
-    merge_end,
-    merge_one,
-    receive_merge,
-    record_split,
-)
+from hasyncd.core.merge import MERGE_SCAN, MergeDecision, MergeSender, merge_one
 from hasyncd.core.node import NodeCore
+from hasyncd.core.peers import Peer
 from hasyncd.core.replication import Mark, MarkKind, decode_change
 from hasyncd.errors import RecordError
 from hasyncd.policy import shown_id
 from hasyncd.records import KINDS_BY_CODE
 from hasyncd.sim import WALL_BASE, Sim
 from hasyncd.store import Entry, Store, pack_version
-from hasyncd.wire.messages import MAX_CHANGES, Change, MergeEnd, Phase, Records
+from hasyncd.wire.messages import MAX_CHANGES, Change, MergeEnd, Message, Phase, Records
 
 from .simutil import IKE, SA, WEB, decoded, pair, record, sample
 
@@ -211,7 +206,7 @@ def test_a_long_stretch_without_matches_yields_and_continues_on_the_next_call() 
     assert sender.next_message(s) == (MergeEnd(0, E_LOSER), Mark(MarkKind.MERGE_END))
 
 
-# --- the survivor: receive_merge, merge_end, record_split --------------------------------
+# --- the survivor: the handler table, receive_merge, merge_end, the split record ----------
 
 
 def survivor() -> tuple[Sim, NodeCore]:
@@ -221,16 +216,27 @@ def survivor() -> tuple[Sim, NodeCore]:
     return sim, sim.nodes["a"].core
 
 
+def deliver(core: NodeCore, peer: Peer, msg: Message) -> bool:
+    """``msg`` from ``peer`` in our epoch, through the handler table; True if acknowledged."""
+    conn = peer.conn
+    assert conn is not None
+    conn.ack_frame = None
+    core._dispatch(conn, core.roles.epoch, msg, 7, core.now)
+    return conn.ack_frame == 7
+
+
 def test_only_a_primary_in_our_epoch_takes_a_merge() -> None:
     sim, core = survivor()
     b = sim.nodes["b"].core
     msg = Records(Phase.MERGE, (offer(WEB, 1, E_LOSER, 1),))
-    assert receive_merge(b, b.peers["a"], b.roles.epoch, msg) is False
+    assert deliver(b, b.peers["a"], msg) is False
     assert b.stats["refused"]["merge_not_primary"] == 1
-    assert receive_merge(core, core.peers["b"], core.roles.epoch + 1, msg) is False
-    assert core.stats["refused"]["merge_not_primary"] == 1
+    refusal = core._handlers[MERGE_RECORDS].refusal
+    assert refusal is not None
+    assert refusal(core.peers["b"], core.roles.epoch + 1, msg) == "merge_not_primary"
+    assert refusal(core.peers["b"], core.roles.epoch, msg) is None
     assert core.store.get_raw(WEB, record(WEB, 1)[0]) is None
-    assert merge_end(b, b.peers["a"], MergeEnd(1, E_LOSER)) is False
+    assert deliver(b, b.peers["a"], MergeEnd(1, E_LOSER)) is False
     assert b.stats["refused"]["merge_not_primary"] == 2
 
 
@@ -261,7 +267,7 @@ def test_the_survivor_applies_offers_as_its_own_writes_and_counts_them(
     caplog.set_level(logging.WARNING, logger="hasyncd.core")
     caplog.clear()
     before = core.roles.version
-    assert receive_merge(core, peer, core.roles.epoch, msg) is True
+    assert deliver(core, peer, msg) is True
     assert (peer.merge_offered, peer.merge_merged, peer.merge_conflicts) == (4, 3, 2)
     assert core.stats["merged_records"][""] == 3
     assert core.stats["merge_conflicts"][""] == 2
@@ -296,10 +302,10 @@ def test_a_secondarys_catch_up_offer_ends_without_a_split_brain() -> None:
     peer = core.peers["b"]
     peer.merge_offered, peer.merge_merged, peer.merge_conflicts = 5, 3, 1
     core.events()
-    assert merge_end(core, peer, MergeEnd(5, 0)) is True
+    assert deliver(core, peer, MergeEnd(5, 0)) is True
     assert core.events() == [MergeApplied("b", 5, 3, 1)]
     assert (peer.merge_offered, peer.merge_merged, peer.merge_conflicts) == (0, 0, 0)
-    assert core.roles.split_brain is None
+    assert core.split_brain.current is None
     assert core.stats["split_brains"][""] == 0
 
 
@@ -313,8 +319,8 @@ def test_a_former_primarys_merge_end_records_the_split_and_reannounces(
     caplog.set_level(logging.WARNING)
     caplog.clear()
     epoch = core.roles.epoch
-    assert merge_end(core, peer, MergeEnd(4, E_LOSER)) is True
-    assert core.roles.split_brain == {
+    assert deliver(core, peer, MergeEnd(4, E_LOSER)) is True
+    assert core.split_brain.status() == {
         "peer": "b",
         "own_epoch": epoch,
         "peer_epoch": E_LOSER,
@@ -342,19 +348,23 @@ def test_a_former_primarys_merge_end_records_the_split_and_reannounces(
 def test_a_split_already_recorded_for_this_peer_is_completed_not_recorded_again() -> None:
     _sim, core = survivor()
     peer = core.peers["b"]
-    info = record_split(core, "b", core.roles.epoch, E_LOSER, survivor="a")
-    assert info["offered"] is None
-    assert core.roles.split_brain is info
+    core.note_split("b", core.roles.epoch, E_LOSER, survivor="a")
+    info = core.split_brain.current
+    assert info is not None
+    assert info.offered is None
     peer.merge_offered = 6
     core.events()
-    assert merge_end(core, peer, MergeEnd(6, E_LOSER)) is True
-    assert core.roles.split_brain is info
-    assert (info["offered"], info["merged"], info["conflicts"]) == (6, 0, 0)
+    assert deliver(core, peer, MergeEnd(6, E_LOSER)) is True
+    done = core.split_brain.current
+    assert done is not None
+    assert (done.peer, done.detected_at, done.own_epoch) == ("b", info.detected_at, info.own_epoch)
+    assert (done.offered, done.merged, done.conflicts) == (6, 0, 0)
     assert core.stats["split_brains"][""] == 1
     assert not any(isinstance(ev, SplitBrain) for ev in core.events())
     # A split recorded with another peer is replaced by this one.
-    record_split(core, "c", 1, 2, survivor="c")
-    merge_end(core, peer, MergeEnd(0, E_LOSER))
-    assert core.roles.split_brain is not None
-    assert core.roles.split_brain["peer"] == "b"
+    core.note_split("c", 1, 2, survivor="c")
+    deliver(core, peer, MergeEnd(0, E_LOSER))
+    sb = core.split_brain.current
+    assert sb is not None
+    assert sb.peer == "b"
     assert core.stats["split_brains"][""] == 3
