@@ -15,7 +15,15 @@ import pytest
 from hasyncd.core.detector import STALL_NOISE, check_peers, own_lateness
 from hasyncd.core.election import Candidate, Rules
 from hasyncd.core.events import Event, SplitBrain
-from hasyncd.core.follower import RESUME_ATTEMPTS, Claim, Follower, FollowState
+from hasyncd.core.follower import (
+    RESUME_ATTEMPTS,
+    TRANSITIONS,
+    Claim,
+    Follower,
+    FollowInput,
+    FollowState,
+)
+from hasyncd.core.merge import MergeSender
 from hasyncd.core.peers import Peer
 from hasyncd.core.primary import PrimaryDuties
 from hasyncd.core.replication import Mark
@@ -199,6 +207,32 @@ def test_a_link_lost_mid_snapshot_leaves_the_follower_out_of_sync() -> None:
     assert roles.in_sync == [False, False]
     assert f.state is FollowState.NEED_REQUEST
     assert link.store.resyncing  # kept open: the primary may resume it
+
+
+def test_the_follower_table_takes_replication_messages_only_in_their_states() -> None:
+    legal = {
+        FollowInput.BULK_RECORDS: {FollowState.BULK},
+        FollowInput.BULK_END: {FollowState.BULK},
+        FollowInput.STREAM_RECORDS: {FollowState.STREAM},
+        FollowInput.BULK_START: set(FollowState),
+    }
+    for inp, states in legal.items():
+        assert {s for s in FollowState if (s, inp) in TRANSITIONS} == states
+        for state in set(FollowState) - states:
+            f = Follower("b", state=state)
+            with pytest.raises(UnexpectedMessage, match=f"{inp.value} in state {state.value}"):
+                f.process_input(inp)
+            assert f.state is state  # refused inputs change nothing
+
+
+def test_a_link_change_resets_the_follower_to_merging_while_a_merge_is_due() -> None:
+    roles = FakeRoles()
+    for state in FollowState:
+        f = Follower("b", state=state)
+        f.link_down(roles)
+        g = Follower("b", state=state, merge=MergeSender(3, 0))
+        g.link_up()
+        assert (f.state, g.state) == (FollowState.NEED_REQUEST, FollowState.MERGING)
 
 
 # -- primary duties --------------------------------------------------------------------------

@@ -68,6 +68,40 @@ class FollowState(Enum):
     STREAM = "stream"
 
 
+class FollowInput(Enum):
+    """What moves a follower: messages from its primary, its own sends, the link."""
+
+    BULK_START = "BULK_START"
+    BULK_RECORDS = "bulk RECORDS"
+    BULK_END = "BULK_END"
+    STREAM_RECORDS = "stream RECORDS"
+    REQUEST_SENT = "SYNC_REQUEST sent"
+    NO_ANSWER = "no answer to SYNC_REQUEST"
+    MERGE_ACKED = "merge acknowledged"
+    LINK_RESET = "link up or down"
+    LINK_RESET_MERGE_DUE = "link up or down, a merge offer due"
+
+
+_S, _I = FollowState, FollowInput
+
+# (state, input) -> new state, as h2's H2ConnectionStateMachine._transitions.
+# A message input missing here is out of order: UnexpectedMessage closes the
+# link.  A BULK_START is taken in any state (the primary may resume or start
+# a snapshot whenever it answers); a link going up or down resets any state,
+# to MERGING while a merge offer is still due.
+TRANSITIONS: dict[tuple[FollowState, FollowInput], FollowState] = {
+    **{(s, _I.BULK_START): _S.BULK for s in FollowState},
+    (_S.BULK, _I.BULK_RECORDS): _S.BULK,
+    (_S.BULK, _I.BULK_END): _S.STREAM,
+    (_S.STREAM, _I.STREAM_RECORDS): _S.STREAM,
+    (_S.NEED_REQUEST, _I.REQUEST_SENT): _S.REQUESTED,
+    (_S.REQUESTED, _I.NO_ANSWER): _S.NEED_REQUEST,
+    (_S.MERGING, _I.MERGE_ACKED): _S.NEED_REQUEST,
+    **{(s, _I.LINK_RESET): _S.NEED_REQUEST for s in FollowState},
+    **{(s, _I.LINK_RESET_MERGE_DUE): _S.MERGING for s in FollowState},
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     """What this node holds of session ``snap_id`` of the primary in ``epoch``.
@@ -93,6 +127,17 @@ class Follower:
     requested_at: float = 0.0
     merge_resume: Position | None = None  # the merge walk position the primary acknowledged
     asked: Claim | None = None  # the claim of the last SYNC_REQUEST sent
+
+    def process_input(self, inp: FollowInput) -> None:
+        """Take one transition of ``TRANSITIONS``; an input with none is out of order."""
+        new = TRANSITIONS.get((self.state, inp))
+        if new is None:
+            raise UnexpectedMessage(f"{inp.value} in state {self.state.value}")
+        self.state = new
+
+    def _link_reset(self) -> None:
+        due = self.merge is not None
+        self.process_input(_I.LINK_RESET_MERGE_DUE if due else _I.LINK_RESET)
 
     @property
     def streaming(self) -> bool:
@@ -139,13 +184,14 @@ class Follower:
                 log.info(
                     "snapshot %d from %s started (%d records)", msg.snap_id, peer.name, msg.records
                 )
-            self.state, self.snap_id = FollowState.BULK, msg.snap_id
+            self.process_input(FollowInput.BULK_START)
+            self.snap_id = msg.snap_id
             roles.set_in_sync(False)
         elif isinstance(msg, BulkEnd):
-            if self.state is not FollowState.BULK or msg.snap_id != self.snap_id:
-                raise UnexpectedMessage(f"BULK_END in state {self.state.value}")
+            if msg.snap_id != self.snap_id and self.state is FollowState.BULK:
+                raise UnexpectedMessage(f"BULK_END in state {self.state.value}")  # another's end
+            self.process_input(FollowInput.BULK_END)
             purged = store.end_resync()
-            self.state = FollowState.STREAM
             roles.applied = max(roles.applied, pack_version(msg.epoch, msg.seq))
             roles.resume_claim = Claim(roles.epoch, msg.snap_id)
             log.info(
@@ -157,16 +203,14 @@ class Follower:
             )
             roles.set_in_sync(True)
         elif msg.phase is Phase.BULK:
-            if self.state is not FollowState.BULK:
-                raise UnexpectedMessage(f"bulk RECORDS in state {self.state.value}")
+            self.process_input(FollowInput.BULK_RECORDS)
             link.apply_from_primary(msg.changes)
             self.received += len(msg.changes)
             if msg.changes:  # the walk's order: the last change is where it stands
                 last = msg.changes[-1]
                 roles.resume_claim = Claim(roles.epoch, self.snap_id, last.kind, last.id)
         else:
-            if self.state is not FollowState.STREAM:
-                raise UnexpectedMessage(f"stream RECORDS in state {self.state.value}")
+            self.process_input(FollowInput.STREAM_RECORDS)
             roles.applied = max(roles.applied, link.apply_from_primary(msg.changes))
 
     def pump(
@@ -197,11 +241,12 @@ class Follower:
                 else SyncRequest("resume", claim.epoch, claim.snap_id, claim.kind, claim.after)
             )
             if core.send(peer, req) is not None:
-                self.state, self.requested_at, self.asked = FollowState.REQUESTED, now, claim
+                self.process_input(FollowInput.REQUEST_SENT)
+                self.requested_at, self.asked = now, claim
         elif (
             self.state is FollowState.REQUESTED and now - self.requested_at > 2 * handshake_timeout
         ):
-            self.state = FollowState.NEED_REQUEST  # the primary did not answer: ask again
+            self.process_input(FollowInput.NO_ANSWER)  # the primary did not answer: ask again
 
     def link_up(self) -> None:
         """A new link to the primary: start over (merge again if one was due).
@@ -210,9 +255,7 @@ class Follower:
         """
         if self.merge is not None:
             self.merge = MergeSender(self.merge.epoch, self.merge.floor, self.merge_resume)
-            self.state = FollowState.MERGING
-        else:
-            self.state = FollowState.NEED_REQUEST
+        self._link_reset()
 
     def link_down(self, roles: FollowerRoles) -> None:
         if self.state is FollowState.REQUESTED and self.asked is not None:
@@ -226,7 +269,7 @@ class Follower:
                 roles.resume_claim, roles.resume_failures = None, 0
         if self.state is FollowState.BULK:
             roles.set_in_sync(False)  # the resync stays open: the primary may resume it
-        self.state = FollowState.NEED_REQUEST if self.merge is None else FollowState.MERGING
+        self._link_reset()
 
     def merge_acknowledged(self, peer: Peer) -> bool:
         """The primary acknowledged the whole merge; False if none was in progress."""
@@ -235,5 +278,5 @@ class Follower:
         offered = self.merge.sent if self.merge else 0
         log.warning("merge into %s acknowledged (%d records offered)", peer.name, offered)
         self.merge = None
-        self.state = FollowState.NEED_REQUEST
+        self.process_input(FollowInput.MERGE_ACKED)
         return True
