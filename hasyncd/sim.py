@@ -77,6 +77,7 @@ class SimNode:
     alive: bool = True
     frozen: bool = False
     timer_gen: int = 0
+    transmit_due: bool = False  # a transmit is scheduled for this instant (coalesced)
     frozen_inbox: list[Callable[[], None]] = field(default_factory=list)
     events: list[tuple[float, Event]] = field(default_factory=list)
 
@@ -220,6 +221,16 @@ class Sim:
         gen = node.timer_gen
         when = max(core.next_timer(), self.now)
         self.at(when, lambda: self._timer(node, gen))
+        if core.wants_transmit and not node.transmit_due:
+            node.transmit_due = True  # the shell's call_soon: once for what this instant queued
+            self.at(self.now, lambda: self._transmit(node))
+
+    def _transmit(self, node: SimNode) -> None:
+        node.transmit_due = False
+        if not node.alive or node.frozen:
+            return  # a frozen node sends nothing; thaw runs its timer (and pump)
+        node.core.transmit(self.now)
+        self._after(node)
 
     def _timer(self, node: SimNode, gen: int) -> None:
         if gen != node.timer_gen or not node.alive:

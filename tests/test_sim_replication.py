@@ -6,6 +6,7 @@ import pytest
 
 from hasyncd.core.replication import BATCH_BYTES
 from hasyncd.errors import WriteRefused
+from hasyncd.records import KINDS_BY_CODE
 from hasyncd.secret import Secret
 from hasyncd.sim import Sim
 from hasyncd.store import unpack_version
@@ -189,3 +190,26 @@ def test_versions_are_assigned_in_the_primary_epoch() -> None:
     # (epoch, 1) is the promotion record the primary wrote when it promoted.
     assert unpack_version(v1) == (epoch, 2)
     assert unpack_version(v2) == (epoch, 3)
+
+
+def test_a_write_is_sent_by_a_transmit_not_by_a_timer_tick() -> None:
+    # Issue 9: a write used to wait for a zero-delay timer tick that ran the
+    # whole periodic handler; now it asks for a transmit (the shell's
+    # call_soon, coalescing what one loop pass wrote) and the timer stays
+    # at the periodic handler's own deadline.
+    sim = Sim(seed=29)
+    primary, secondary = pair(sim)
+    sim.run_for(0.3)
+    core = sim.nodes[primary].core
+    conn = core.peers[secondary].conn
+    assert conn is not None
+    heartbeats = core.stats["heartbeats_sent"][""]
+    for i in range(3):
+        rid, blob, _ = record(WEB, i)
+        core.write(KINDS_BY_CODE[WEB].from_blob(blob, rid), sim.now)
+    assert core.wants_transmit
+    assert core.next_timer() > sim.now  # no tick is due for the writes
+    core.transmit(sim.now)
+    assert conn.id in dict(core.data_to_send())  # the RECORDS frame
+    assert not core.wants_transmit
+    assert core.stats["heartbeats_sent"][""] == heartbeats  # the periodic handler did not run

@@ -3,14 +3,15 @@
 Inputs (each carries the monotonic time ``now``):
 
     connection_made / connect_failed / receive_data / connection_lost
-    handle_timer, write, request_failover, set_monitors, reconfigure,
+    handle_timer, transmit, write, request_failover, set_monitors, reconfigure,
     begin_shutdown, finish_shutdown
 
 Outputs:
 
     data_to_send()  -> [(conn_id, bytes)]   bytes for the shell to write
     events()        -> [Event]              Dial/Close requests and what happened
-    next_timer()    -> float                when to call handle_timer next
+    next_timer()    -> float                when to call handle_timer next (pure)
+    wants_transmit  -> bool                 call transmit soon (writes queued; coalesce)
 
 Roles and the election live in ``hasyncd.core.roles``; this module owns
 connections, peers, message dispatch and the replication plumbing.
@@ -174,11 +175,19 @@ class NodeCore(Outputs):
 
     # -- outputs --------------------------------------------------------------
 
+    @property
+    def wants_transmit(self) -> bool:
+        """Output is ready to go now (writes queued, sliced work): the shell calls ``transmit``.
+
+        Several inputs in a row are coalesced into one call, as aioquic's
+        ``_transmit_soon`` does with ``loop.call_soon``: writes made together
+        are sent together, and no timer tick (the periodic handler) runs for them.
+        """
+        return self._pump_needed or self.roles.busy
+
     def next_timer(self) -> float:
-        t = self._next_hb
-        if self._pump_needed or self.roles.busy:
-            t = self.now
-        t = min(t, self._next_sweep, self.roles.next_deadline(self.now))
+        """When the periodic handler (``handle_timer``) is due; ``transmit`` is asked apart."""
+        t = min(self._next_hb, self._next_sweep, self.roles.next_deadline(self.now))
         for p in self.peers.values():
             if p.up:
                 t = min(t, loss_deadline(p, self.s.lost_timeout))
@@ -802,6 +811,11 @@ class NodeCore(Outputs):
             self.roles.duties.check_handover_ready()
         else:
             self.roles.pump_follower(now)
+
+    def transmit(self, now: float) -> None:
+        """Send what earlier inputs queued (``wants_transmit``): replication and sliced work."""
+        self.now = now
+        self.pump(now)
 
     def request_pump(self) -> None:
         self._pump_needed = True

@@ -89,6 +89,7 @@ class Daemon:
         self._conn_ids = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._transmit_soon = False  # a transmit is scheduled with call_soon
         self._stopping = asyncio.Event()
         self._force = asyncio.Event()  # a second stop signal: no more waiting
         self._stop_ready = asyncio.Event()  # the core's StopReady
@@ -172,6 +173,9 @@ class Daemon:
             self._on_event(ev)
         if self._core_done:
             return
+        if core.wants_transmit and not self._transmit_soon:
+            self._transmit_soon = True  # coalesced: one transmit for what this loop pass queued
+            self.loop.call_soon(self._transmit)
         when = core.next_timer()
         # Keep an earlier timer: re-arming it later on every flush would let a
         # busy API handler postpone heartbeats forever.  Firing early is harmless.
@@ -180,6 +184,16 @@ class Daemon:
                 self._timer.cancel()
             self._timer_at = when
             self._timer = self.loop.call_later(max(0.0, when - self.clock()), self._on_timer)
+
+    def _transmit(self) -> None:
+        self._transmit_soon = False
+        if self._core_done:
+            return
+        try:
+            self.core.transmit(self.clock())
+            self.flush()
+        except Exception as exc:  # as for the timer: a bug must stop the node, not hide
+            self.crashed("the core's transmit", exc)
 
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
