@@ -78,6 +78,13 @@ class SimNode:
     frozen: bool = False
     timer_gen: int = 0
     transmit_due: bool = False  # a transmit is scheduled for this instant (coalesced)
+    due: float | None = None  # the core's last next_timer(): its timer's deadline
+
+    def take_due(self) -> float | None:
+        """The deadline the running timer was armed for, once (as the shell passes it)."""
+        due, self.due = self.due, None
+        return due
+
     frozen_inbox: list[Callable[[], None]] = field(default_factory=list)
     events: list[tuple[float, Event]] = field(default_factory=list)
 
@@ -219,7 +226,8 @@ class Sim:
                 )
         node.timer_gen += 1
         gen = node.timer_gen
-        when = max(core.next_timer(), self.now)
+        node.due = core.next_timer()
+        when = max(node.due, self.now)
         self.at(when, lambda: self._timer(node, gen))
         if core.wants_transmit and not node.transmit_due:
             node.transmit_due = True  # the shell's call_soon: once for what this instant queued
@@ -236,9 +244,9 @@ class Sim:
         if gen != node.timer_gen or not node.alive:
             return
         if node.frozen:
-            node.frozen_inbox.append(lambda: node.core.handle_timer(self.now))
+            node.frozen_inbox.append(lambda: node.core.handle_timer(self.now, node.take_due()))
             return
-        node.core.handle_timer(self.now)
+        node.core.handle_timer(self.now, node.take_due())
         self._after(node)
 
     # -- connections -------------------------------------------------------------------
@@ -409,7 +417,7 @@ class Sim:
         # asyncio runs ready I/O callbacks before expired timers: deliver input first.
         for fn in inbox:
             fn()
-        node.core.handle_timer(self.now)
+        node.core.handle_timer(self.now, node.take_due())
         self._after(node)
 
     # -- an attacker without the key -----------------------------------------------------

@@ -213,6 +213,23 @@ def test_own_stall_does_not_blame_the_peer() -> None:
     assert sim.nodes[secondary].core.stats["promotions"][""] == 0
 
 
+def test_next_timer_is_pure_and_the_stall_is_measured_from_the_armed_deadline() -> None:
+    # Issue 9: next_timer() used to remember its answer for the stall detector,
+    # so merely asking it changed what a later handle_timer measured.
+    sim = Sim(seed=19)
+    _, secondary = pair(sim)
+    core = sim.nodes[secondary].core
+    stalls = core.stats["loop_stalls"][""]
+    first = core.next_timer()
+    assert core.next_timer() == first  # asking twice, same answer
+    core.handle_timer(first + 0.1)  # not armed from next_timer: nothing to measure
+    assert core.stats["loop_stalls"][""] == stalls
+    due = core.next_timer()
+    core.handle_timer(due + 0.1, due)  # 100 ms late
+    assert core.stats["loop_stalls"][""] == stalls + 1
+    assert core.peers["a"].stall >= 0.1
+
+
 def test_loss_is_suppressed_when_the_nodes_own_loop_lagged() -> None:
     sim = Sim(seed=19, latency=0.0002)
     primary, secondary = pair(sim)

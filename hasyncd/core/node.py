@@ -145,7 +145,6 @@ class NodeCore(Outputs):
         self.watermark: int | None = None
         self._next_hb = now
         self._last_hb_sent = now
-        self._deadline: float | None = None
         self._next_sweep = now + 1.0
         self._pump_needed = False
         self._snap_ids = 0
@@ -191,9 +190,7 @@ class NodeCore(Outputs):
         for p in self.peers.values():
             if p.up:
                 t = min(t, loss_deadline(p, self.s.lost_timeout))
-        t = min(t, self.dialer.next_at(self.now))
-        self._deadline = t
-        return t
+        return min(t, self.dialer.next_at(self.now))
 
     def send(self, peer: Peer, msg: Message) -> tuple[int, int] | None:
         conn = peer.conn
@@ -720,11 +717,15 @@ class NodeCore(Outputs):
 
     # -- timers and pumping -------------------------------------------------------
 
-    def handle_timer(self, now: float) -> None:
+    def handle_timer(self, now: float, due: float | None = None) -> None:
+        """The periodic handler; ``due``: the ``next_timer()`` it was armed for, if any.
+
+        How late it runs after ``due`` is the node's own stall (the detector's
+        input); without ``due`` (a call not armed from ``next_timer``) none is measured.
+        """
         self.now = now
-        if self._deadline is not None:
-            self.note_lateness(now - self._deadline, now)
-        self._deadline = None
+        if due is not None:
+            self.note_lateness(now - due, now)
         for conn in list(self.conns.values()):
             if conn.peer is None and now - conn.created > self.s.handshake_timeout:
                 self.count("link_errors", "handshake_timeout")

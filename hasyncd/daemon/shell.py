@@ -90,6 +90,7 @@ class Daemon:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._transmit_soon = False  # a transmit is scheduled with call_soon
+        self._due: float | None = None  # the core's last next_timer(), for handle_timer
         self._stopping = asyncio.Event()
         self._force = asyncio.Event()  # a second stop signal: no more waiting
         self._stop_ready = asyncio.Event()  # the core's StopReady
@@ -176,7 +177,7 @@ class Daemon:
         if core.wants_transmit and not self._transmit_soon:
             self._transmit_soon = True  # coalesced: one transmit for what this loop pass queued
             self.loop.call_soon(self._transmit)
-        when = core.next_timer()
+        when = self._due = core.next_timer()
         # Keep an earlier timer: re-arming it later on every flush would let a
         # busy API handler postpone heartbeats forever.  Firing early is harmless.
         if self._timer_at is None or when < self._timer_at:
@@ -198,7 +199,8 @@ class Daemon:
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
         try:
-            self.core.handle_timer(self.clock())
+            due, self._due = self._due, None  # lateness after it is this node's own stall
+            self.core.handle_timer(self.clock(), due)
             self.flush()
         except Exception as exc:  # the loop would only log it: the node would stop beating
             self.crashed("the core's timer", exc)
