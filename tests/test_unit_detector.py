@@ -55,6 +55,7 @@ def test_lateness_credits_every_up_peer_and_is_counted(caplog: pytest.LogCapture
     down = Peer("c", 9, b"", 1, "sim:c")  # a known peer that is not up gets no credit
     b.peers["c"] = down
     caplog.set_level(logging.WARNING, logger="hasyncd.core")
+    caplog.clear()  # not the set-up's lines (logged at INFO if an earlier test lowered the level)
     b.note_lateness(0.03, b.now)
     b.note_lateness(0.05, b.now)
     assert peer.stall == pytest.approx(0.08)
@@ -113,6 +114,7 @@ def test_a_loss_the_stall_credit_explains_is_suppressed_once(
     lost = b.s.lost_timeout
     peer.stall = 0.3
     caplog.set_level(logging.WARNING, logger="hasyncd.core")
+    caplog.clear()  # not the set-up's lines (logged at INFO if an earlier test lowered the level)
     b.check_peers(peer.last_rx + lost + 0.1)
     b.check_peers(peer.last_rx + lost + 0.2)
     assert peer.up
@@ -134,6 +136,7 @@ def test_the_suppression_message_gives_the_silence_and_the_stall_in_ms(
     peer = b.peers["a"]
     peer.stall = 1.0
     caplog.set_level(logging.WARNING, logger="hasyncd.core")
+    caplog.clear()  # not the set-up's lines (logged at INFO if an earlier test lowered the level)
     b.check_peers(peer.last_rx + 1.0)
     assert [r.getMessage() for r in caplog.records if r.name == "hasyncd.core"] == [
         "a silent for 1000 ms, but this node itself stalled 1000 ms of that: not declaring it lost"

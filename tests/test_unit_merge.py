@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import msgspec
 import pytest
 
 from hasyncd.core.dispatch import MERGE_RECORDS
@@ -107,6 +108,60 @@ def test_an_older_offer_that_changes_nothing_is_not_written() -> None:
     mine = entry(SA, 0, pack_version(E_MINE, 8), seq=500)
     d = merge_one(mine, offer(SA, 0, E_LOSER, 9, seq=100), LOSER)
     assert (d.write, d.conflict) == (False, True)
+
+
+class Bump:
+    """A promotion view: reads an SA written at ``version`` with ``seq`` raised by ``by``."""
+
+    def __init__(self, version: int, by: int) -> None:
+        self.version, self.by = version, by
+        self.asked: list[tuple[int, str, int]] = []
+
+    def __call__(self, kind: int, rid: str, version: int, value: Any) -> Any:
+        self.asked.append((kind, rid, version))
+        if version != self.version:
+            return value  # the same object: "the view changes nothing"
+        return msgspec.structs.replace(value, seq=value.seq + self.by)
+
+
+def test_a_new_offer_is_written_as_the_survivor_reads_it() -> None:
+    theirs = offer(SA, 3, E_LOSER, 4, seq=100)
+    v = pack_version(E_LOSER, 4)
+    d = merge_one(None, theirs, LOSER, Bump(v, 1000))
+    assert (d.write, d.conflict) == (True, False)
+    assert fields(d.record, SA)["seq"] == 1100
+    # A view that changes nothing writes the offered blob itself.
+    same = merge_one(None, theirs, LOSER, Bump(v + 1, 1000))
+    assert same.record is not None
+    assert same.record.blob == theirs.blob
+
+
+def test_a_newer_offer_merges_both_sides_as_read_through_the_view() -> None:
+    v_mine, v_theirs = pack_version(E_MINE, 1), pack_version(E_MINE, 2)
+    mine = entry(SA, 4, v_mine, seq=900)
+    theirs = offer(SA, 4, E_MINE, 2, seq=100)
+    view = Bump(v_mine, 50)  # only our side is advanced
+    d = merge_one(mine, theirs, LOSER, view)
+    assert (d.write, d.conflict) == (True, False)
+    assert fields(d.record, SA)["seq"] == 950  # max(100, 900 + 50)
+    assert sorted(v for _k, _r, v in view.asked) == sorted([v_mine, v_theirs])
+    view = Bump(v_theirs, 5000)  # only their side is advanced
+    assert fields(merge_one(mine, theirs, LOSER, view).record, SA)["seq"] == 5100
+
+
+def test_an_older_offer_merges_both_sides_as_read_through_the_view() -> None:
+    v_mine, v_theirs = pack_version(E_MINE, 8), pack_version(E_LOSER, 9)
+    mine = entry(SA, 5, v_mine, seq=100)
+    theirs = offer(SA, 5, E_LOSER, 9, seq=500)
+    view = Bump(v_theirs, 1000)  # the loser's older-epoch counter, advanced
+    d = merge_one(mine, theirs, LOSER, view)
+    assert (d.write, d.conflict) == (True, True)
+    assert fields(d.record, SA)["seq"] == 1500
+    assert sorted(v for _k, _r, v in view.asked) == sorted([v_mine, v_theirs])
+    view = Bump(v_mine, 1000)  # ours advanced past theirs: ours kept, advanced
+    d = merge_one(mine, theirs, LOSER, view)
+    assert fields(d.record, SA)["seq"] == 1100
+    assert d.write  # the stored blob changes: the advanced counter is written
 
 
 def test_an_older_offer_minted_by_a_third_node_is_just_a_stale_copy() -> None:
