@@ -48,8 +48,10 @@ def results() -> dict[str, str]:
 def main() -> int:
     equiv = equivalents()
     by_module: dict[str, Counter[str]] = defaultdict(Counter)
-    stale = []
-    for name, status in sorted(results().items()):
+    found = results()
+    # A listed name that is no mutant any more (the code changed): the list is stale.
+    stale = sorted(equiv - set(found))
+    for name, status in sorted(found.items()):
         module = name.split(".")[2]
         c = by_module[module]
         c["total"] += 1
@@ -73,7 +75,7 @@ def main() -> int:
             f"{c['surviving']:>10} {score:>7.1%}"
         )
     for name in stale:
-        print(f"listed as equivalent but killed (stale list): {name}")
+        print(f"listed as equivalent but killed or gone (stale list): {name}")
     return 0 if ok and not stale else 1
 
 

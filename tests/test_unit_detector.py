@@ -13,7 +13,7 @@ import logging
 
 import pytest
 
-from hasyncd.core.detector import STALL_NOISE, loss_deadline
+from hasyncd.core.detector import STALL_NOISE, check_peers, loss_deadline
 from hasyncd.core.events import PeerChanged
 from hasyncd.core.node import NodeCore
 from hasyncd.core.peers import Peer
@@ -39,6 +39,23 @@ def test_the_loss_deadline_is_last_rx_plus_timeout_plus_stall_credit() -> None:
     assert loss_deadline(p, 0.5) == 10.75
     p.stall = 0.0
     assert loss_deadline(p, 2.0) == 12.0
+
+
+def test_check_peers_counts_every_loss_it_suppresses_once_and_declares_the_rest() -> None:
+    def up_peer(name: str, last_rx: float, stall: float) -> Peer:
+        p = Peer(name, 1, b"", 1, f"sim:{name}")
+        p.up, p.last_rx, p.stall = True, last_rx, stall
+        return p
+
+    # Three peers silent for 0.6 s of a 0.5 s timeout: two covered by this node's stall.
+    x, y, z = up_peer("x", 10.0, 0.3), up_peer("y", 10.0, 0.4), up_peer("z", 10.0, 0.0)
+    quiet = up_peer("q", 10.5, 0.0)  # heard from 0.1 s ago: not silent at all
+    v = check_peers([x, y, z, quiet], 0.5, 10.6)
+    assert v.suppressed == 2
+    assert [(p.name, why) for p, why in v.lost] == [("z", "no authenticated frame for 600 ms")]
+    # A suppressed loss is counted once, not at every check.
+    again = check_peers([x, y], 0.5, 10.65)
+    assert (again.suppressed, again.lost) == (0, ())
 
 
 def test_lateness_within_the_noise_is_ignored() -> None:

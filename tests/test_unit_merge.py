@@ -127,9 +127,11 @@ class Bump:
 def test_a_new_offer_is_written_as_the_survivor_reads_it() -> None:
     theirs = offer(SA, 3, E_LOSER, 4, seq=100)
     v = pack_version(E_LOSER, 4)
-    d = merge_one(None, theirs, LOSER, Bump(v, 1000))
+    view = Bump(v, 1000)
+    d = merge_one(None, theirs, LOSER, view)
     assert (d.write, d.conflict) == (True, False)
     assert fields(d.record, SA)["seq"] == 1100
+    assert view.asked == [(SA, theirs.id, v)]
     # A view that changes nothing writes the offered blob itself.
     same = merge_one(None, theirs, LOSER, Bump(v + 1, 1000))
     assert same.record is not None
@@ -144,7 +146,7 @@ def test_a_newer_offer_merges_both_sides_as_read_through_the_view() -> None:
     d = merge_one(mine, theirs, LOSER, view)
     assert (d.write, d.conflict) == (True, False)
     assert fields(d.record, SA)["seq"] == 950  # max(100, 900 + 50)
-    assert sorted(v for _k, _r, v in view.asked) == sorted([v_mine, v_theirs])
+    assert sorted(view.asked) == sorted([(SA, theirs.id, v_mine), (SA, theirs.id, v_theirs)])
     view = Bump(v_theirs, 5000)  # only their side is advanced
     assert fields(merge_one(mine, theirs, LOSER, view).record, SA)["seq"] == 5100
 
@@ -157,7 +159,7 @@ def test_an_older_offer_merges_both_sides_as_read_through_the_view() -> None:
     d = merge_one(mine, theirs, LOSER, view)
     assert (d.write, d.conflict) == (True, True)
     assert fields(d.record, SA)["seq"] == 1500
-    assert sorted(v for _k, _r, v in view.asked) == sorted([v_mine, v_theirs])
+    assert sorted(view.asked) == sorted([(SA, theirs.id, v_mine), (SA, theirs.id, v_theirs)])
     view = Bump(v_mine, 1000)  # ours advanced past theirs: ours kept, advanced
     d = merge_one(mine, theirs, LOSER, view)
     assert fields(d.record, SA)["seq"] == 1100
