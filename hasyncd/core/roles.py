@@ -29,7 +29,6 @@ The rules, in the order they are applied on every input:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Protocol
 
 from hasyncd.core.backlog import Backlog
@@ -86,7 +85,7 @@ class RolesHost(DutiesHost, ReplicaLink, Protocol):
     promotions: History
     split_brain: SplitBrainState
     started: float
-    wall: Callable[[], float]
+    wall: float  # the Unix time of the input being handled
 
     def close(self, conn: Conn, reason: str, code: str | None = None) -> None: ...
 
@@ -490,7 +489,7 @@ class RoleManager:
         if old is not new:
             self.history.add(
                 RoleChange(
-                    self.core.wall(),
+                    self.core.wall,
                     old.name.lower(),
                     new.name.lower(),
                     self.epoch,
@@ -517,7 +516,7 @@ class RoleManager:
             log.warning("promoting with an incomplete snapshot: some records may be missing")
         if not self.in_sync and self.role is Role.SECONDARY:
             log.warning("promoting although this node was not in sync with the lost primary")
-        self.epoch = self.primary_epoch = next_epoch(self.epoch, self.s.tag, self.core.wall())
+        self.epoch = self.primary_epoch = next_epoch(self.epoch, self.s.tag, self.core.wall)
         self.seq = 0
         self.resume_claim = None
         core.backlog.reset(pack_version(self.epoch, 0))
@@ -534,7 +533,7 @@ class RoleManager:
             self.s.inbound_window,
         )
         # Step 2 in O(1): one promotion record; every SA reads through it (seqview).
-        record = promotion_record(self.epoch, core.wall(), rule)
+        record = promotion_record(self.epoch, core.wall, rule)
         core.local_write(PROMO, record.id, record, quiet=True)  # promotion_done tells
         work = PromotionWork(self.epoch, reason, now, rule)
         self.promotion = work
@@ -557,7 +556,7 @@ class RoleManager:
                 self.last_promotion = work.summary(now)
                 core.governor.add(work.rekey, now)
                 work.rekey = []
-        released = core.governor.run(now, core.wall())
+        released = core.governor.run(now, core.wall)
         if released:
             core.count("rekey_released", "", len(released))
             core.emit(RekeyRelease(tuple(released), len(core.governor.queue)))
