@@ -535,12 +535,7 @@ class NodeCore(Outputs):
             session = peer.session
             if session is None:
                 continue
-            if mark.kind is MarkKind.BULK_PROGRESS:
-                session.bulk_acked = mark.count
-                continue
-            session.acked = max(session.acked, mark.version)
-            if mark.kind is MarkKind.BULK_END and not session.in_sync:
-                session.in_sync = True
+            if session.acknowledged(mark):  # the session's transition table
                 log.info("%s is in sync (%d records in snapshot)", peer.name, session.bulk_sent)
         if peer.session is not None:
             peer.lag.acked(peer.session.acked)
