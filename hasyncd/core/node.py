@@ -238,7 +238,6 @@ class NodeCore(Outputs):
             peer.conn = None
             peer.reset_link_state()
             self.roles.on_link_down(peer, reason)
-            self.recompute_watermark()
 
     # -- connection inputs ------------------------------------------------------
 
@@ -539,7 +538,6 @@ class NodeCore(Outputs):
                 log.info("%s is in sync (%d records in snapshot)", peer.name, session.bulk_sent)
         if peer.session is not None:
             peer.lag.acked(peer.session.acked)
-        self.recompute_watermark()
         self._pump_needed = True
 
     def _on_merge_end(self, peer: Peer, msg: MergeEnd) -> None:
@@ -584,7 +582,6 @@ class NodeCore(Outputs):
             )
         peer.session = session
         peer.flow = Flow(peer.window)
-        self.recompute_watermark()
         self._pump_needed = True
 
     def _new_snapshot(self, peer: Peer, taken: set[int], why: str) -> OutboundSession:
@@ -605,7 +602,6 @@ class NodeCore(Outputs):
         self.count("resyncs", "full")
         peer.session = self._new_snapshot(peer, {session.snap_id}, f"resume cut short: {reason}")
         peer.flow = Flow(peer.window)  # the old session's frames are no longer tracked
-        self.recompute_watermark()
 
     # -- applying replicated changes (secondary) ----------------------------------
 
@@ -708,7 +704,11 @@ class NodeCore(Outputs):
             self.local_write(CTR, rid, None)  # its counters go with it (a reused id starts afresh)
         return WriteResult(version, old is None or not value_is_record(old))
 
-    def recompute_watermark(self) -> None:
+    def _derive(self) -> None:
+        """State derived from the rest, computed once at the end of every input (h11's
+        ``_process_event``): the watermark, the version every in-sync secondary
+        acknowledged, which sync-mode writes wait for (``Watermark`` when it moved).
+        """
         wm: int | None = None
         for peer in self.peers.values():
             session = peer.session
@@ -791,6 +791,7 @@ class NodeCore(Outputs):
     def _after_input(self, now: float) -> None:
         self.roles.evaluate(now)
         self.pump(now)
+        self._derive()
 
     def pump(self, now: float) -> None:
         """Produce replication output while windows allow."""
@@ -820,6 +821,7 @@ class NodeCore(Outputs):
         """Send what earlier inputs queued (``wants_transmit``): replication and sliced work."""
         self._clock(now, wall)
         self.pump(now)
+        self._derive()
 
     def request_pump(self) -> None:
         self._pump_needed = True
@@ -877,6 +879,7 @@ class NodeCore(Outputs):
         self._clock(now, wall)
         for conn in list(self.conns.values()):
             self.close(conn, "node shutting down", code="shutdown")
+        self._derive()
 
     # -- status -------------------------------------------------------------------
 

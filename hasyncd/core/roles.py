@@ -91,8 +91,6 @@ class RolesHost(DutiesHost, ReplicaLink, Protocol):
 
     def send_heartbeats(self, now: float) -> None: ...
 
-    def recompute_watermark(self) -> None: ...
-
     def local_write(
         self, kind: int, rid: str, record: Record | None, *, quiet: bool = False
     ) -> object: ...
@@ -306,7 +304,6 @@ class RoleManager:
             self._unfollow(f"primary {peer.name} lost: {reason}")
         elif not self.is_primary and self.primary == peer.name:
             self.primary = None  # the owner of our epoch we were waiting for
-        core.recompute_watermark()
         core.send_heartbeats(now)
 
     # -- writes -------------------------------------------------------------------------
@@ -541,7 +538,6 @@ class RoleManager:
         log.warning("PROMOTED to primary in epoch %d: %s", self.epoch, reason)
         core.emit(work.event(core.store, now))
         core.send_heartbeats(now)
-        core.recompute_watermark()
 
     def run_slices(self, now: float) -> None:
         if not self.is_primary:
@@ -591,7 +587,6 @@ class RoleManager:
                 self._stop_ready(owner, 0, f"handed the primary role to {owner}")
             else:
                 self._stop_ready(None, 0, f"stepped down: {reason}")
-        core.recompute_watermark()
         core.send_heartbeats(now)
 
     def _follow(self, leader: Peer, now: float) -> None:
