@@ -6,6 +6,10 @@ places that change a session: ``NodeCore`` derives it from the sessions at
 the end of each input and emits ``Watermark`` when it moved.  These tests
 watch every input of a three-node simulation through a failover, a resync
 and a partition.
+
+The roles decide that the heartbeat's content changed (``RoleManager.announce``:
+a peer lost, a promotion, a step-down, a fault); ``NodeCore`` sends the beat,
+once per input, before the replication output of that input.
 """
 
 from __future__ import annotations
@@ -74,3 +78,23 @@ def test_the_watermark_is_derived_once_per_input_through_failover_and_resync() -
     moved = [ev for _, ev in sim.nodes["b"].events if isinstance(ev, Watermark)]
     assert moved, "the new primary's watermark moved"
     assert bad == []
+
+
+def three(sim: Sim) -> None:
+    names = ["a", "b", "c"]
+    for i, n in enumerate(names):
+        sim.add(n, names, priority=250 - 100 * i)
+    sim.run_until_true(lambda: in_sync(sim, "b") and in_sync(sim, "c"), limit=15)
+
+
+def test_the_roles_decide_to_announce_and_the_node_sends_one_beat_per_peer() -> None:
+    sim = Sim(seed=84)
+    three(sim)
+    core = sim.nodes["b"].core
+    sent = core.stats["heartbeats_sent"][""]
+    core.roles.peer_lost(core.peers["c"], sim.now, "test: c lost")
+    assert core.roles.announce  # a decision, not a send
+    assert core.stats["heartbeats_sent"][""] == sent
+    sim.call("b", lambda c: c.transmit(sim.now, wall=sim.wall))  # the next input applies it
+    assert not core.roles.announce
+    assert core.stats["heartbeats_sent"][""] == sent + 1  # to a: the link to c was closed

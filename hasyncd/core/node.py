@@ -709,6 +709,7 @@ class NodeCore(Outputs):
         ``_process_event``): the watermark, the version every in-sync secondary
         acknowledged, which sync-mode writes wait for (``Watermark`` when it moved).
         """
+        self._announce(self.now)  # an input that did not evaluate the roles
         wm: int | None = None
         for peer in self.peers.values():
             session = peer.session
@@ -790,8 +791,15 @@ class NodeCore(Outputs):
 
     def _after_input(self, now: float) -> None:
         self.roles.evaluate(now)
+        self._announce(now)  # before pump: a new primary's heartbeat precedes its records
         self.pump(now)
         self._derive()
+
+    def _announce(self, now: float) -> None:
+        """The roles decided the heartbeat's content changed: one beat to every peer now."""
+        if self.roles.announce:
+            self.roles.announce = False
+            self.send_heartbeats(now)
 
     def pump(self, now: float) -> None:
         """Produce replication output while windows allow."""

@@ -89,8 +89,6 @@ class RolesHost(DutiesHost, ReplicaLink, Protocol):
 
     def close(self, conn: Conn, reason: str, code: str | None = None) -> None: ...
 
-    def send_heartbeats(self, now: float) -> None: ...
-
     def local_write(
         self, kind: int, rid: str, record: Record | None, *, quiet: bool = False
     ) -> object: ...
@@ -112,6 +110,9 @@ class RoleManager:
         self.seq = 0
         self.applied = 0  # newest version applied from a primary
         self.in_sync = False  # holds a complete copy (as of its last primary)
+        # A decision for the node: what the heartbeat says changed (a role, a peer
+        # lost, a fault), so the peers are told now rather than at the next beat.
+        self.announce = False
         self.holddown_until = now + self.s.holddown
         self.reason = "starting: hello hold-down, discovering peers"
         self.follower: Follower | None = None
@@ -304,7 +305,7 @@ class RoleManager:
             self._unfollow(f"primary {peer.name} lost: {reason}")
         elif not self.is_primary and self.primary == peer.name:
             self.primary = None  # the owner of our epoch we were waiting for
-        core.send_heartbeats(now)
+        self.announce = True
 
     # -- writes -------------------------------------------------------------------------
 
@@ -537,7 +538,7 @@ class RoleManager:
         core.count("promotions")
         log.warning("PROMOTED to primary in epoch %d: %s", self.epoch, reason)
         core.emit(work.event(core.store, now))
-        core.send_heartbeats(now)
+        self.announce = True
 
     def run_slices(self, now: float) -> None:
         if not self.is_primary:
@@ -587,7 +588,7 @@ class RoleManager:
                 self._stop_ready(owner, 0, f"handed the primary role to {owner}")
             else:
                 self._stop_ready(None, 0, f"stepped down: {reason}")
-        core.send_heartbeats(now)
+        self.announce = True
 
     def _follow(self, leader: Peer, now: float) -> None:
         f = Follower(leader.name)
@@ -670,7 +671,7 @@ class RoleManager:
             else:
                 log.warning("all monitored interfaces are up again")
             self.core.emit(FaultChanged(bool(down), down))
-        self.core.send_heartbeats(now)
+        self.announce = True
 
     def _note_role_change(self, now: float, *, planned: bool) -> None:
         # Only unplanned changes are flaps: a manual failover, a handover at
