@@ -128,14 +128,14 @@ def counter_cost(n_sas: int = 10_000, repeat: int = 5) -> dict[str, Any]:
     rids = []
     for i in range(n_sas):
         rid, rec = samples.ipsec_sa(i, "out", WALL_BASE)
-        core.write(SA.from_json(rec, rid), sim.now)
+        core.write(SA.from_json(rec, rid), sim.now, wall=sim.wall)
         rids.append((rid, rec["seq"]))
     best = float("inf")
     for r in range(repeat):
         ups = [CounterUpdate(rid, seq + 1000 * (r + 1), 0, 0, None) for rid, seq in rids]
         sim.run_for(0.1)
         t0 = time.process_time()
-        out = update_counters(core, ups, sim.now)
+        out = update_counters(core, ups, sim.now, wall=sim.wall)
         best = min(best, time.process_time() - t0)
         assert out.applied == n_sas, out
     return {"counter_update_us": round(best / n_sas * 1e6, 2), "updates_per_call": n_sas}

@@ -118,6 +118,11 @@ class Sim:
 
     # -- building -----------------------------------------------------------------
 
+    @property
+    def wall(self) -> float:
+        """The simulated Unix time: every node's ``wall`` input, ``now`` after WALL_BASE."""
+        return WALL_BASE + self.now
+
     def settings(self, name: str, peers: list[str], **kw: Any) -> CoreSettings:
         base: dict[str, Any] = {
             "name": name,
@@ -147,7 +152,7 @@ class Sim:
             settings,
             Store(),
             now=self.now,
-            wall=lambda: WALL_BASE + self.now,
+            wall=self.wall,
             boot_id=self.rng.randbytes(16),
             rng=random.Random(self.rng.random()),
         )
@@ -237,16 +242,18 @@ class Sim:
         node.transmit_due = False
         if not node.alive or node.frozen:
             return  # a frozen node sends nothing; thaw runs its timer (and pump)
-        node.core.transmit(self.now)
+        node.core.transmit(self.now, wall=self.wall)
         self._after(node)
 
     def _timer(self, node: SimNode, gen: int) -> None:
         if gen != node.timer_gen or not node.alive:
             return
         if node.frozen:
-            node.frozen_inbox.append(lambda: node.core.handle_timer(self.now, node.take_due()))
+            node.frozen_inbox.append(
+                lambda: node.core.handle_timer(self.now, node.take_due(), wall=self.wall)
+            )
             return
-        node.core.handle_timer(self.now, node.take_due())
+        node.core.handle_timer(self.now, node.take_due(), wall=self.wall)
         self._after(node)
 
     # -- connections -------------------------------------------------------------------
@@ -260,7 +267,10 @@ class Sim:
             self.at(
                 self.now + self.connect_timeout,
                 lambda: self._input(
-                    node, lambda: node.core.connect_failed(address, self.now, "connect timed out")
+                    node,
+                    lambda: node.core.connect_failed(
+                        address, self.now, "connect timed out", wall=self.wall
+                    ),
                 ),
             )
             return
@@ -268,7 +278,10 @@ class Sim:
             self.at(
                 self.now + self._delay(),
                 lambda: self._input(
-                    node, lambda: node.core.connect_failed(address, self.now, "connection refused")
+                    node,
+                    lambda: node.core.connect_failed(
+                        address, self.now, "connection refused", wall=self.wall
+                    ),
                 ),
             )
             return
@@ -281,7 +294,11 @@ class Sim:
             lambda: self._input(
                 target,
                 lambda: target.core.connection_made(
-                    b_id, initiator=False, address=f"sim:{node.name}:peer", now=self.now
+                    b_id,
+                    initiator=False,
+                    address=f"sim:{node.name}:peer",
+                    now=self.now,
+                    wall=self.wall,
                 ),
             ),
         )
@@ -290,7 +307,7 @@ class Sim:
             lambda: self._input(
                 node,
                 lambda: node.core.connection_made(
-                    a_id, initiator=True, address=address, now=self.now
+                    a_id, initiator=True, address=address, now=self.now, wall=self.wall
                 ),
             ),
         )
@@ -311,7 +328,7 @@ class Sim:
 
         def arrive() -> None:
             if (pipe.dst, pipe.dst_conn) in self._pipes:
-                dst.core.receive_data(pipe.dst_conn, data, self.now)
+                dst.core.receive_data(pipe.dst_conn, data, self.now, wall=self.wall)
 
         self.at(t, lambda: self._input(dst, arrive))
 
@@ -343,7 +360,7 @@ class Sim:
     def _peer_closed(self, node: SimNode, conn_id: int) -> None:
         if self._pipes.pop((node.name, conn_id), None) is None:
             return
-        self._input(node, lambda: node.core.connection_lost(conn_id, self.now))
+        self._input(node, lambda: node.core.connection_lost(conn_id, self.now, wall=self.wall))
 
     # -- faults ---------------------------------------------------------------------
 
@@ -417,7 +434,7 @@ class Sim:
         # asyncio runs ready I/O callbacks before expired timers: deliver input first.
         for fn in inbox:
             fn()
-        node.core.handle_timer(self.now, node.take_due())
+        node.core.handle_timer(self.now, node.take_due(), wall=self.wall)
         self._after(node)
 
     # -- an attacker without the key -----------------------------------------------------
@@ -449,11 +466,13 @@ class Sim:
 
         def made() -> None:
             self._raw[(node.name, conn_id)] = flood
-            node.core.connection_made(conn_id, initiator=False, address=address, now=self.now)
+            node.core.connection_made(
+                conn_id, initiator=False, address=address, now=self.now, wall=self.wall
+            )
 
         def data() -> None:
             if self._raw.get((node.name, conn_id)) is flood:
-                node.core.receive_data(conn_id, payload, self.now)
+                node.core.receive_data(conn_id, payload, self.now, wall=self.wall)
 
         t = self.now + self._delay()
         self.at(t, lambda: self._input(node, made) if node.alive else self._raw_connect(flood))
@@ -472,14 +491,14 @@ class Sim:
         node = self.nodes[name]
         assert node.alive and not node.frozen
         if content is None:
-            result = node.core.delete(kind, rid, self.now)
+            result = node.core.delete(kind, rid, self.now, wall=self.wall)
         else:
             record = (
                 content
                 if isinstance(content, Record)
                 else KINDS_BY_CODE[kind].from_blob(content, rid)
             )
-            result = node.core.write(record, self.now)
+            result = node.core.write(record, self.now, wall=self.wall)
         self._after(node)
         return None if result is None else result.version
 
@@ -510,7 +529,7 @@ class Sim:
         """A SIGHUP with changed live settings (such as the link keys)."""
         node = self.nodes[name]
         node.settings = dataclasses.replace(node.settings, **changes)
-        self.call(name, lambda core: core.reconfigure(node.settings, self.now))
+        self.call(name, lambda core: core.reconfigure(node.settings, self.now, wall=self.wall))
 
     def call(self, name: str, fn: Callable[[NodeCore], Any]) -> Any:
         node = self.nodes[name]

@@ -39,21 +39,27 @@ def test_status_shows_lag_while_a_secondary_is_cut_off_and_the_history_of_roles(
     for i in range(5):
         put(sim, primary, WEB, i)
         sim.run_for(0.02)
-    st = sim.nodes[primary].core.status(sim.now)
+    st = sim.nodes[primary].core.status(sim.now, wall=sim.wall)
     (peer,) = st["peers"]
     assert peer["replication"]["lag_records"] == 5
     assert 0.08 <= peer["replication"]["lag_ms"] / 1000 <= 0.11
     sim.thaw(secondary)
     sim.run_until_true(
         lambda: (
-            sim.nodes[primary].core.status(sim.now)["peers"][0]["replication"]["lag_records"] == 0
+            sim.nodes[primary].core.status(sim.now, wall=sim.wall)["peers"][0]["replication"][
+                "lag_records"
+            ]
+            == 0
         ),
         limit=2,
     )
-    assert sim.nodes[primary].core.status(sim.now)["peers"][0]["replication"]["lag_ms"] == 0
+    assert (
+        sim.nodes[primary].core.status(sim.now, wall=sim.wall)["peers"][0]["replication"]["lag_ms"]
+        == 0
+    )
     sim.kill(primary)
     sim.run_until_true(lambda: role(sim, secondary) is Role.PRIMARY, limit=5)
-    history = sim.nodes[secondary].core.status(sim.now)["role_history"]
+    history = sim.nodes[secondary].core.status(sim.now, wall=sim.wall)["role_history"]
     assert [(h["old"], h["new"]) for h in history] == [
         ("secondary", "primary"),
         ("starting", "secondary"),

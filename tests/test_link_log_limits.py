@@ -20,7 +20,7 @@ WRONG = Secret(bytes(range(1, 33)))
 
 def core() -> NodeCore:
     settings = CoreSettings(name="a", tag=1, priority=100, group_id=1, psk=PSK, listen="x:1")
-    return NodeCore(settings, Store(), now=0.0, wall=lambda: 0.0, boot_id=bytes(16))
+    return NodeCore(settings, Store(), now=0.0, wall=0.0, boot_id=bytes(16))
 
 
 def wrong_key_init() -> bytes:
@@ -30,8 +30,8 @@ def wrong_key_init() -> bytes:
 
 
 def attempt(node: NodeCore, conn_id: int, address: str, now: float) -> None:
-    node.connection_made(conn_id, initiator=False, address=address, now=now)
-    node.receive_data(conn_id, wrong_key_init(), now)
+    node.connection_made(conn_id, initiator=False, address=address, now=now, wall=0.0)
+    node.receive_data(conn_id, wrong_key_init(), now, wall=0.0)
 
 
 def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -57,7 +57,7 @@ def test_the_core_takes_validated_records_only() -> None:
     core = sim.nodes[primary].core
     rid, blob, _ = record(SA, 1)
     with pytest.raises(TypeError):
-        core.write(blob, sim.now)  # type: ignore[arg-type]
+        core.write(blob, sim.now, wall=sim.wall)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         Record(object(), KINDS["ipsec_sa"], rid, value=None, blob=blob, expires=None)
     assert sim.write(primary, SA, rid, blob) is not None  # the same blob, validated, is taken

@@ -157,7 +157,7 @@ def test_a_failing_timer_callback_stops_the_node_instead_of_silencing_it(
     _, cfg = lab(tmp_path)
 
     def break_timer(daemon: Daemon) -> None:
-        def handle_timer(now: float, due: float | None = None) -> None:
+        def handle_timer(now: float, due: float | None = None, *, wall: float) -> None:
             raise Boom("timer")
 
         daemon.core.handle_timer = handle_timer  # type: ignore[method-assign]

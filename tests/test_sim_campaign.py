@@ -411,7 +411,7 @@ class Campaign:
             applied = self.running(n)
             if applied:
                 down = ("eth1",) if op.what == "monitors_down" else ()
-                sim.call(n, lambda core: core.set_monitors(down, sim.now))
+                sim.call(n, lambda core: core.set_monitors(down, sim.now, wall=sim.wall))
         else:  # pragma: no cover - a typo in a hand-written schedule
             raise ValueError(op.what)
         self.count("ops_applied" if applied else "ops_skipped")
@@ -452,7 +452,7 @@ class Campaign:
         sim = self.sim
         for n in sim.writable_primaries():
             try:
-                target = sim.call(n, lambda core: core.request_failover(sim.now))
+                target = sim.call(n, lambda core: core.request_failover(sim.now, wall=sim.wall))
             except WriteRefused as exc:
                 self.count(f"failover_refused_{exc.code}")
                 continue
@@ -590,7 +590,7 @@ class Campaign:
                 sim.restart(n)
                 self._new_life(n)
             elif sim.nodes[n].core.roles.monitors_down:
-                sim.call(n, lambda core: core.set_monitors((), sim.now))
+                sim.call(n, lambda core: core.set_monitors((), sim.now, wall=sim.wall))
 
     def converged(self) -> str | None:
         """None when settled, else what is still missing."""
@@ -937,7 +937,7 @@ def test_manual_failover_across_a_partial_partition_keeps_one_primary() -> None:
     sim.run_for(1.0)  # b and c lose each other; both still follow a
     assert sim.primaries() == ["a"]
     t = sim.now
-    assert sim.call("a", lambda core: core.request_failover(sim.now)) == "b"
+    assert sim.call("a", lambda core: core.request_failover(sim.now, wall=sim.wall)) == "b"
     sim.run_until_true(lambda: role(sim, "b") is Role.PRIMARY, limit=5)
     sim.run_for(2.0)
     assert promotions(sim, "c", after=t) == [], f"roles log: {sim.log}"
@@ -977,7 +977,7 @@ def test_merge_reoffers_writes_the_survivor_acknowledged_then_lost_in_a_resync()
     # a first offers c the tail of b's history that c lacks (W): W survives here
     # already.  Before that fix a's resync from c purged it.
     assert (WEB, rid) in snapshot(sim, "a")
-    assert sim.call("c", lambda core: core.request_failover(sim.now)) == "a"
+    assert sim.call("c", lambda core: core.request_failover(sim.now, wall=sim.wall)) == "a"
     sim.run_until_true(lambda: role(sim, "a") is Role.PRIMARY, limit=5)
     sim.rejoin("c")
     sim.run_until_true(lambda: settled(sim, names), limit=10)

@@ -222,10 +222,10 @@ def test_next_timer_is_pure_and_the_stall_is_measured_from_the_armed_deadline() 
     stalls = core.stats["loop_stalls"][""]
     first = core.next_timer()
     assert core.next_timer() == first  # asking twice, same answer
-    core.handle_timer(first + 0.1)  # not armed from next_timer: nothing to measure
+    core.handle_timer(first + 0.1, wall=sim.wall)  # not armed from next_timer: nothing to measure
     assert core.stats["loop_stalls"][""] == stalls
     due = core.next_timer()
-    core.handle_timer(due + 0.1, due)  # 100 ms late
+    core.handle_timer(due + 0.1, due, wall=sim.wall)  # 100 ms late
     assert core.stats["loop_stalls"][""] == stalls + 1
     assert core.peers["a"].stall >= 0.1
 
@@ -416,7 +416,7 @@ def test_manual_failover_hands_over_without_losing_writes() -> None:
     primary, secondary = pair(sim)
     for i in range(30):
         put(sim, primary, WEB, i)
-    target = sim.call(primary, lambda core: core.request_failover(sim.now))
+    target = sim.call(primary, lambda core: core.request_failover(sim.now, wall=sim.wall))
     assert target == secondary
     rid, blob, _ = record(WEB, 500)
     assert sim.try_write(primary, WEB, rid, blob) == "handover_in_progress"
@@ -452,7 +452,7 @@ def test_sync_changed_events_follow_in_sync_through_a_manual_failover() -> None:
 
     primary, _ = pair(sim)
     consistent()
-    sim.call(primary, lambda core: core.request_failover(sim.now))
+    sim.call(primary, lambda core: core.request_failover(sim.now, wall=sim.wall))
     sim.run_until_true(lambda: consistent() and role(sim, primary) is Role.SECONDARY, limit=5)
     sim.run_until_true(lambda: consistent() and in_sync(sim, primary), limit=5)
     assert wrong == []
@@ -466,19 +466,19 @@ def test_manual_failover_is_refused_without_an_in_sync_secondary() -> None:
     sim.kill(secondary)
     sim.run_for(1)
     with pytest.raises(WriteRefused) as err:
-        sim.call(primary, lambda core: core.request_failover(sim.now))
+        sim.call(primary, lambda core: core.request_failover(sim.now, wall=sim.wall))
     assert err.value.code == "no_in_sync_secondary"
 
 
 def test_monitored_interface_down_hands_over_to_a_healthy_secondary() -> None:
     sim = Sim(seed=27)
     primary, secondary = pair(sim, monitors=("eth1",))
-    sim.call(primary, lambda core: core.set_monitors(("eth1",), sim.now))
+    sim.call(primary, lambda core: core.set_monitors(("eth1",), sim.now, wall=sim.wall))
     sim.run_until_true(lambda: role(sim, secondary) is Role.PRIMARY, limit=5)
     assert role(sim, primary) is Role.SECONDARY
     # It does not come back while its interface is down, nor when it is up again
     # (no override): the healthy primary keeps the role.
-    sim.call(primary, lambda core: core.set_monitors((), sim.now))
+    sim.call(primary, lambda core: core.set_monitors((), sim.now, wall=sim.wall))
     sim.run_for(3)
     assert role(sim, secondary) is Role.PRIMARY
 
@@ -512,21 +512,23 @@ def test_flap_damping_suspends_automatic_promotion() -> None:
     # cold-start promotion is not a flap.
     assert suspended(sim) == ["a"]
     assert len(sim.nodes["a"].core.roles.damper.changes) == 4
-    status = sim.nodes["a"].core.status(sim.now)
+    status = sim.nodes["a"].core.status(sim.now, wall=sim.wall)
     assert status["suspended"] is not None
     primary = sim.primaries()[0]
     if primary == "a":  # a keeps its role while suspended; hand it over to test the rest
-        sim.call("a", lambda core: core.request_failover(sim.now))
+        sim.call("a", lambda core: core.request_failover(sim.now, wall=sim.wall))
         sim.run_until_true(lambda: role(sim, "b") is Role.PRIMARY, limit=5)
         sim.run_until_true(lambda: in_sync(sim, "a"), limit=10)
     # A suspended node is not a handover target...
     with pytest.raises(WriteRefused):
-        sim.call("b", lambda core: core.request_failover(sim.now))
+        sim.call("b", lambda core: core.request_failover(sim.now, wall=sim.wall))
     # ...and does not promote itself when the primary dies.
     sim.kill("b")
     sim.run_for(3)
     assert role(sim, "a") is Role.SECONDARY
-    assert "no eligible candidate" in str(sim.nodes["a"].core.status(sim.now)["role_reason"])
+    assert "no eligible candidate" in str(
+        sim.nodes["a"].core.status(sim.now, wall=sim.wall)["role_reason"]
+    )
 
 
 def test_planned_role_changes_are_not_flaps() -> None:
@@ -538,7 +540,7 @@ def test_planned_role_changes_are_not_flaps() -> None:
         cur = sim.primaries()[0]
         other = "b" if cur == "a" else "a"
         sim.run_until_true(lambda o=other: in_sync(sim, o), limit=5)
-        assert sim.call(cur, lambda core: core.request_failover(sim.now)) == other
+        assert sim.call(cur, lambda core: core.request_failover(sim.now, wall=sim.wall)) == other
         sim.run_until_true(lambda o=other: role(sim, o) is Role.PRIMARY, limit=5)
     sim.run_until_true(lambda: settled(sim, ["a", "b"]), limit=10)
     assert suspended(sim) == []
@@ -563,7 +565,7 @@ def test_preemption_and_shutdown_handovers_are_not_flaps() -> None:
     sim.run_until_true(lambda: in_sync(sim, secondary), limit=10)
     assert len(sim.nodes[secondary].core.roles.damper.changes) == 1
     # A planned stop of the primary hands over: not a flap for the target either.
-    sim.call(primary, lambda core: core.begin_shutdown(sim.now, 5.0))
+    sim.call(primary, lambda core: core.begin_shutdown(sim.now, 5.0, wall=sim.wall))
     sim.run_until_true(lambda: role(sim, secondary) is Role.PRIMARY, limit=5)
     assert suspended(sim) == []
     assert len(sim.nodes[secondary].core.roles.damper.changes) == 1
@@ -604,10 +606,10 @@ def test_election_is_a_pure_function_with_explained_reasons() -> None:
 def test_status_explains_the_role() -> None:
     sim = Sim(seed=29)
     primary, secondary = pair(sim)
-    st = sim.nodes[primary].core.status(sim.now)
+    st = sim.nodes[primary].core.status(sim.now, wall=sim.wall)
     assert st["role"] == "primary"
     assert "priority" in str(st["role_reason"])
-    st2 = sim.nodes[secondary].core.status(sim.now)
+    st2 = sim.nodes[secondary].core.status(sim.now, wall=sim.wall)
     assert st2["role"] == "secondary"
     assert st2["primary"] == primary
     assert "following" in str(st2["role_reason"])

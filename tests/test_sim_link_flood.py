@@ -34,7 +34,7 @@ PARTIAL_INIT = struct.pack(">I", 200) + hs.MAGIC + bytes((1, hs.HsType.INIT))
 
 def core(name: str = "a") -> NodeCore:
     settings = CoreSettings(name=name, tag=1, priority=100, group_id=1, psk=PSK, listen="x:1")
-    return NodeCore(settings, Store(), now=0.0, wall=lambda: 0.0, boot_id=bytes(16))
+    return NodeCore(settings, Store(), now=0.0, wall=0.0, boot_id=bytes(16))
 
 
 def init_frame(name: str = "b") -> bytes:
@@ -116,9 +116,11 @@ def test_random_pools_always_take_from_a_busiest_host_its_oldest() -> None:
 def test_a_full_budget_admits_the_new_connection_and_evicts_the_oldest_silent_one() -> None:
     node = core()
     for i in range(MAX_UNPROVEN):
-        node.connection_made(i + 1, initiator=False, address=f"127.0.0.1:{4000 + i}", now=i * 1e-4)
+        node.connection_made(
+            i + 1, initiator=False, address=f"127.0.0.1:{4000 + i}", now=i * 1e-4, wall=0.0
+        )
     assert closes(node) == []
-    node.connection_made(1000, initiator=False, address="127.0.0.1:9000", now=0.5)
+    node.connection_made(1000, initiator=False, address="127.0.0.1:9000", now=0.5, wall=0.0)
     assert closes(node) == [1]
     assert 1000 in node.conns and 1 not in node.conns
     assert len(node.conns) == MAX_UNPROVEN
@@ -128,14 +130,16 @@ def test_a_full_budget_admits_the_new_connection_and_evicts_the_oldest_silent_on
 
 def test_a_peer_whose_init_decrypted_outlives_a_flood_from_its_own_address() -> None:
     node = core()
-    node.connection_made(1, initiator=False, address="127.0.0.1:4000", now=0.0)
-    node.receive_data(1, init_frame(), now=0.001)
+    node.connection_made(1, initiator=False, address="127.0.0.1:4000", now=0.0, wall=0.0)
+    node.receive_data(1, init_frame(), now=0.001, wall=0.0)
     assert node.conns[1].channel.state is State.AWAIT_CONFIRM
     node.data_to_send()
     flood = 3 * MAX_UNPROVEN
     for i in range(flood):
-        node.connection_made(10 + i, initiator=False, address=f"127.0.0.1:{5000 + i}", now=0.002)
-        node.receive_data(10 + i, PARTIAL_INIT, now=0.002)
+        node.connection_made(
+            10 + i, initiator=False, address=f"127.0.0.1:{5000 + i}", now=0.002, wall=0.0
+        )
+        node.receive_data(10 + i, PARTIAL_INIT, now=0.002, wall=0.0)
     assert 1 in node.conns
     assert 1 not in closes(node)
     assert node.stats["link_refused"]["handshake_evicted"] == flood - MAX_UNPROVEN
@@ -144,8 +148,10 @@ def test_a_peer_whose_init_decrypted_outlives_a_flood_from_its_own_address() -> 
 def test_proven_handshakes_have_their_own_budget_and_the_oldest_makes_room() -> None:
     node = core()
     for i in range(MAX_HANDSHAKING + 1):
-        node.connection_made(i + 1, initiator=False, address=f"127.0.0.1:{4000 + i}", now=i * 0.01)
-        node.receive_data(i + 1, init_frame(f"n{i}"), now=i * 0.01)
+        node.connection_made(
+            i + 1, initiator=False, address=f"127.0.0.1:{4000 + i}", now=i * 0.01, wall=0.0
+        )
+        node.receive_data(i + 1, init_frame(f"n{i}"), now=i * 0.01, wall=0.0)
     # The 17th INIT that decrypted evicted the oldest proven one, nothing else.
     assert closes(node) == [1]
     proven = [c for c in node.conns.values() if c.channel.state is State.AWAIT_CONFIRM]
@@ -153,25 +159,27 @@ def test_proven_handshakes_have_their_own_budget_and_the_oldest_makes_room() -> 
     assert node.stats["link_refused"]["handshake_evicted"] == 1
     # Silent connections never push a proven one out.
     for i in range(MAX_UNPROVEN + 5):
-        node.connection_made(100 + i, initiator=False, address=f"127.0.0.1:{6000 + i}", now=0.5)
+        node.connection_made(
+            100 + i, initiator=False, address=f"127.0.0.1:{6000 + i}", now=0.5, wall=0.0
+        )
     assert all(c.id in node.conns for c in proven)
     assert node.unproven.size == MAX_UNPROVEN and node.proven.size == MAX_HANDSHAKING
 
 
 def test_inbound_connections_without_an_init_are_closed_after_the_init_timeout() -> None:
     node = core()
-    node.connection_made(1, initiator=False, address="127.0.0.1:4000", now=0.0)  # idle
-    node.connection_made(2, initiator=False, address="127.0.0.1:4001", now=0.0)
-    node.receive_data(2, PARTIAL_INIT, now=0.0)  # trickling
-    node.connection_made(3, initiator=False, address="127.0.0.1:4002", now=0.0)
-    node.receive_data(3, init_frame(), now=0.0)  # a real INIT: waits for the confirmation
-    node.handle_timer(INIT_TIMEOUT - 0.01)
+    node.connection_made(1, initiator=False, address="127.0.0.1:4000", now=0.0, wall=0.0)  # idle
+    node.connection_made(2, initiator=False, address="127.0.0.1:4001", now=0.0, wall=0.0)
+    node.receive_data(2, PARTIAL_INIT, now=0.0, wall=0.0)  # trickling
+    node.connection_made(3, initiator=False, address="127.0.0.1:4002", now=0.0, wall=0.0)
+    node.receive_data(3, init_frame(), now=0.0, wall=0.0)  # a real INIT: waits for the confirmation
+    node.handle_timer(INIT_TIMEOUT - 0.01, wall=0.0)
     assert closes(node) == []
-    node.handle_timer(INIT_TIMEOUT + 0.01)
+    node.handle_timer(INIT_TIMEOUT + 0.01, wall=0.0)
     assert sorted(closes(node)) == [1, 2]
     assert node.stats["link_errors"]["init_timeout"] == 2
     assert 3 in node.conns
-    node.handle_timer(node.s.handshake_timeout + 0.01)
+    node.handle_timer(node.s.handshake_timeout + 0.01, wall=0.0)
     assert closes(node) == [3]
     assert node.stats["link_errors"]["handshake_timeout"] == 1
 

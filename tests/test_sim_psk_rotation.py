@@ -126,7 +126,7 @@ def test_a_node_with_a_next_key_the_peer_lacks_falls_back_without_losing_the_lin
     # The next key is retried once a REKEY_RETRY, not on every heartbeat.
     refused = stat(sim, "b", "link_errors", "psk_mismatch")
     assert 1 <= refused <= 5, refused
-    status = sim.nodes["a"].core.status(sim.now)
+    status = sim.nodes["a"].core.status(sim.now, wall=sim.wall)
     (peer,) = status["peers"]  # type: ignore[misc]
     assert peer["key"] == "current" and peer["key_id"] == key_id(sim.psk.reveal()).hex()
     assert status["link_keys"] == {
@@ -176,9 +176,9 @@ def test_the_rotation_sequence_keeps_the_link_and_ends_under_the_new_key() -> No
     )
     listener = sim.nodes[primary].core
     refused = stat(sim, primary, "link_errors", "psk_mismatch")
-    listener.connection_made(999, initiator=False, address="10.9.9.9:1", now=sim.now)
+    listener.connection_made(999, initiator=False, address="10.9.9.9:1", now=sim.now, wall=sim.wall)
     intruder.start()
-    listener.receive_data(999, intruder.take_output(), sim.now)
+    listener.receive_data(999, intruder.take_output(), sim.now, wall=sim.wall)
     assert stat(sim, primary, "link_errors", "psk_mismatch") == refused + 1
     assert 999 not in listener.conns
 
@@ -188,7 +188,7 @@ def test_retiring_a_key_a_link_still_uses_is_visible_first_then_closes_that_link
     primary, _ = pair(sim)
     sim.reconfigure(primary, psk_next=NEW)  # the secondary never gets NEW
     sim.run_for(1.0)
-    (peer,) = sim.nodes[primary].core.status(sim.now)["peers"]  # type: ignore[misc]
+    (peer,) = sim.nodes[primary].core.status(sim.now, wall=sim.wall)["peers"]  # type: ignore[misc]
     # Before retiring: status shows the link under the key that is about to go.
     assert peer["key"] == "current" and peer["key_id"] != peer_next(sim, primary)
     sim.reconfigure(primary, psk=NEW, psk_next=None)
@@ -198,7 +198,7 @@ def test_retiring_a_key_a_link_still_uses_is_visible_first_then_closes_that_link
 
 
 def peer_next(sim: Sim, name: str) -> str:
-    keys = sim.nodes[name].core.status(sim.now)["link_keys"]
+    keys = sim.nodes[name].core.status(sim.now, wall=sim.wall)["link_keys"]
     assert isinstance(keys, dict)
     return str(keys["next"])
 

@@ -206,10 +206,10 @@ def test_a_write_is_sent_by_a_transmit_not_by_a_timer_tick() -> None:
     heartbeats = core.stats["heartbeats_sent"][""]
     for i in range(3):
         rid, blob, _ = record(WEB, i)
-        core.write(KINDS_BY_CODE[WEB].from_blob(blob, rid), sim.now)
+        core.write(KINDS_BY_CODE[WEB].from_blob(blob, rid), sim.now, wall=sim.wall)
     assert core.wants_transmit
     assert core.next_timer() > sim.now  # no tick is due for the writes
-    core.transmit(sim.now)
+    core.transmit(sim.now, wall=sim.wall)
     assert conn.id in dict(core.data_to_send())  # the RECORDS frame
     assert not core.wants_transmit
     assert core.stats["heartbeats_sent"][""] == heartbeats  # the periodic handler did not run

@@ -38,7 +38,7 @@ def corrupt_link(sim: Sim, victim: str, peer: str) -> None:
     """Feed the victim a corrupted frame on its link to ``peer`` (it closes the link)."""
     conn = link(sim, victim, peer)
     assert conn is not None
-    sim.call(victim, lambda core: core.receive_data(conn.id, BOGUS_FRAME, sim.now))
+    sim.call(victim, lambda core: core.receive_data(conn.id, BOGUS_FRAME, sim.now, wall=sim.wall))
 
 
 def drop_link(sim: Sim, primary: str, secondary: str, seconds: float) -> None:

@@ -34,11 +34,13 @@ def out_sa(i: int) -> int:
 
 def report(sim: Sim, node: str, rid: str, seq: int, **kw: Any) -> Any:
     u = CounterUpdate(rid, seq, kw.get("bytes", seq), kw.get("packets", seq), kw.get("bitmap"))
-    return sim.call(node, lambda core: update_counters(core, [u], sim.now))
+    return sim.call(node, lambda core: update_counters(core, [u], sim.now, wall=sim.wall))
 
 
 def lease(sim: Sim, node: str, rid: str, limit: int) -> Any:
-    return sim.call(node, lambda core: write_leases(core, [LeaseRequest(rid, limit)], sim.now))
+    return sim.call(
+        node, lambda core: write_leases(core, [LeaseRequest(rid, limit)], sim.now, wall=sim.wall)
+    )
 
 
 def fail_over(sim: Sim, dead: str, survivor: str) -> None:
@@ -364,10 +366,12 @@ def test_counter_updates_are_refused_on_a_secondary_and_bad_items_change_nothing
     rid, _ = put(sim, a, SA, out_sa(2))  # sample 4: outbound, no ESN
     sim.run_for(0.2)
     with pytest.raises(WriteRefused) as info:
-        sim.call(b, lambda core: update_counters(core, [CounterUpdate(rid, 1)], sim.now))
+        sim.call(
+            b, lambda core: update_counters(core, [CounterUpdate(rid, 1)], sim.now, wall=sim.wall)
+        )
     assert info.value.code == "not_primary"
     u = [CounterUpdate(rid, 2**32, 0, 0, None), CounterUpdate("esp-nothex@x", 1, 0, 0, None)]
-    out = sim.call(a, lambda core: update_counters(core, u, sim.now))
+    out = sim.call(a, lambda core: update_counters(core, u, sim.now, wall=sim.wall))
     assert [e["error"] for e in out.errors] == ["out_of_range", "invalid_id"]
     assert (out.applied, out.ignored) == (0, 0)
     assert sim.nodes[a].core.store.get_raw(CTR, rid) is None  # nothing written
@@ -380,12 +384,12 @@ def test_deleting_an_sa_deletes_its_counters_everywhere() -> None:
     rid, _ = put(sim, a, SA, out_sa(8))
     report(sim, a, rid, 10**9)
     sim.run_for(0.2)
-    assert sim.nodes[b].core.store.get(CTR, rid, sim.nodes[b].core.wall()) is not None
+    assert sim.nodes[b].core.store.get(CTR, rid, sim.wall) is not None
     assert sim.write(a, SA, rid, None) is not None
     sim.run_for(0.2)
     for n in (a, b):
         core = sim.nodes[n].core
-        assert core.store.get(CTR, rid, core.wall()) is None
+        assert core.store.get(CTR, rid, sim.wall) is None
     # A new SA that reuses the id does not inherit the old counter.
     put(sim, a, SA, out_sa(8))
     assert viewed(sim, a, SA, rid)["seq"] == sample(SA, out_sa(8))["seq"]  # type: ignore[index]
@@ -410,7 +414,7 @@ def test_freshness_shows_counter_age_percentiles_and_the_recovery_point() -> Non
     sim.run_for(1.5)  # a pass over the table ran on both nodes since
     for n in (a, b):
         core = sim.nodes[n].core
-        st = core.freshness.status(core.wall())
+        st = core.freshness.status(sim.wall)
         assert st["sas_reporting"] == 10
         p50, p99 = st["age_p50_s"], st["age_p99_s"]
         assert isinstance(p50, float) and isinstance(p99, float)

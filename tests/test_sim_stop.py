@@ -46,8 +46,8 @@ def stop_ready(sim: Sim, name: str) -> StopReady | None:
 
 def test_a_stopping_primary_waits_for_the_snapshot_then_hands_over() -> None:
     sim = loading_pair(seed=40)
-    sim.call("a", lambda core: core.begin_shutdown(sim.now, 60.0))
-    status = sim.nodes["a"].core.status(sim.now)
+    sim.call("a", lambda core: core.begin_shutdown(sim.now, 60.0, wall=sim.wall))
+    status = sim.nodes["a"].core.status(sim.now, wall=sim.wall)
     assert status["stopping"]["ready"] is False
     assert "to finish loading its snapshot" in str(status["stopping"]["waiting_for"])
     # Still the primary while it waits: writes are accepted, and replicated.
@@ -69,7 +69,7 @@ def test_a_stop_that_cannot_wait_says_how_many_records_are_lost(
 ) -> None:
     sim = loading_pair(seed=41)
     caplog.set_level(logging.INFO)
-    sim.call("a", lambda core: core.begin_shutdown(sim.now, 0.5))
+    sim.call("a", lambda core: core.begin_shutdown(sim.now, 0.5, wall=sim.wall))
     sim.run_until_true(lambda: stop_ready(sim, "a") is not None, limit=5)
     ready = stop_ready(sim, "a")
     assert ready is not None
@@ -78,9 +78,9 @@ def test_a_stop_that_cannot_wait_says_how_many_records_are_lost(
     # Everything b does not hold is counted (an upper bound: nothing is understated).
     assert ready.unreplicated >= RECORDS - held_by_b
     assert ready.unreplicated < RECORDS + 1  # + a's promotion record
-    assert sim.nodes["a"].core.status(sim.now)["stopping"]["unreplicated_records"] == (
-        ready.unreplicated
-    )
+    assert sim.nodes["a"].core.status(sim.now, wall=sim.wall)["stopping"][
+        "unreplicated_records"
+    ] == (ready.unreplicated)
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any(
         "STOPPING WITHOUT A HANDOVER" in line and f"{ready.unreplicated} of {RECORDS + 1}" in line
@@ -94,7 +94,7 @@ def test_a_lone_primary_stops_at_once_and_counts_every_record_as_lost() -> None:
     sim.run_until_true(lambda: role(sim, "a") is Role.PRIMARY, limit=5)
     for i in range(10):
         put(sim, "a", WEB, i)
-    sim.call("a", lambda core: core.begin_shutdown(sim.now, 60.0))
+    sim.call("a", lambda core: core.begin_shutdown(sim.now, 60.0, wall=sim.wall))
     ready = stop_ready(sim, "a")
     assert ready is not None
     # The ten sessions and the promotion record a wrote when it became primary.
@@ -106,7 +106,7 @@ def test_a_secondary_is_ready_to_stop_at_once() -> None:
     sim.add("a", ["a", "b"], priority=200)
     sim.add("b", ["a", "b"], priority=100)
     sim.run_until_true(lambda: in_sync(sim, "b"), limit=10)
-    sim.call("b", lambda core: core.begin_shutdown(sim.now, 60.0))
+    sim.call("b", lambda core: core.begin_shutdown(sim.now, 60.0, wall=sim.wall))
     ready = stop_ready(sim, "b")
     assert ready is not None
     assert (ready.handed_to, ready.unreplicated) == (None, 0)
@@ -116,7 +116,7 @@ def test_a_secondary_is_ready_to_stop_at_once() -> None:
 def test_manual_failover_during_a_snapshot_is_refused_and_says_why() -> None:
     sim = loading_pair(seed=44)
     with pytest.raises(WriteRefused) as err:
-        sim.call("a", lambda core: core.request_failover(sim.now))
+        sim.call("a", lambda core: core.request_failover(sim.now, wall=sim.wall))
     assert err.value.code == "no_in_sync_secondary"
     assert "b is loading its snapshot" in err.value.message
     assert role(sim, "a") is Role.PRIMARY

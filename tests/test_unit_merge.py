@@ -371,7 +371,7 @@ def test_a_secondarys_catch_up_offer_ends_without_a_split_brain() -> None:
 def test_a_former_primarys_merge_end_records_the_split_and_reannounces(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    sim, core = survivor()
+    _sim, core = survivor()
     peer = core.peers["b"]
     peer.merge_offered, peer.merge_merged, peer.merge_conflicts = 4, 2, 1
     core.events()
@@ -384,7 +384,7 @@ def test_a_former_primarys_merge_end_records_the_split_and_reannounces(
         "own_epoch": epoch,
         "peer_epoch": E_LOSER,
         "survivor": "a",
-        "detected_at": WALL_BASE + sim.now,
+        "detected_at": WALL_BASE + core.now,  # the clocks of the input deliver() re-uses
         "offered": 4,
         "merged": 2,
         "conflicts": 1,

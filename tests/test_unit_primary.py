@@ -265,7 +265,7 @@ def test_a_handover_not_taken_in_time_is_aborted_and_writes_resume(
     sim, core, duties = settled(handover_timeout=0.2)
     sim.freeze("b")  # up (not yet lost) but not taking over
     put(sim, "a", WEB, 1)  # never acknowledged by the frozen b: HANDOVER is not sent
-    sim.call("a", lambda c: c.request_failover(sim.now))
+    sim.call("a", lambda c: c.request_failover(sim.now, wall=sim.wall))
     deadline = duties.handover.deadline if duties.handover else 0.0
     caplog.set_level(logging.WARNING, logger="hasyncd.roles")
     caplog.clear()
@@ -286,7 +286,7 @@ def test_a_handover_is_aborted_when_the_link_to_its_target_goes_down() -> None:
     sim, _core, duties = settled()
     sim.freeze("b")
     put(sim, "a", WEB, 1)
-    sim.call("a", lambda c: c.request_failover(sim.now))
+    sim.call("a", lambda c: c.request_failover(sim.now, wall=sim.wall))
     sim.run_until_true(lambda: duties.handover is None, limit=2)
     [(target, ok, reason)] = finished(sim, "a")
     assert (target, ok) == ("b", False)
@@ -329,7 +329,7 @@ def test_a_link_failover_is_a_forced_handover() -> None:
     sim = Sim(seed=64)
     pair(sim, monitors=("eth1",))
     duties = sim.nodes["a"].core.roles.duties
-    sim.call("a", lambda c: c.set_monitors(("eth1",), sim.now))
+    sim.call("a", lambda c: c.set_monitors(("eth1",), sim.now, wall=sim.wall))
     sim.run_until_true(lambda: duties.handover is not None, limit=1, step=0)
     h = duties.handover
     assert h is not None
@@ -363,7 +363,7 @@ def test_a_manual_failover_picks_the_best_in_sync_secondary_by_the_election_rule
         sim.run_for(2)
         sim.add("b", ["a", "b", "c"], priority=200, **kw)
         sim.run_until_true(lambda s=sim: in_sync(s, "b") and in_sync(s, "c"), limit=10)
-        assert sim.call("a", lambda c, s=sim: c.request_failover(s.now)) == winner
+        assert sim.call("a", lambda c, s=sim: c.request_failover(s.now, wall=s.wall)) == winner
 
 
 def test_a_long_handover_reason_is_cut_to_what_the_wire_carries() -> None:
@@ -495,7 +495,7 @@ def test_no_preemption_while_fenced_or_stopping_or_once_the_better_node_is_worse
     duties.run(sim.now)
     assert duties.preempt_since == sim.now
     # The better node's monitored interface goes down: the pending preemption is dropped.
-    sim.call("a", lambda c: c.set_monitors(("eth1",), sim.now))
+    sim.call("a", lambda c: c.set_monitors(("eth1",), sim.now, wall=sim.wall))
     sim.run_for(0.2)
     assert duties.preempt_since is None
     sim.run_for(2.0)

@@ -98,12 +98,13 @@ def _check_range(sa: Any, name: str, value: int, out: Outcome, rid: str) -> bool
     return True
 
 
-def update_counters(core: NodeCore, updates: list[CounterUpdate], now: float) -> Outcome:
+def update_counters(
+    core: NodeCore, updates: list[CounterUpdate], now: float, *, wall: float
+) -> Outcome:
     """Apply counter updates on the primary (the caller bounds their number)."""
-    core.now = now
+    core.now, core.wall = now, wall  # both clocks are inputs
     core.roles.check_writable(now)
     out = Outcome()
-    wall = core.wall()
     history = core.promotions
     epoch = core.roles.epoch
     for u in updates:
@@ -168,12 +169,11 @@ def update_counters(core: NodeCore, updates: list[CounterUpdate], now: float) ->
     return out
 
 
-def write_leases(core: NodeCore, leases: list[LeaseRequest], now: float) -> Outcome:
+def write_leases(core: NodeCore, leases: list[LeaseRequest], now: float, *, wall: float) -> Outcome:
     """Raise the ceilings; ``granted`` holds them once written (the shell waits for acks)."""
-    core.now = now
+    core.now, core.wall = now, wall  # both clocks are inputs
     core.roles.check_writable(now)
     out = Outcome()
-    wall = core.wall()
     for req in leases:
         found = _lookup(core, req.id, out, wall)
         if found is None:

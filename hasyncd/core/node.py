@@ -1,6 +1,7 @@
 """The node core: one cluster member's protocol state machine, sans-IO.
 
-Inputs (each carries the monotonic time ``now``):
+Inputs (each carries the monotonic time ``now`` and the Unix time ``wall``;
+the core reads no clock of its own):
 
     connection_made / connect_failed / receive_data / connection_lost
     handle_timer, transmit, write, request_failover, set_monitors, reconfigure,
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
 
 from hasyncd.core.backlog import Backlog, plan_resync, resumed_session
 from hasyncd.core.detector import check_peers, loss_deadline, own_lateness
@@ -124,13 +124,15 @@ class NodeCore(Outputs):
         store: Store,
         *,
         now: float,
-        wall: Callable[[], float],
+        wall: float,
         boot_id: bytes,
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(now)
         self.s = settings
         self.store = store
+        # Both clocks are inputs: every input call passes ``now`` (monotonic,
+        # counting suspend) and ``wall`` (Unix time); the core reads no clock.
         self.wall = wall
         self.boot_id = boot_id
         self.rng = rng or random.Random()  # noqa: S311 - reconnect jitter, not crypto
@@ -162,6 +164,11 @@ class NodeCore(Outputs):
     def version(self) -> int:
         """Primary: the newest version it assigned; secondary: the newest it applied."""
         return self.roles.version
+
+    def _clock(self, now: float, wall: float) -> None:
+        """The two clocks of the input being handled, for everything it calls."""
+        self.now = now
+        self.wall = wall
 
     def now_ms(self, now: float) -> int:
         return int((now - self.started) * 1000)
@@ -231,12 +238,13 @@ class NodeCore(Outputs):
             peer.conn = None
             peer.reset_link_state()
             self.roles.on_link_down(peer, reason)
-            self.recompute_watermark()
 
     # -- connection inputs ------------------------------------------------------
 
-    def connection_made(self, conn_id: int, *, initiator: bool, address: str, now: float) -> None:
-        self.now = now
+    def connection_made(
+        self, conn_id: int, *, initiator: bool, address: str, now: float, wall: float
+    ) -> None:
+        self._clock(now, wall)
         if not initiator:
             self._make_room(self.unproven, address)
         hello = Hello(self.s.name, self.boot_id, self.s.tag, self.s.window, self.s.listen[:64])
@@ -277,15 +285,15 @@ class NodeCore(Outputs):
         )
         self.close(victim, "evicted: too many links in handshake")
 
-    def connect_failed(self, address: str, now: float, reason: str) -> None:
-        self.now = now
+    def connect_failed(self, address: str, now: float, reason: str, *, wall: float) -> None:
+        self._clock(now, wall)
         if not self.dialer.failed(address, now):
             return
         self.count("connect_failures")
         self.log_limited(("connect", address), logging.INFO, "link to %s: %s", address, reason)
 
-    def connection_lost(self, conn_id: int, now: float) -> None:
-        self.now = now
+    def connection_lost(self, conn_id: int, now: float, *, wall: float) -> None:
+        self._clock(now, wall)
         conn = self.conns.pop(conn_id, None)
         if conn is None:
             return
@@ -296,8 +304,8 @@ class NodeCore(Outputs):
         self._detach(conn, "connection closed by peer")
         self._after_input(now)
 
-    def receive_data(self, conn_id: int, data: bytes, now: float) -> None:
-        self.now = now
+    def receive_data(self, conn_id: int, data: bytes, now: float, *, wall: float) -> None:
+        self._clock(now, wall)
         conn = self.conns.get(conn_id)
         if conn is None:
             return
@@ -526,16 +534,10 @@ class NodeCore(Outputs):
             session = peer.session
             if session is None:
                 continue
-            if mark.kind is MarkKind.BULK_PROGRESS:
-                session.bulk_acked = mark.count
-                continue
-            session.acked = max(session.acked, mark.version)
-            if mark.kind is MarkKind.BULK_END and not session.in_sync:
-                session.in_sync = True
+            if session.acknowledged(mark):  # the session's transition table
                 log.info("%s is in sync (%d records in snapshot)", peer.name, session.bulk_sent)
         if peer.session is not None:
             peer.lag.acked(peer.session.acked)
-        self.recompute_watermark()
         self._pump_needed = True
 
     def _on_merge_end(self, peer: Peer, msg: MergeEnd) -> None:
@@ -554,7 +556,7 @@ class NodeCore(Outputs):
 
     def note_split(self, peer: str, own_epoch: int, peer_epoch: int, *, survivor: str) -> None:
         """``peer`` and this node were both primary (status, metrics, events, log)."""
-        event = self.split_brain.detected(peer, own_epoch, peer_epoch, survivor, self.wall())
+        event = self.split_brain.detected(peer, own_epoch, peer_epoch, survivor, self.wall)
         self.count("split_brains")
         self.emit(event)
 
@@ -580,7 +582,6 @@ class NodeCore(Outputs):
             )
         peer.session = session
         peer.flow = Flow(peer.window)
-        self.recompute_watermark()
         self._pump_needed = True
 
     def _new_snapshot(self, peer: Peer, taken: set[int], why: str) -> OutboundSession:
@@ -601,12 +602,11 @@ class NodeCore(Outputs):
         self.count("resyncs", "full")
         peer.session = self._new_snapshot(peer, {session.snap_id}, f"resume cut short: {reason}")
         peer.flow = Flow(peer.window)  # the old session's frames are no longer tracked
-        self.recompute_watermark()
 
     # -- applying replicated changes (secondary) ----------------------------------
 
     def apply_from_primary(self, changes: tuple[Change, ...]) -> int:
-        result = apply_changes(self.store, changes, self.wall(), self.s.tombstone_ttl)
+        result = apply_changes(self.store, changes, self.wall, self.s.tombstone_ttl)
         if any(c.kind == PROMO for c in changes):
             self.promotions.invalidate()
         self.count("records_applied", "", result.applied)
@@ -631,25 +631,25 @@ class NodeCore(Outputs):
 
     # -- local writes (primary) ---------------------------------------------------
 
-    def write(self, record: Record, now: float) -> WriteResult:
+    def write(self, record: Record, now: float, *, wall: float) -> WriteResult:
         """An API write of a validated record (made by ``hasyncd.records``, nothing else)."""
-        self.now = now
+        self._clock(now, wall)
         _validated(record)
         self.roles.check_writable(now)
-        _check_expiry(record, self.wall())
+        _check_expiry(record, self.wall)
         return self.local_write(record.kind.code, record.id, record)
 
-    def delete(self, kind: int, rid: str, now: float) -> WriteResult | None:
+    def delete(self, kind: int, rid: str, now: float, *, wall: float) -> WriteResult | None:
         """An API delete; None if there is no live record ``rid``."""
-        self.now = now
+        self._clock(now, wall)
         KINDS_BY_CODE[kind].check_id_pattern(rid)
         self.roles.check_writable(now)
-        if self.store.get(kind, rid, self.wall()) is None:
+        if self.store.get(kind, rid, self.wall) is None:
             return None
         return self.local_write(kind, rid, None)
 
     def write_batch(
-        self, ops: list[tuple[int, str, Record | None]], now: float
+        self, ops: list[tuple[int, str, Record | None]], now: float, *, wall: float
     ) -> list[WriteResult | HasyncdError | None]:
         """Puts (a Record) and deletes (None) in one store pass; a result per op, in order.
 
@@ -657,9 +657,8 @@ class NodeCore(Outputs):
         an op that fails (expired record, refused id) fails alone, a delete of
         an absent record gives None.
         """
-        self.now = now
+        self._clock(now, wall)
         self.roles.check_writable(now)
-        wall = self.wall()
         out: list[WriteResult | HasyncdError | None] = []
         for kind, rid, record in ops:
             try:
@@ -684,7 +683,7 @@ class NodeCore(Outputs):
         """
         version = self.roles.next_version()
         if record is None:
-            value = pack_value(version, self.wall() + self.s.tombstone_ttl, None)
+            value = pack_value(version, self.wall + self.s.tombstone_ttl, None)
         else:
             value = pack_value(version, record.expires, record.blob)
         old = self.store.put_value(kind, rid, value)
@@ -701,11 +700,16 @@ class NodeCore(Outputs):
             self.emit(
                 RecordChanged(KIND_BY_CODE[kind], rid, "put" if record else "delete", epoch, seq)
             )
-        if record is None and kind == SA_CODE and self.store.get(CTR, rid, self.wall()):
+        if record is None and kind == SA_CODE and self.store.get(CTR, rid, self.wall):
             self.local_write(CTR, rid, None)  # its counters go with it (a reused id starts afresh)
         return WriteResult(version, old is None or not value_is_record(old))
 
-    def recompute_watermark(self) -> None:
+    def _derive(self) -> None:
+        """State derived from the rest, computed once at the end of every input (h11's
+        ``_process_event``): the watermark, the version every in-sync secondary
+        acknowledged, which sync-mode writes wait for (``Watermark`` when it moved).
+        """
+        self._announce(self.now)  # an input that did not evaluate the roles
         wm: int | None = None
         for peer in self.peers.values():
             session = peer.session
@@ -717,13 +721,13 @@ class NodeCore(Outputs):
 
     # -- timers and pumping -------------------------------------------------------
 
-    def handle_timer(self, now: float, due: float | None = None) -> None:
+    def handle_timer(self, now: float, due: float | None = None, *, wall: float) -> None:
         """The periodic handler; ``due``: the ``next_timer()`` it was armed for, if any.
 
         How late it runs after ``due`` is the node's own stall (the detector's
         input); without ``due`` (a call not armed from ``next_timer``) none is measured.
         """
-        self.now = now
+        self._clock(now, wall)
         if due is not None:
             self.note_lateness(now - due, now)
         for conn in list(self.conns.values()):
@@ -739,8 +743,8 @@ class NodeCore(Outputs):
         self._dial_due(now)
         if now >= self._next_sweep:
             self._next_sweep = now + 1.0
-            self.store.sweep(self.wall(), SWEEP_BUDGET)
-            self.freshness.run(self.store, self.wall())
+            self.store.sweep(self.wall, SWEEP_BUDGET)
+            self.freshness.run(self.store, self.wall)
         self._after_input(now)
 
     def note_lateness(self, late: float, now: float) -> None:
@@ -787,7 +791,15 @@ class NodeCore(Outputs):
 
     def _after_input(self, now: float) -> None:
         self.roles.evaluate(now)
+        self._announce(now)  # before pump: a new primary's heartbeat precedes its records
         self.pump(now)
+        self._derive()
+
+    def _announce(self, now: float) -> None:
+        """The roles decided the heartbeat's content changed: one beat to every peer now."""
+        if self.roles.announce:
+            self.roles.announce = False
+            self.send_heartbeats(now)
 
     def pump(self, now: float) -> None:
         """Produce replication output while windows allow."""
@@ -813,40 +825,41 @@ class NodeCore(Outputs):
         else:
             self.roles.pump_follower(now)
 
-    def transmit(self, now: float) -> None:
+    def transmit(self, now: float, *, wall: float) -> None:
         """Send what earlier inputs queued (``wants_transmit``): replication and sliced work."""
-        self.now = now
+        self._clock(now, wall)
         self.pump(now)
+        self._derive()
 
     def request_pump(self) -> None:
         self._pump_needed = True
 
     # -- operator inputs ----------------------------------------------------------
 
-    def request_failover(self, now: float) -> str:
-        self.now = now
+    def request_failover(self, now: float, *, wall: float) -> str:
+        self._clock(now, wall)
         target = self.roles.request_failover(now)
         self._after_input(now)
         return target
 
-    def set_monitors(self, down: tuple[str, ...], now: float) -> None:
-        self.now = now
+    def set_monitors(self, down: tuple[str, ...], now: float, *, wall: float) -> None:
+        self._clock(now, wall)
         self.roles.set_monitors(down, now)
         self._after_input(now)
 
-    def begin_shutdown(self, now: float, snapshot_wait: float) -> None:
+    def begin_shutdown(self, now: float, snapshot_wait: float, *, wall: float) -> None:
         """Start a planned stop (``hasyncd.core.stopping``); ``StopReady`` says when to close.
 
         ``snapshot_wait`` bounds how long a primary keeps serving for a
         secondary that is still loading its snapshot, before it hands over.
         """
-        self.now = now
+        self._clock(now, wall)
         self.roles.begin_shutdown(now, snapshot_wait)
         self._after_input(now)
 
-    def reconfigure(self, settings: CoreSettings, now: float) -> None:
+    def reconfigure(self, settings: CoreSettings, now: float, *, wall: float) -> None:
         """Take reloaded settings; only live ones may differ (``hasyncd.daemon.reload``)."""
-        self.now = now
+        self._clock(now, wall)
         old, self.s = self.s, settings
         assert (old.name, old.tag, old.listen, old.peers, old.window) == (
             settings.name,
@@ -870,15 +883,17 @@ class NodeCore(Outputs):
             log.warning("link %s was under key id %s, no longer held: closed", who, link_kid(conn))
             self.close(conn, "key retired", code="key_retired")
 
-    def finish_shutdown(self, now: float) -> None:
-        self.now = now
+    def finish_shutdown(self, now: float, *, wall: float) -> None:
+        self._clock(now, wall)
         for conn in list(self.conns.values()):
             self.close(conn, "node shutting down", code="shutdown")
+        self._derive()
 
     # -- status -------------------------------------------------------------------
 
-    def status(self, now: float) -> dict[str, object]:
-        return node_status(self, now)
+    def status(self, now: float, *, wall: float) -> dict[str, object]:
+        """The node's status at ``now``; ages and expiries against ``wall`` (Unix time)."""
+        return node_status(self, now, wall)
 
 
 def _describe(msg: Message) -> str:

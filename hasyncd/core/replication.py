@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
+from hasyncd.core.sessionstates import SessionEffect, SessionInput, SessionState, transition
 from hasyncd.errors import RecordError
 from hasyncd.policy import shown_id
 from hasyncd.records import KINDS_BY_CODE
@@ -193,10 +194,12 @@ def _is_record(value: bytes) -> bool:
     return len(value) > VALUE_HEADER
 
 
-class SessionState(Enum):
-    BULK_START = "bulk_start"
-    BULK = "bulk"
-    STREAM = "stream"
+# The session input an acknowledged frame's mark is (merge marks are not the session's).
+_ACK_INPUT = {
+    MarkKind.BULK_PROGRESS: SessionInput.BULK_ACKED,
+    MarkKind.BULK_END: SessionInput.END_ACKED,
+    MarkKind.WATERMARK: SessionInput.STREAM_ACKED,
+}
 
 
 class OutboundSession:
@@ -245,6 +248,23 @@ class OutboundSession:
             f"OutboundSession(snap={self.snap_id}, {self.state.value}, pending={len(self.pending)})"
         )
 
+    def process_input(self, inp: SessionInput) -> SessionEffect:
+        """Take one transition of ``sessionstates.TRANSITIONS``; none is an error."""
+        effect, self.state = transition(self.state, inp)
+        return effect
+
+    def acknowledged(self, mark: Mark) -> bool:
+        """The peer acknowledged a frame carrying ``mark``; True if it is in sync only now."""
+        effect = self.process_input(_ACK_INPUT[mark.kind])
+        if effect is SessionEffect.COUNT_BULK:
+            self.bulk_acked = mark.count
+            return False
+        self.acked = max(self.acked, mark.version)
+        if effect is SessionEffect.IN_SYNC and not self.in_sync:
+            self.in_sync = True
+            return True
+        return False
+
     def enqueue(self, kind: int, rid: str, version: int) -> None:
         if self.feed is not None:
             return  # in the backlog: the feed queues it in version order
@@ -280,7 +300,7 @@ class OutboundSession:
     def next_message(self, store: Store, current: int) -> tuple[Message, Mark | None] | None:
         """The next message to send, or None when there is nothing (yet)."""
         if self.state is SessionState.BULK_START:
-            self.state = SessionState.BULK
+            self.process_input(SessionInput.START_SENT)
             return BulkStart(self.snap_id, sum(store.counts().values())), None
         if self.state is SessionState.BULK:
             return self._next_bulk(store, current)
@@ -291,13 +311,14 @@ class OutboundSession:
             return None
         changes = self._walker.collect(store, _is_record, max_scan=1 << 30)
         if changes:
+            self.process_input(SessionInput.BULK_SENT)
             self.bulk_sent += len(changes)
             return Records(Phase.BULK, tuple(changes)), Mark(
                 MarkKind.BULK_PROGRESS, count=self.bulk_sent
             )
-        self.state = SessionState.STREAM
         wm = self.watermark(current)
-        self.floor = wm if self.floor is None else max(self.floor, wm)
+        if self.process_input(SessionInput.END_SENT) is SessionEffect.FIX_FLOOR:
+            self.floor = wm if self.floor is None else max(self.floor, wm)
         epoch, seq = unpack_version(wm)
         return BulkEnd(self.snap_id, self.bulk_sent, epoch, seq), Mark(MarkKind.BULK_END, wm)
 
@@ -320,6 +341,7 @@ class OutboundSession:
                 size += cost
             # else: expired and swept locally; the peer expires it on its own.
             pending.popitem(last=False)
+        self.process_input(SessionInput.STREAM_SENT)
         return Records(Phase.STREAM, tuple(changes)), Mark(
             MarkKind.WATERMARK, self.watermark(current)
         )

@@ -29,7 +29,6 @@ The rules, in the order they are applied on every input:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Protocol
 
 from hasyncd.core.backlog import Backlog
@@ -86,13 +85,9 @@ class RolesHost(DutiesHost, ReplicaLink, Protocol):
     promotions: History
     split_brain: SplitBrainState
     started: float
-    wall: Callable[[], float]
+    wall: float  # the Unix time of the input being handled
 
     def close(self, conn: Conn, reason: str, code: str | None = None) -> None: ...
-
-    def send_heartbeats(self, now: float) -> None: ...
-
-    def recompute_watermark(self) -> None: ...
 
     def local_write(
         self, kind: int, rid: str, record: Record | None, *, quiet: bool = False
@@ -115,6 +110,9 @@ class RoleManager:
         self.seq = 0
         self.applied = 0  # newest version applied from a primary
         self.in_sync = False  # holds a complete copy (as of its last primary)
+        # A decision for the node: what the heartbeat says changed (a role, a peer
+        # lost, a fault), so the peers are told now rather than at the next beat.
+        self.announce = False
         self.holddown_until = now + self.s.holddown
         self.reason = "starting: hello hold-down, discovering peers"
         self.follower: Follower | None = None
@@ -307,8 +305,7 @@ class RoleManager:
             self._unfollow(f"primary {peer.name} lost: {reason}")
         elif not self.is_primary and self.primary == peer.name:
             self.primary = None  # the owner of our epoch we were waiting for
-        core.recompute_watermark()
-        core.send_heartbeats(now)
+        self.announce = True
 
     # -- writes -------------------------------------------------------------------------
 
@@ -490,7 +487,7 @@ class RoleManager:
         if old is not new:
             self.history.add(
                 RoleChange(
-                    self.core.wall(),
+                    self.core.wall,
                     old.name.lower(),
                     new.name.lower(),
                     self.epoch,
@@ -517,7 +514,7 @@ class RoleManager:
             log.warning("promoting with an incomplete snapshot: some records may be missing")
         if not self.in_sync and self.role is Role.SECONDARY:
             log.warning("promoting although this node was not in sync with the lost primary")
-        self.epoch = self.primary_epoch = next_epoch(self.epoch, self.s.tag, self.core.wall())
+        self.epoch = self.primary_epoch = next_epoch(self.epoch, self.s.tag, self.core.wall)
         self.seq = 0
         self.resume_claim = None
         core.backlog.reset(pack_version(self.epoch, 0))
@@ -534,15 +531,14 @@ class RoleManager:
             self.s.inbound_window,
         )
         # Step 2 in O(1): one promotion record; every SA reads through it (seqview).
-        record = promotion_record(self.epoch, core.wall(), rule)
+        record = promotion_record(self.epoch, core.wall, rule)
         core.local_write(PROMO, record.id, record, quiet=True)  # promotion_done tells
         work = PromotionWork(self.epoch, reason, now, rule)
         self.promotion = work
         core.count("promotions")
         log.warning("PROMOTED to primary in epoch %d: %s", self.epoch, reason)
         core.emit(work.event(core.store, now))
-        core.send_heartbeats(now)
-        core.recompute_watermark()
+        self.announce = True
 
     def run_slices(self, now: float) -> None:
         if not self.is_primary:
@@ -557,7 +553,7 @@ class RoleManager:
                 self.last_promotion = work.summary(now)
                 core.governor.add(work.rekey, now)
                 work.rekey = []
-        released = core.governor.run(now, core.wall())
+        released = core.governor.run(now, core.wall)
         if released:
             core.count("rekey_released", "", len(released))
             core.emit(RekeyRelease(tuple(released), len(core.governor.queue)))
@@ -592,8 +588,7 @@ class RoleManager:
                 self._stop_ready(owner, 0, f"handed the primary role to {owner}")
             else:
                 self._stop_ready(None, 0, f"stepped down: {reason}")
-        core.recompute_watermark()
-        core.send_heartbeats(now)
+        self.announce = True
 
     def _follow(self, leader: Peer, now: float) -> None:
         f = Follower(leader.name)
@@ -676,7 +671,7 @@ class RoleManager:
             else:
                 log.warning("all monitored interfaces are up again")
             self.core.emit(FaultChanged(bool(down), down))
-        self.core.send_heartbeats(now)
+        self.announce = True
 
     def _note_role_change(self, now: float, *, planned: bool) -> None:
         # Only unplanned changes are flaps: a manual failover, a handover at

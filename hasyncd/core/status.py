@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol
 
 from hasyncd.core.backlog import Backlog
@@ -26,7 +25,6 @@ class StatusSource(Protocol):
     peers: dict[str, Peer]
     store: Store
     started: float
-    wall: Callable[[], float]
     backlog: Backlog
     freshness: Freshness
     governor: RekeyGovernor
@@ -42,7 +40,8 @@ def version_json(version: int) -> dict[str, int]:
     return {"epoch": epoch, "seq": seq}
 
 
-def node_status(core: StatusSource, now: float) -> dict[str, object]:
+def node_status(core: StatusSource, now: float, wall: float) -> dict[str, object]:
+    """The status at ``now``; ``wall`` (Unix time, an input like ``now``) dates it."""
     keys = core.s.keyring()
     peers = [
         peer_status(p, now, core.version, keys)
@@ -73,12 +72,12 @@ def node_status(core: StatusSource, now: float) -> dict[str, object]:
         "records": {KIND_BY_CODE[k]: n for k, n in core.store.counts().items()},
         "version": version_json(core.version),
         "uptime_s": round(now - core.started, 3),
-        "clock": core.wall(),
+        "clock": wall,
         # Key ids (never keys) of the link keys this node holds (PROTOCOL.md 5.2.1).
         "link_keys": keys.ids(),
         # A primary's replication backlog (what a reconnecting secondary can resume from).
         "backlog": core.backlog.status(now) if core.roles.is_primary else None,
-        "counters": core.freshness.status(core.wall()),
+        "counters": core.freshness.status(wall),
         "rekey": core.governor.status(),
     }
     out.update(role_status(core.roles, core.split_brain.status(), now))

@@ -23,6 +23,7 @@ class LinkHost(Protocol):
     core: NodeCore
     transports: dict[int, asyncio.Transport]
     clock: Callable[[], float]
+    wall: Callable[[], float]
 
     def new_conn_id(self) -> int: ...
     def flush(self) -> None: ...
@@ -41,6 +42,11 @@ def core_clock() -> float:
     after a SIGSTOP, instead of taking writes as if no time had passed.
     """
     return time.clock_gettime(BOOTTIME)
+
+
+def wall_clock() -> float:
+    """The core's other clock input: Unix time, for expiries, record dates and status."""
+    return time.time()
 
 
 def core_settings(config: Config) -> CoreSettings:
@@ -95,13 +101,17 @@ class LinkProtocol(asyncio.Protocol):
             peer = transport.get_extra_info("peername")
             self.address = f"{peer[0]}:{peer[1]}" if peer else "?"
         d.core.connection_made(
-            self.conn_id, initiator=self.initiator, address=self.address, now=d.clock()
+            self.conn_id,
+            initiator=self.initiator,
+            address=self.address,
+            now=d.clock(),
+            wall=d.wall(),
         )
         d.flush()
 
     def data_received(self, data: bytes) -> None:
         d = self.daemon
-        d.core.receive_data(self.conn_id, data, d.clock())
+        d.core.receive_data(self.conn_id, data, d.clock(), wall=d.wall())
         d.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -109,5 +119,5 @@ class LinkProtocol(asyncio.Protocol):
         d.transports.pop(self.conn_id, None)
         if not d.transports:
             d.links_closed()
-        d.core.connection_lost(self.conn_id, d.clock())
+        d.core.connection_lost(self.conn_id, d.clock(), wall=d.wall())
         d.flush()

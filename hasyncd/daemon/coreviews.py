@@ -24,18 +24,21 @@ from hasyncd.wire.messages import Role
 class CoreWriter:
     """The core's local writes, and the shell's flush that sends what they queued."""
 
-    def __init__(self, core: NodeCore, flush: Callable[[], None]) -> None:
+    def __init__(
+        self, core: NodeCore, flush: Callable[[], None], wall: Callable[[], float]
+    ) -> None:
         self._core = core
         self.flush = flush
+        self._wall = wall
 
     def write(self, record: Record, now: float) -> Written:
-        return self._core.write(record, now)
+        return self._core.write(record, now, wall=self._wall())
 
     def delete(self, kind: int, rid: str, now: float) -> Written | None:
-        return self._core.delete(kind, rid, now)
+        return self._core.delete(kind, rid, now, wall=self._wall())
 
     def write_batch(self, ops: list[tuple[int, str, Record | None]], now: float) -> list[object]:
-        return list(self._core.write_batch(ops, now))
+        return list(self._core.write_batch(ops, now, wall=self._wall()))
 
 
 class CoreReader:
@@ -62,14 +65,15 @@ class CoreReader:
 class CoreDataPlane:
     """Counter updates, leases and the rekey governor, asked of the core."""
 
-    def __init__(self, core: NodeCore) -> None:
+    def __init__(self, core: NodeCore, wall: Callable[[], float]) -> None:
         self._core = core
+        self._wall = wall
 
     def update_counters(self, items: list[Any], now: float) -> Outcome:
-        return update_counters(self._core, items, now)
+        return update_counters(self._core, items, now, wall=self._wall())
 
     def write_leases(self, items: list[Any], now: float) -> Outcome:
-        return write_leases(self._core, items, now)
+        return write_leases(self._core, items, now, wall=self._wall())
 
     def has_in_sync_secondary(self) -> bool:
         return self._core.watermark is not None
@@ -90,13 +94,15 @@ class CoreCluster:
         core: NodeCore,
         flush: Callable[[], None],
         wait_role: Callable[[Callable[[], bool], float], Awaitable[bool]],
+        wall: Callable[[], float],
     ) -> None:
         self._core = core
+        self._wall = wall
         self._flush = flush
         self._wait_role = wait_role
 
     def status(self, now: float) -> dict[str, object]:
-        return self._core.status(now)
+        return self._core.status(now, wall=self._wall())
 
     def history(self) -> list[dict[str, object]]:
         return self._core.roles.history.recent()
@@ -108,7 +114,7 @@ class CoreCluster:
         return self._core.roles.epoch
 
     def request_failover(self, now: float) -> str:
-        target = self._core.request_failover(now)
+        target = self._core.request_failover(now, wall=self._wall())
         self._flush()
         return target
 
@@ -117,8 +123,8 @@ class CoreCluster:
         return self._wait_role(lambda: not roles.is_primary, timeout)
 
 
-def node_gauges(core: NodeCore, now: float) -> NodeGauges:
-    """The core's state as ``/metrics`` shows it, at ``now``."""
+def node_gauges(core: NodeCore, now: float, wall: float) -> NodeGauges:
+    """The core's state as ``/metrics`` shows it, at ``now`` (and Unix time ``wall``)."""
     roles = core.roles
     current = core.version
     keys = core.s.keyring()
@@ -157,6 +163,6 @@ def node_gauges(core: NodeCore, now: float) -> NodeGauges:
         suspended=roles.suspended_since is not None,
         records={KIND_BY_CODE[code]: n for code, n in core.store.counts().items()},
         peers=tuple(peers),
-        freshness=core.freshness.status(core.wall()),
+        freshness=core.freshness.status(wall),
         rekey_pending=len(core.governor.queue),
     )

@@ -38,7 +38,7 @@ from hasyncd.core.events import (
 from hasyncd.core.node import NodeCore
 from hasyncd.daemon import logs
 from hasyncd.daemon.api import API_DRAIN_S, Api
-from hasyncd.daemon.corelink import LinkProtocol, core_clock, core_settings
+from hasyncd.daemon.corelink import LinkProtocol, core_clock, core_settings, wall_clock
 from hasyncd.daemon.coreviews import (
     CoreCluster,
     CoreDataPlane,
@@ -77,12 +77,13 @@ class Daemon:
         self.config = config
         self.loop = asyncio.get_running_loop()
         self.clock = core_clock
+        self.wall = wall_clock  # both clocks are read here and passed to the core
         self.store = Store()
         self.core = NodeCore(
             core_settings(config),
             self.store,
             now=self.clock(),
-            wall=time.time,
+            wall=self.wall(),
             boot_id=os.urandom(16),
         )
         self.transports: dict[int, asyncio.Transport] = {}
@@ -101,7 +102,7 @@ class Daemon:
         self._status_sent = ""
         self._tasks: set[asyncio.Task[None]] = set()
         self._failure: tuple[str, BaseException] | None = None  # the first crash: exit 1
-        self.metrics = Metrics(lambda: node_gauges(self.core, self.clock()))
+        self.metrics = Metrics(lambda: node_gauges(self.core, self.clock(), self.wall()))
         self.hub = EventHub(on_subscribers=self._record_events_wanted)
         self.waiters = SyncWaiters()
         self.hooks = HookRunner(config.hooks, config.node.name, self.metrics.hook_run)
@@ -115,15 +116,15 @@ class Daemon:
             ApiViews(
                 config=lambda: self.config,
                 clock=self.clock,
-                writer=CoreWriter(self.core, self.flush),
+                writer=CoreWriter(self.core, self.flush, self.wall),
                 reader=CoreReader(self.core),
-                cluster=CoreCluster(self.core, self.flush, self.wait_role),
+                cluster=CoreCluster(self.core, self.flush, self.wait_role, self.wall),
                 hooks=self.hooks,
                 counters=self.metrics,
                 waiters=self.waiters,
                 hub=self.hub,
                 metrics=self.metrics.render,
-                dataplane=CoreDataPlane(self.core),
+                dataplane=CoreDataPlane(self.core, self.wall),
             )
         )
         self._server: asyncio.Server | None = None
@@ -191,7 +192,7 @@ class Daemon:
         if self._core_done:
             return
         try:
-            self.core.transmit(self.clock())
+            self.core.transmit(self.clock(), wall=self.wall())
             self.flush()
         except Exception as exc:  # as for the timer: a bug must stop the node, not hide
             self.crashed("the core's transmit", exc)
@@ -200,7 +201,7 @@ class Daemon:
         self._timer = self._timer_at = None
         try:
             due, self._due = self._due, None  # lateness after it is this node's own stall
-            self.core.handle_timer(self.clock(), due)
+            self.core.handle_timer(self.clock(), due, wall=self.wall())
             self.flush()
         except Exception as exc:  # the loop would only log it: the node would stop beating
             self.crashed("the core's timer", exc)
@@ -252,14 +253,14 @@ class Daemon:
             self._update_status()
 
     def _status_line(self) -> str:
-        return status_line(self.core.status(self.clock()))
+        return status_line(self.core.status(self.clock(), wall=self.wall()))
 
     async def _notify_role_waiters(self) -> None:
         async with self.role_changed:
             self.role_changed.notify_all()
 
     def _hook_doc(self, old: str, new: str, reason: str) -> dict[str, object]:
-        counts = self.core.status(self.clock())["records"]
+        counts = self.core.status(self.clock(), wall=self.wall())["records"]
         return {
             "node": self.config.node.name,
             "old_role": old,
@@ -274,7 +275,7 @@ class Daemon:
         self.core.record_events = wanted
 
     def _connect_failed(self, address: str, reason: str) -> None:
-        self.core.connect_failed(address, self.clock(), reason)
+        self.core.connect_failed(address, self.clock(), reason, wall=self.wall())
         self.flush()
 
     # -- lifecycle -------------------------------------------------------------------
@@ -315,7 +316,7 @@ class Daemon:
             self._monitors_changed(())
 
     def _monitors_changed(self, down: tuple[str, ...]) -> None:
-        self.core.set_monitors(down, self.clock())
+        self.core.set_monitors(down, self.clock(), wall=self.wall())
         self.flush()
 
     # -- signals -----------------------------------------------------------------------
@@ -349,7 +350,7 @@ class Daemon:
             return
         logs.set_level(self.config.log.level)
         self.hooks.reconfigure(self.config.hooks)
-        self.core.reconfigure(core_settings(self.config), self.clock())
+        self.core.reconfigure(core_settings(self.config), self.clock(), wall=self.wall())
         self._start_monitor()
         self.flush()
 
@@ -427,7 +428,7 @@ class Daemon:
         core = self.core
         handover = self.config.promotion.handover_timeout_ms / 1000.0
         snapshot_wait = max(0.0, STOP_BUDGET_S - handover - 2 * API_DRAIN_S - LINK_DRAIN_S)
-        core.begin_shutdown(self.clock(), snapshot_wait)
+        core.begin_shutdown(self.clock(), snapshot_wait, wall=self.wall())
         self.flush()
         if not await self._until(self._stop_ready, snapshot_wait + handover + STOP_SLACK_S):
             log.warning("stop: the handover did not finish in time; stopping anyway")
@@ -447,7 +448,7 @@ class Daemon:
             self._server.close()  # no new links; the open ones get their GOODBYE below
         self.hub.close("node shutting down")
         await self.api.stop()
-        core.finish_shutdown(self.clock())
+        core.finish_shutdown(self.clock(), wall=self.wall())
         self.flush()
         self._core_done = True
         if self._timer is not None:
