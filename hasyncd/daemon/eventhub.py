@@ -10,11 +10,11 @@ so an idle daemon pays nothing for them.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
-import json
 from collections import deque
 from collections.abc import Callable
+
+import msgspec
 
 from hasyncd.core.events import Event, RecordChanged
 
@@ -27,7 +27,7 @@ class Subscriber:
     def __init__(self, types: frozenset[str] | None) -> None:
         self.types = types
         # None: dropped as too slow; an item of type SHUTDOWN ends the stream.
-        self.queue: asyncio.Queue[tuple[int, str, str] | None] = asyncio.Queue(QUEUE)
+        self.queue: asyncio.Queue[tuple[int, str, bytes] | None] = asyncio.Queue(QUEUE)
 
     def wants(self, etype: str) -> bool:
         return self.types is None or etype in self.types
@@ -38,8 +38,20 @@ def event_type_name(cls: type) -> str:
     return "".join("_" + c.lower() if c.isupper() else c for c in cls.__name__).lstrip("_")
 
 
+_TYPE_NAMES: dict[type, str] = {}
+
+
 def event_type(ev: Event) -> str:
-    return event_type_name(type(ev))
+    cls = type(ev)
+    name = _TYPE_NAMES.get(cls)
+    if name is None:
+        name = _TYPE_NAMES[cls] = event_type_name(cls)
+    return name
+
+
+# Events are flat frozen dataclasses: msgspec encodes them in field order, with
+# no per-event dict (a record event costs ~1 µs instead of ~10 with asdict + json).
+_encode = msgspec.json.Encoder().encode
 
 
 RECORD_EVENTS = event_type_name(RecordChanged)
@@ -48,14 +60,14 @@ RECORD_EVENTS = event_type_name(RecordChanged)
 class EventHub:
     def __init__(self, on_subscribers: Callable[[bool], None]) -> None:
         self._seq = itertools.count(1)
-        self._replay: deque[tuple[int, str, str]] = deque(maxlen=REPLAY)
+        self._replay: deque[tuple[int, str, bytes]] = deque(maxlen=REPLAY)
         self._subs: set[Subscriber] = set()
         self._on_subscribers = on_subscribers
         self.closed = False
 
     def publish(self, ev: Event) -> None:
         etype = event_type(ev)
-        item = (next(self._seq), etype, json.dumps(dataclasses.asdict(ev)))
+        item = (next(self._seq), etype, _encode(ev))
         self._replay.append(item)
         for sub in list(self._subs):
             if sub.wants(etype):
@@ -83,7 +95,7 @@ class EventHub:
     def close(self, reason: str) -> None:
         """The node stops: end every stream with a SHUTDOWN event (even a full queue)."""
         self.closed = True
-        data = json.dumps({"reason": reason})
+        data = _encode({"reason": reason})
         for sub in list(self._subs):
             while sub.queue.full():
                 sub.queue.get_nowait()

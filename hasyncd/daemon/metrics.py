@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import platform
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -195,6 +196,7 @@ class Metrics:
         self.events = Counter(
             "hasyncd_events", "core events (as on GET /v1/events), by type", ["type"], registry=r
         )
+        self._event_children: dict[type, Any] = {}
         self.reloads = Counter(
             "hasyncd_reloads",
             "configuration reloads (SIGHUP) by outcome: applied or refused",
@@ -249,7 +251,11 @@ class Metrics:
         self.sync_writes.labels("true" if replicated else "false").inc()
 
     def on_event(self, ev: Event) -> None:
-        self.events.labels(type(ev).__name__).inc()
+        cls = type(ev)
+        child = self._event_children.get(cls)
+        if child is None:  # a labels() lookup per event was a visible share at 10k events/s
+            child = self._event_children[cls] = self.events.labels(cls.__name__)
+        child.inc()
 
     def hook_run(self, hook: str, result: str, seconds: float) -> None:
         self.hooks.labels(hook, result).inc()

@@ -116,7 +116,7 @@ class Daemon:
             ApiViews(
                 config=lambda: self.config,
                 clock=self.clock,
-                writer=CoreWriter(self.core, self.flush, self.wall),
+                writer=CoreWriter(self.core, self.send_now, self.wall),
                 reader=CoreReader(self.core),
                 cluster=CoreCluster(self.core, self.flush, self.wait_role, self.wall),
                 hooks=self.hooks,
@@ -186,6 +186,22 @@ class Daemon:
                 self._timer.cancel()
             self._timer_at = when
             self._timer = self.loop.call_later(max(0.0, when - self.clock()), self._on_timer)
+
+    def send_now(self) -> None:
+        """Send what the API's writes queued now, before their request is answered.
+
+        The replication frames leave ahead of the HTTP reply, so what a
+        client saw acknowledged is already on its way to the secondaries
+        (and a sync-mode wait starts with the frames sent).  Other inputs
+        still coalesce through ``flush``'s ``call_soon``.
+        """
+        if self.core.wants_transmit and not self._core_done:
+            try:
+                self.core.transmit(self.clock(), wall=self.wall())
+            except Exception as exc:  # as in _transmit: a bug must stop the node, not hide
+                self.crashed("the core's transmit", exc)
+                return
+        self.flush()
 
     def _transmit(self) -> None:
         self._transmit_soon = False
