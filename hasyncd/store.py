@@ -18,7 +18,8 @@ never tracks it.  ``Entry`` tuples are built only when a caller reads.
 
 Tombstones are kept for a while after a delete so that a split-brain merge
 can tell "deleted on the other side" from "never existed".  Ids are also kept
-in a sorted list, which makes API paging and the bulk snapshot walk ordered
+in a sorted index (``hasyncd.idindex``, built so the cycle collector never
+walks it per id), which makes API paging and the bulk snapshot walk ordered
 and resumable (a cursor is just the last id) while writes continue.
 
 The store is passive and single-threaded: it never looks at a clock; callers
@@ -33,8 +34,7 @@ from collections.abc import Iterator
 from itertools import islice
 from typing import NamedTuple
 
-from sortedcontainers import SortedList
-
+from hasyncd.idindex import SortedIds
 from hasyncd.policy import KIND_BY_CODE
 
 SEQ_BITS = 64
@@ -105,7 +105,7 @@ class Table:
 
     def __init__(self) -> None:
         self.entries: dict[str, bytes] = {}
-        self.order = SortedList()
+        self.order = SortedIds()
         self.live = 0  # entries that are not tombstones (expired ones included until swept)
         self.sweep_cursor: str | None = None
 
@@ -143,7 +143,7 @@ class Store:
             return []
         table = self.tables[kind]
         out: list[tuple[str, Entry]] = []
-        ids = table.order.irange(minimum=after, inclusive=(False, True)) if after else table.order
+        ids = table.order.after(after) if after else iter(table.order)
         for rid in ids:
             raw = table.entries[rid]
             if len(raw) > HEADER_LEN and _unpack_from(raw)[2] > wall:
@@ -155,11 +155,7 @@ class Store:
     def ids_after(self, kind: int, after: str | None, n: int) -> list[str]:
         """The next ``n`` stored ids after ``after`` (a resumable walk that survives writes)."""
         order = self.tables[kind].order
-        it: Iterator[str] = (
-            order.irange(minimum=after, inclusive=(False, True))
-            if after is not None
-            else iter(order)
-        )
+        it: Iterator[str] = order.after(after) if after is not None else iter(order)
         return list(islice(it, n))
 
     def counts(self) -> dict[int, int]:

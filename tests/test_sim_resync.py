@@ -236,17 +236,17 @@ def test_drop_longer_than_backlog_seconds_falls_back_to_full_snapshot() -> None:
 
 def test_drop_beyond_backlog_bytes_falls_back_to_full_snapshot() -> None:
     sim = Sim(seed=25)
-    primary, secondary = pair(sim, backlog_bytes=64 * 1024)
+    primary, secondary = pair(sim, backlog_bytes=16 * 1024)
     for i in range(100):
         put(sim, primary, SA, i)
     sim.run_for(0.2)
     drop_link(sim, primary, secondary, 0.3)
-    deleted = churn(sim, primary, random.Random(4), 600, 500, 100)  # > 64 KiB of backlog
+    deleted = churn(sim, primary, random.Random(4), 600, 500, 100)  # > 16 KiB of backlog
     sim.run_until_true(lambda: stat(sim, primary, "resyncs", "full") == 2, limit=10)
     sim.run_until_true(lambda: in_sync(sim, secondary), limit=10)
     sim.run_for(0.2)
     assert stat(sim, primary, "resync_refused", "backlog_bytes") == 1
-    assert sim.nodes[primary].core.backlog.size <= 64 * 1024
+    assert sim.nodes[primary].core.backlog.size <= 16 * 1024
     assert_exact(sim, primary, secondary, deleted)
 
 
@@ -352,7 +352,7 @@ def test_backlog_trimmed_while_a_resume_is_fed_falls_back_to_a_snapshot(
     monkeypatch.setattr(replication, "FEED_STEP", 4)
     sim = Sim(seed=29)
     # About 280 writes of backlog; a small window keeps the feed slow.
-    primary, secondary = pair(sim, backlog_bytes=64 * 1024, window=4096)
+    primary, secondary = pair(sim, backlog_bytes=18 * 1024, window=4096)
     for i in range(100):
         put(sim, primary, SA, i)
     sim.run_for(0.2)

@@ -24,83 +24,118 @@ says so in SYNC_REQUEST; ``plan_resync`` then picks one of:
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_right
 from dataclasses import dataclass
-from operator import itemgetter
 
 from hasyncd.core.replication import REPLICATED_KIND_CODES, OutboundSession, Position
-from hasyncd.store import unpack_version
+from hasyncd.store import SEQ_BITS, SEQ_MASK, unpack_version
 from hasyncd.wire.messages import SyncRequest
 
-# Default of [replication] backlog_mib.  128 MiB holds about 590,000 writes
-# (ENTRY_OVERHEAD each): 28 s of the fastest ingest measured in README
-# (21,138 records/s, NDJSON batches), so even a snapshot of a million records
-# (15.5 s there) cut near its end under that load can resume; a gateway's
-# ordinary write rate fills it far more slowly.  It is only filled by writes.
+# Default of [replication] backlog_mib.  128 MiB holds about 2,000,000 writes
+# of 25-character ids (ENTRY_OVERHEAD + the id each): over a minute and a half
+# of the fastest ingest measured in README, so even a snapshot of a million
+# records cut near its end under that load can resume; a gateway's ordinary
+# write rate fills it far more slowly.  It is only filled by writes.
 BACKLOG_MIB_DEFAULT = 128
 # Default of [replication] backlog_s: a drop longer than a minute is an
 # outage, not a flake, and a snapshot is then due anyway.  It must stay below
 # [store].tombstone_ttl_s (the config refuses otherwise): a resume sends the
 # tombstones of the deletes made since the version it resumes from.
 BACKLOG_S_DEFAULT = 60
-# Bytes charged per backlog entry besides its id's characters: a 4-tuple, a
-# 128-bit int, a float, the deque slot and the id's str header.  tracemalloc
-# measured 215 B for an entry with a fresh 25-character id; the charge
-# (225 B for it) is what the backlog itself holds in memory, rounded up.
-ENTRY_OVERHEAD = 200
+# Bytes charged per backlog entry besides its id's bytes: the epoch, seq, time
+# and id end (8 each) and the kind (1) in typed arrays, plus their growth
+# slack.  No Python object per entry: the cycle collector has nothing to walk
+# (a list of 590,000 tuples cost every full collection 16-20 ms).
+ENTRY_OVERHEAD = 40
+# Trimmed entries are compacted away (one memmove per array) once there are
+# more of them than this and than entries held: each entry moves at most once.
+COMPACT_AFTER = 4096
 
 OUTCOMES = ("partial", "resumed_snapshot", "full")
-
-_version = itemgetter(0)
 
 
 class Backlog:
     """Recent writes of the current epoch, oldest first, bounded in bytes and age.
 
-    A list with a moving head rather than a deque: a resume looks up its
-    starting version by bisection and takes its next step as a slice, both
-    without walking the entries before it.
+    Column arrays with a moving head rather than objects: a write costs a
+    few appends, a resume finds its starting version by bisection and takes
+    its next step as a slice, and nothing in it is a container the cycle
+    collector walks.
     """
 
-    __slots__ = ("entries", "floor", "head", "max_age", "max_bytes", "size", "trimmed_by")
+    __slots__ = (
+        "_ends",
+        "_epochs",
+        "_ids",
+        "_kinds",
+        "_seqs",
+        "_shift",
+        "_times",
+        "floor",
+        "head",
+        "max_age",
+        "max_bytes",
+        "size",
+        "trimmed_by",
+    )
 
     def __init__(self, max_bytes: int, max_age: float) -> None:
         self.max_bytes = max_bytes
         self.max_age = max_age
-        self.entries: list[tuple[int, int, str, float]] = []  # version, kind, id, time
-        self.head = 0  # entries before it are trimmed (compacted now and then)
-        self.size = 0
-        self.floor = 0  # every write after this version is in the backlog
-        self.trimmed_by: str | None = None  # why the floor last moved: "bytes" or "age"
-
-    def __len__(self) -> int:
-        return len(self.entries) - self.head
+        self.reset(0)
 
     def reset(self, floor: int) -> None:
         """A new epoch (promotion) or no longer primary: start empty, covering after ``floor``."""
-        self.entries, self.head = [], 0
-        self.size, self.floor, self.trimmed_by = 0, floor, None
+        self._epochs, self._seqs = array("Q"), array("Q")
+        self._kinds, self._times = array("B"), array("d")
+        self._ids = bytearray()  # every held id's UTF-8, back to back
+        self._ends = array("Q")  # entry i's id ends at _ends[i] - _shift in _ids
+        self._shift = 0  # bytes compacted away from the front of _ids
+        self.head = 0  # entries before it are trimmed (compacted now and then)
+        self.size, self.floor = 0, floor
+        self.trimmed_by: str | None = None  # why the floor last moved: "bytes" or "age"
+
+    def __len__(self) -> int:
+        return len(self._seqs) - self.head
 
     def append(self, version: int, kind: int, rid: str, now: float) -> None:
-        self.entries.append((version, kind, rid, now))
-        self.size += ENTRY_OVERHEAD + len(rid)
+        raw = rid.encode()
+        self._epochs.append(version >> SEQ_BITS)
+        self._seqs.append(version & SEQ_MASK)
+        self._kinds.append(kind)
+        self._times.append(now)
+        self._ids += raw
+        self._ends.append(len(self._ids) + self._shift)
+        self.size += ENTRY_OVERHEAD + len(raw)
         if self.size > self.max_bytes:
             self.trim(now)
 
+    def _version(self, i: int) -> int:
+        return self._epochs[i] << SEQ_BITS | self._seqs[i]
+
+    def _id_span(self, i: int) -> tuple[int, int]:
+        start = self._ends[i - 1] - self._shift if i else 0
+        return start, self._ends[i] - self._shift
+
     def trim(self, now: float) -> None:
         """Drop the oldest entries beyond the byte budget or older than ``max_age``."""
-        entries, head = self.entries, self.head
+        times, ends, head, n = self._times, self._ends, self.head, len(self._seqs)
         oldest = now - self.max_age
-        while head < len(entries) and (self.size > self.max_bytes or entries[head][3] < oldest):
+        while head < n and (self.size > self.max_bytes or times[head] < oldest):
             self.trimmed_by = "bytes" if self.size > self.max_bytes else "age"
-            version, _, rid, _ = entries[head]
+            start, end = self._id_span(head)
+            self.size -= ENTRY_OVERHEAD + end - start
+            self.floor = self._version(head)
             head += 1
-            self.size -= ENTRY_OVERHEAD + len(rid)
-            self.floor = version
-        if head > 4096 and 2 * head > len(entries):  # amortized: each entry moves once
-            del entries[:head]
-            head = 0
         self.head = head
+        if head > COMPACT_AFTER and 2 * head > n:  # amortized: each entry moves once
+            cut = ends[head - 1] - self._shift
+            for column in (self._epochs, self._seqs, self._kinds, self._times, ends):
+                del column[:head]
+            del self._ids[:cut]
+            self._shift += cut
+            self.head = 0
 
     def covers(self, version: int, now: float) -> bool:
         """Every write after ``version`` (of the backlog's epoch) is still held."""
@@ -113,14 +148,20 @@ class Backlog:
 
     def since(self, version: int, limit: int) -> list[tuple[int, int, str, float]]:
         """Up to ``limit`` held writes after ``version`` (version, kind, id, time), oldest first."""
-        start = bisect_right(self.entries, version, lo=self.head, key=_version)
-        return self.entries[start : start + limit]
+        n = len(self._seqs)
+        start = bisect_right(range(n), version, lo=self.head, key=self._version)
+        ids, kinds, times = self._ids, self._kinds, self._times
+        out = []
+        for i in range(start, min(n, start + limit)):
+            a, b = self._id_span(i)
+            out.append((self._version(i), kinds[i], ids[a:b].decode(), times[i]))
+        return out
 
     def status(self, now: float) -> dict[str, object]:
         self.trim(now)
         held = len(self)
-        first = self.entries[self.head] if held else None
         epoch, seq = unpack_version(self.floor)
+        first = None if not held else unpack_version(self._version(self.head))
         return {
             "entries": held,
             "bytes": self.size,
@@ -129,8 +170,8 @@ class Backlog:
             "covers_after": {"epoch": epoch, "seq": seq},
             "first_version": None
             if first is None
-            else dict(zip(("epoch", "seq"), unpack_version(first[0]), strict=True)),
-            "oldest_age_s": None if first is None else round(now - first[3], 3),
+            else dict(zip(("epoch", "seq"), first, strict=True)),
+            "oldest_age_s": None if not held else round(now - self._times[self.head], 3),
         }
 
 

@@ -227,6 +227,14 @@ class Metrics:
             buckets=LAG_BUCKETS,
             registry=r,
         )
+        self.gc_pauses = Histogram(
+            "hasyncd_gc_pause_seconds",
+            "time each run of the cycle collector held the event loop, by generation",
+            ["generation"],
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self._gc_children = [self.gc_pauses.labels(str(g)) for g in range(3)]
 
     # -- the API's counters (hasyncd.daemon.views.ApiCounters) --
 
@@ -263,6 +271,9 @@ class Metrics:
 
     def loop_lag(self, seconds: float) -> None:
         self.lag.observe(seconds)
+
+    def gc_pause(self, generation: int, seconds: float) -> None:
+        self._gc_children[generation].observe(seconds)
 
     def render(self) -> bytes:
         out: bytes = generate_latest(self.registry)

@@ -51,7 +51,13 @@ from hasyncd.daemon.eventhub import EventHub
 from hasyncd.daemon.hooks import HookRunner
 from hasyncd.daemon.metrics import Metrics
 from hasyncd.daemon.reload import plan as plan_reload
-from hasyncd.daemon.system import InterfaceMonitor, LoopLagMonitor, SystemdNotifier, status_line
+from hasyncd.daemon.system import (
+    GcPauses,
+    InterfaceMonitor,
+    LoopLagMonitor,
+    SystemdNotifier,
+    status_line,
+)
 from hasyncd.daemon.views import ApiViews
 from hasyncd.daemon.waiters import SyncWaiters
 from hasyncd.errors import ConfigError, HasyncdError
@@ -397,6 +403,8 @@ class Daemon:
         # with its default action (SIGHUP's is to terminate, leaving the socket behind).
         for sig, handler in signals.items():
             self.loop.add_signal_handler(sig, handler)
+        gc_pauses = GcPauses(self.metrics.gc_pause)
+        gc_pauses.install()
         try:
             try:
                 await self.start()
@@ -409,6 +417,7 @@ class Daemon:
             await self._stopping.wait()
             await self.stop()
         finally:
+            gc_pauses.remove()
             for sig in signals:
                 self.loop.remove_signal_handler(sig)
         if self._failure is not None:

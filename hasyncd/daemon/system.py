@@ -4,18 +4,24 @@
   one datagram to $NOTIFY_SOCKET);
 * ``InterfaceMonitor``: Linux operstate of the monitored interfaces;
 * ``LoopLagMonitor``: how late this node's own event loop runs, the number
-  that tells "the peer is silent" apart from "we were not listening".
+  that tells "the peer is silent" apart from "we were not listening";
+* ``GcPauses``: how long each cycle-collector run held the loop, by generation
+  (a loop stall with a cause: the store is built so that full collections
+  stay short at millions of records, and this shows that they do).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("hasyncd.system")
 
@@ -112,3 +118,25 @@ class LoopLagMonitor:
             start = loop.time()
             await asyncio.sleep(LAG_PROBE)
             self.observe(max(0.0, loop.time() - start - LAG_PROBE))
+
+
+class GcPauses:
+    """Times every run of CPython's cycle collector (``gc.callbacks``) while installed."""
+
+    def __init__(self, observe: Callable[[int, float], None]) -> None:
+        self.observe = observe  # (generation, seconds): Metrics.gc_pause
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.observe(info["generation"], time.perf_counter() - self._started)
+
+    def install(self) -> None:
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
+
+    def remove(self) -> None:
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._callback)
