@@ -25,7 +25,7 @@ says so in SYNC_REQUEST; ``plan_resync`` then picks one of:
 from __future__ import annotations
 
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
 from hasyncd.core.replication import REPLICATED_KIND_CODES, OutboundSession, Position
@@ -51,6 +51,9 @@ ENTRY_OVERHEAD = 40
 # Trimmed entries are compacted away (one memmove per array) once there are
 # more of them than this and than entries held: each entry moves at most once.
 COMPACT_AFTER = 4096
+# Entries a trim steps over one by one before it bisects (a full backlog
+# drops one or two per write; a bisection costs about 20 steps).
+TRIM_STEPS = 16
 
 OUTCOMES = ("partial", "resumed_snapshot", "full")
 
@@ -118,23 +121,45 @@ class Backlog:
         start = self._ends[i - 1] - self._shift if i else 0
         return start, self._ends[i] - self._shift
 
+    def _bytes(self, a: int, b: int) -> int:
+        """The charge of entries ``a`` to ``b - 1`` (their ids' ends are cumulative)."""
+        if b <= a:
+            return 0
+        start = self._ends[a - 1] if a else self._shift
+        return ENTRY_OVERHEAD * (b - a) + self._ends[b - 1] - start
+
     def trim(self, now: float) -> None:
-        """Drop the oldest entries beyond the byte budget or older than ``max_age``."""
-        times, ends, head, n = self._times, self._ends, self.head, len(self._seqs)
-        oldest = now - self.max_age
-        while head < n and (self.size > self.max_bytes or times[head] < oldest):
-            self.trimmed_by = "bytes" if self.size > self.max_bytes else "age"
-            start, end = self._id_span(head)
-            self.size -= ENTRY_OVERHEAD + end - start
-            self.floor = self._version(head)
-            head += 1
-        self.head = head
-        if head > COMPACT_AFTER and 2 * head > n:  # amortized: each entry moves once
-            cut = ends[head - 1] - self._shift
-            for column in (self._epochs, self._seqs, self._kinds, self._times, ends):
-                del column[:head]
-            del self._ids[:cut]
-            self._shift += cut
+        """Drop the oldest entries beyond the byte budget or older than ``max_age``.
+
+        Bounded work however many entries go (a quiet minute after a burst
+        ages out all of it at once): the age cut is a bisection of the
+        times, the byte cut one of the cumulative charges.
+        """
+        head, n = self.head, len(self._seqs)
+        if head >= n:
+            return
+        cut = head
+        if self._times[head] < now - self.max_age:
+            cut = bisect_left(self._times, now - self.max_age, head, n)
+        excess = self.size - self.max_bytes
+        if self._bytes(head, cut) < excess:
+            while cut < n and self._bytes(head, cut) < excess and cut - head < TRIM_STEPS:
+                cut += 1  # the common case: one write over the budget drops one or two
+            if self._bytes(head, cut) < excess:
+                cut = bisect_left(range(n), excess, cut, n, key=lambda c: self._bytes(head, c))
+        if cut == head:
+            return
+        # Why the floor moved: as of the last entry dropped (over the budget then, or only old).
+        self.trimmed_by = "bytes" if self._bytes(head, cut - 1) < excess else "age"
+        self.size -= self._bytes(head, cut)
+        self.floor = self._version(cut - 1)
+        self.head = cut
+        if cut > COMPACT_AFTER and 2 * cut > n:  # amortized: each entry moves once
+            cut_bytes = self._ends[cut - 1] - self._shift
+            for column in (self._epochs, self._seqs, self._kinds, self._times, self._ends):
+                del column[:cut]
+            del self._ids[:cut_bytes]
+            self._shift += cut_bytes
             self.head = 0
 
     def covers(self, version: int, now: float) -> bool:
