@@ -56,6 +56,7 @@ from hasyncd.daemon.system import (
     InterfaceMonitor,
     LoopLagMonitor,
     SystemdNotifier,
+    freeze_startup_heap,
     status_line,
 )
 from hasyncd.daemon.views import ApiViews
@@ -411,6 +412,7 @@ class Daemon:
             except BaseException:
                 await self._close()  # a partial start: undo what was started, quietly
                 raise
+            freeze_startup_heap()
             self.spawn(self.notifier.watchdog())
             if self.notifier.enabled:
                 self.spawn(self._refresh_status())

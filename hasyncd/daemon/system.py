@@ -140,3 +140,17 @@ class GcPauses:
     def remove(self) -> None:
         with contextlib.suppress(ValueError):
             gc.callbacks.remove(self._callback)
+
+
+def freeze_startup_heap() -> None:
+    """Collect once, then keep every object alive now out of all later collections.
+
+    Once started, the daemon's modules, classes, functions and its API app
+    live as long as the process: about 50,000 tracked objects that every
+    full collection walked again, 13 ms each on the development machine.
+    ``gc.freeze`` moves them to the permanent generation (they are still
+    freed by reference counting); the collection before it makes sure no
+    garbage cycle is frozen with them.
+    """
+    gc.collect()
+    gc.freeze()
