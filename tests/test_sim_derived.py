@@ -92,7 +92,7 @@ def test_the_roles_decide_to_announce_and_the_node_sends_one_beat_per_peer() -> 
     three(sim)
     core = sim.nodes["b"].core
     sent = core.stats["heartbeats_sent"][""]
-    core.roles.peer_lost(core.peers["c"], sim.now, "test: c lost")
+    core.peer_lost(core.peers["c"], sim.now, "test: c lost")
     assert core.roles.announce  # a decision, not a send
     assert core.stats["heartbeats_sent"][""] == sent
     sim.call("b", lambda c: c.transmit(sim.now, wall=sim.wall))  # the next input applies it

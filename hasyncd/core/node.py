@@ -26,6 +26,16 @@ import random
 from hasyncd.core.backlog import Backlog, plan_resync, resumed_session
 from hasyncd.core.detector import check_peers, loss_deadline, own_lateness
 from hasyncd.core.dispatch import MERGE_RECORDS, Handler, Refusal, message_key
+from hasyncd.core.effects import (
+    AbortResync,
+    Count,
+    Effect,
+    LogLimited,
+    NoteSplit,
+    Pump,
+    ResetReplication,
+    WriteRecord,
+)
 from hasyncd.core.events import (
     Close,
     Dial,
@@ -155,7 +165,7 @@ class NodeCore(Outputs):
         self.governor = RekeyGovernor(settings.rekey_rate, settings.rekey_jitter, self.rng)
         self.freshness = Freshness()  # how stale the replicated SA counters are
         self.split_brain = SplitBrainState()  # two primaries overlapped (status)
-        self.roles = RoleManager(self, settings, now)
+        self.roles = RoleManager(self, settings, now, self.governor)
         self._handlers = self._handler_table()
 
     # -- small helpers --------------------------------------------------------
@@ -178,6 +188,61 @@ class NodeCore(Outputs):
             if p.tag == tag:
                 return p
         return None
+
+    # -- effects: what the sub-machines decided -------------------------------
+
+    def apply_effects(self) -> None:
+        """Apply, in order, what the roles and the primary's duties queued.
+
+        The node calls it after each call into them; they never change the
+        node themselves (``hasyncd.core.effects``).  A test that calls a
+        sub-machine directly calls it too.
+        """
+        for effect in self.roles.out.take():
+            self._apply(effect)
+
+    def _apply(self, effect: Effect) -> None:
+        if isinstance(effect, Count):
+            self.count(effect.metric, effect.label, effect.n)
+        elif isinstance(effect, Pump):
+            self._pump_needed = True
+        elif isinstance(effect, LogLimited):
+            self.log_limited(effect.key, effect.level, effect.msg, *effect.args)
+        elif isinstance(effect, WriteRecord):
+            self.local_write(effect.kind, effect.rid, effect.record, quiet=effect.quiet)
+        elif isinstance(effect, NoteSplit):
+            self.note_split(
+                effect.peer, effect.own_epoch, effect.peer_epoch, survivor=effect.survivor
+            )
+        elif isinstance(effect, ResetReplication):
+            self.backlog.reset(effect.base)
+            for peer in self.peers.values():
+                peer.session = None
+        elif isinstance(effect, AbortResync):
+            self.store.abort_resync()
+        else:
+            self.emit(effect)
+
+    def peer_lost(self, peer: Peer, now: float, reason: str) -> None:
+        """Declare ``peer`` lost: close its link, tell the shell, then the roles."""
+        if not peer.up:
+            return
+        peer.up = False
+        log.warning("peer %s lost: %s", peer.name, reason)
+        self.count("peers_lost")
+        if peer.conn is not None:
+            self.close(peer.conn, f"peer lost: {reason}")
+        peer.reset_link_state()
+        self.emit(PeerChanged(peer.name, peer.address, False, reason))
+        self.roles.peer_lost(peer, reason)
+        self.apply_effects()
+
+    def check_writable(self, now: float) -> None:
+        """Raise ``WriteRefused`` unless this node takes writes now (it may fence itself)."""
+        try:
+            self.roles.check_writable(now)
+        finally:
+            self.apply_effects()
 
     # -- outputs --------------------------------------------------------------
 
@@ -238,6 +303,7 @@ class NodeCore(Outputs):
             peer.conn = None
             peer.reset_link_state()
             self.roles.on_link_down(peer, reason)
+            self.apply_effects()
 
     # -- connection inputs ------------------------------------------------------
 
@@ -428,6 +494,7 @@ class NodeCore(Outputs):
             self.emit(PeerChanged(peer.name, peer.address, True, "authenticated"))
         self.count("links_established")
         self.roles.observe_epoch(epoch, peer, now)
+        self.apply_effects()
         self.send(peer, self.roles.heartbeat(peer, now))
         self.roles.on_link_up(peer, now)
 
@@ -484,16 +551,24 @@ class NodeCore(Outputs):
             raise ProtocolError(f"unexpected {type(msg).__name__}")
         if rule.observes_epoch:
             self.roles.observe_epoch(epoch, peer, now)
+            self.apply_effects()
         why = None if rule.refusal is None else rule.refusal(peer, epoch, msg)
         if why is not None:
             self.count("refused", why)  # not applied, so not acknowledged
             return
         rule.handle(conn, peer, epoch, msg, now)
+        self.apply_effects()
         if isinstance(msg, ACK_ELICITING):
             conn.ack_frame = frame_no
 
     def _on_heartbeat(self, conn: Conn, peer: Peer, epoch: int, msg: Message, now: float) -> None:
         assert isinstance(msg, Heartbeat)
+        peer.hb, peer.hb_epoch, peer.hb_at = msg, epoch, now
+        peer.echo_t_ms, peer.echo_rx_at = msg.t_ms, now
+        if msg.echo_ms:
+            rtt = (self.now_ms(now) + 1 - msg.echo_ms - msg.echo_hold_ms) / 1000.0
+            if rtt >= 0:
+                peer.rtt = rtt
         self.roles.on_heartbeat(peer, epoch, msg, now)
 
     def _on_ack_message(self, conn: Conn, peer: Peer, epoch: int, msg: Message, now: float) -> None:
@@ -508,7 +583,7 @@ class NodeCore(Outputs):
 
     def _on_replication(self, conn: Conn, peer: Peer, epoch: int, msg: Message, now: float) -> None:
         assert isinstance(msg, BulkStart | Records | BulkEnd)
-        self.roles.follower_message(peer, msg)
+        self.roles.follower_message(self, peer, msg)
 
     def _on_handover(self, conn: Conn, peer: Peer, epoch: int, msg: Message, now: float) -> None:
         assert isinstance(msg, Handover)
@@ -521,12 +596,15 @@ class NodeCore(Outputs):
         log.log(level, "%s closed the link: %s: %s", peer.name, msg.code, msg.text)
         self.close(conn, f"peer said goodbye: {msg.code}")
         if msg.code in ("shutdown", "name_conflict", "tag_conflict"):
-            self.roles.peer_lost(peer, now, f"peer said goodbye: {msg.code}")
+            self.peer_lost(peer, now, f"peer said goodbye: {msg.code}")
 
     def _on_ack(self, peer: Peer, frame: int) -> None:
         for mark in peer.flow.acked(frame):
             if mark.kind is MarkKind.MERGE_END:
-                self.roles.merge_acknowledged(peer)
+                offered = self.roles.merge_acknowledged(peer)
+                if offered is not None:
+                    self.split_brain.offered(offered)
+                self.apply_effects()
                 continue
             if mark.kind is MarkKind.MERGE_PROGRESS:
                 self.roles.merge_progress(peer, mark.position)
@@ -635,7 +713,7 @@ class NodeCore(Outputs):
         """An API write of a validated record (made by ``hasyncd.records``, nothing else)."""
         self._clock(now, wall)
         _validated(record)
-        self.roles.check_writable(now)
+        self.check_writable(now)
         _check_expiry(record, self.wall)
         return self.local_write(record.kind.code, record.id, record)
 
@@ -643,7 +721,7 @@ class NodeCore(Outputs):
         """An API delete; None if there is no live record ``rid``."""
         self._clock(now, wall)
         KINDS_BY_CODE[kind].check_id_pattern(rid)
-        self.roles.check_writable(now)
+        self.check_writable(now)
         if self.store.get(kind, rid, self.wall) is None:
             return None
         return self.local_write(kind, rid, None)
@@ -658,7 +736,7 @@ class NodeCore(Outputs):
         an absent record gives None.
         """
         self._clock(now, wall)
-        self.roles.check_writable(now)
+        self.check_writable(now)
         out: list[WriteResult | HasyncdError | None] = []
         for kind, rid, record in ops:
             try:
@@ -753,6 +831,7 @@ class NodeCore(Outputs):
             self.count("loop_stalls")
             if self.roles.is_primary:
                 self.roles.duties.after_stall(now)
+                self.apply_effects()
 
     def check_peers(self, now: float) -> None:
         """Declare lost the peers the detector finds silent for too long."""
@@ -760,7 +839,7 @@ class NodeCore(Outputs):
         if verdicts.suppressed:
             self.count("loss_suppressed_own_stall", "", verdicts.suppressed)
         for peer, why in verdicts.lost:
-            self.roles.peer_lost(peer, now, why)
+            self.peer_lost(peer, now, why)
 
     def send_heartbeats(self, now: float) -> None:
         for peer in self.peers.values():
@@ -791,6 +870,7 @@ class NodeCore(Outputs):
 
     def _after_input(self, now: float) -> None:
         self.roles.evaluate(now)
+        self.apply_effects()
         self._announce(now)  # before pump: a new primary's heartbeat precedes its records
         self.pump(now)
         self._derive()
@@ -805,6 +885,7 @@ class NodeCore(Outputs):
         """Produce replication output while windows allow."""
         self._pump_needed = False
         self.roles.run_slices(now)
+        self.apply_effects()
         if self.roles.is_primary:
             current = self.version
             for peer in self.peers.values():
@@ -823,7 +904,7 @@ class NodeCore(Outputs):
                         log.debug("replication to %s: %s", peer.name, _describe(nxt[0]))
             self.roles.duties.check_handover_ready()
         else:
-            self.roles.pump_follower(now)
+            self.roles.pump_follower(self, now)
 
     def transmit(self, now: float, *, wall: float) -> None:
         """Send what earlier inputs queued (``wants_transmit``): replication and sliced work."""
@@ -838,13 +919,17 @@ class NodeCore(Outputs):
 
     def request_failover(self, now: float, *, wall: float) -> str:
         self._clock(now, wall)
-        target = self.roles.request_failover(now)
+        try:
+            target = self.roles.request_failover(now)
+        finally:
+            self.apply_effects()
         self._after_input(now)
         return target
 
     def set_monitors(self, down: tuple[str, ...], now: float, *, wall: float) -> None:
         self._clock(now, wall)
         self.roles.set_monitors(down, now)
+        self.apply_effects()
         self._after_input(now)
 
     def begin_shutdown(self, now: float, snapshot_wait: float, *, wall: float) -> None:
@@ -855,6 +940,7 @@ class NodeCore(Outputs):
         """
         self._clock(now, wall)
         self.roles.begin_shutdown(now, snapshot_wait)
+        self.apply_effects()
         self._after_input(now)
 
     def reconfigure(self, settings: CoreSettings, now: float, *, wall: float) -> None:

@@ -31,14 +31,13 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-from hasyncd.core.backlog import Backlog
 from hasyncd.core.damping import FlapDamper
+from hasyncd.core.effects import AbortResync, Effects, NoteSplit, ResetReplication, WriteRecord
 from hasyncd.core.election import Candidate, Rules, elect
 from hasyncd.core.epochs import minter, next_epoch
 from hasyncd.core.events import (
     FaultChanged,
     HandoverFinished,
-    PeerChanged,
     RekeyRelease,
     RoleChanged,
     StopReady,
@@ -48,17 +47,15 @@ from hasyncd.core.follower import Claim, Follower, FollowState, ReplicaLink
 from hasyncd.core.governor import RekeyGovernor
 from hasyncd.core.history import RoleChange, RoleHistory
 from hasyncd.core.merge import MergeSender, catch_up_floor
-from hasyncd.core.peers import Conn, Fence, HandoverState, Peer
+from hasyncd.core.peers import Fence, HandoverState, Peer
 from hasyncd.core.primary import DutiesHost, PrimaryDuties
 from hasyncd.core.promotion import PromotionRule, PromotionWork, promotion_record
 from hasyncd.core.replication import Position
 from hasyncd.core.seqview import PROMO, History
 from hasyncd.core.settings import CoreSettings
-from hasyncd.core.splitbrain import SplitBrainState
 from hasyncd.core.stopping import StopState, least_unreplicated, loading_peers
 from hasyncd.errors import WriteRefused
-from hasyncd.records import Record
-from hasyncd.store import pack_version, unpack_version
+from hasyncd.store import Store, pack_version, unpack_version
 from hasyncd.wire.messages import (
     F_IN_SYNC,
     F_OVERRIDE,
@@ -77,33 +74,29 @@ log = logging.getLogger("hasyncd.roles")
 INF = float("inf")
 
 
-class RolesHost(DutiesHost, ReplicaLink, Protocol):
-    """What the roles need of the node core (``hasyncd.core.node.NodeCore``)."""
+class RolesHost(DutiesHost, Protocol):
+    """What the roles read of the node core (``hasyncd.core.node.NodeCore``).
 
-    backlog: Backlog
-    governor: RekeyGovernor
+    Only reads: what the roles decide for the node goes into ``out``
+    (``hasyncd.core.effects``), which the node applies after each call.
+    """
+
+    store: Store  # read: counts, resyncing (the promotion scan reads records)
     promotions: History
-    split_brain: SplitBrainState
     started: float
     wall: float  # the Unix time of the input being handled
 
-    def close(self, conn: Conn, reason: str, code: str | None = None) -> None: ...
-
-    def local_write(
-        self, kind: int, rid: str, record: Record | None, *, quiet: bool = False
-    ) -> object: ...
-
     def peer_by_tag(self, tag: int) -> Peer | None: ...
-
-    def log_limited(self, key: tuple[str, str], level: int, msg: str, *args: object) -> None: ...
-
-    def note_split(self, peer: str, own_epoch: int, peer_epoch: int, *, survivor: str) -> None: ...
 
 
 class RoleManager:
-    def __init__(self, core: RolesHost, settings: CoreSettings, now: float) -> None:
+    def __init__(
+        self, core: RolesHost, settings: CoreSettings, now: float, governor: RekeyGovernor
+    ) -> None:
         self.core = core
         self.s = settings
+        self.out = Effects()  # what the node applies after each call (hasyncd.core.effects)
+        self.governor = governor  # the rekey pacing of this node's promotions
         self.role = Role.STARTING
         self.epoch = 0
         self.primary: str | None = None
@@ -128,7 +121,7 @@ class RoleManager:
         self.stop: StopState | None = None
         self._last_decision = ""  # logged at debug when it changes
         self.history = RoleHistory()
-        self.duties = PrimaryDuties(self, core, self.s)
+        self.duties = PrimaryDuties(self, core, self.s, self.out)
 
     # -- views --------------------------------------------------------------------
 
@@ -172,7 +165,7 @@ class RoleManager:
         flap_deadline = self.damper.deadline()
         if flap_deadline is not None:
             candidates.append(flap_deadline)
-        rekey_deadline = self.core.governor.deadline()
+        rekey_deadline = self.governor.deadline()
         if rekey_deadline is not None and self.is_primary:
             candidates.append(rekey_deadline)
         return min((t for t in candidates if t > now), default=INF)
@@ -215,7 +208,7 @@ class RoleManager:
             handover = self.duties.handed_to(owner)
             split = handover is None
             if split:
-                self.core.note_split(peer.name, old, epoch, survivor=owner)
+                self.out.add(NoteSplit(peer.name, old, epoch, owner))
             self._step_down(
                 now,
                 f"{peer.name} reports a newer epoch {epoch} (own {old})",
@@ -227,16 +220,11 @@ class RoleManager:
             self._unfollow(f"{peer.name} reports a newer epoch {epoch}")
 
     def on_heartbeat(self, peer: Peer, epoch: int, hb: Heartbeat, now: float) -> None:
-        peer.hb, peer.hb_epoch, peer.hb_at = hb, epoch, now
-        peer.echo_t_ms, peer.echo_rx_at = hb.t_ms, now
-        if hb.echo_ms:
-            rtt = (self.core.now_ms(now) + 1 - hb.echo_ms - hb.echo_hold_ms) / 1000.0
-            if rtt >= 0:
-                peer.rtt = rtt
+        """A heartbeat from ``peer`` (the node already recorded it on the peer)."""
         self.observe_epoch(epoch, peer, now)
         self.duties.confirm(peer, hb.primary, epoch, hb.echo_ms)
         if bool(hb.flags & F_OVERRIDE) != self.s.override:
-            self.core.log_limited(
+            self.out.log_limited(
                 ("override", peer.name),
                 logging.WARNING,
                 "node.override differs between this node and %s: set it alike on all members",
@@ -263,44 +251,47 @@ class RoleManager:
             return "stale_epoch" if epoch < self.epoch else "not_following"
         return None
 
-    def follower_message(self, peer: Peer, msg: BulkStart | Records | BulkEnd) -> None:
-        """Apply a replication message from our primary (``follower_refusal`` said legal)."""
-        assert self.follower is not None
-        self.follower.handle(self, self.core, peer, msg)
+    def follower_message(
+        self, link: ReplicaLink, peer: Peer, msg: BulkStart | Records | BulkEnd
+    ) -> None:
+        """Apply a replication message from our primary (``follower_refusal`` said legal).
 
-    def pump_follower(self, now: float) -> None:
+        ``link``: how the follower stores and sends (the node, passed by the call).
+        """
+        assert self.follower is not None
+        self.follower.handle(self, link, peer, msg)
+
+    def pump_follower(self, link: ReplicaLink, now: float) -> None:
         f = self.follower
         if f is None:
             return
         peer = self.core.peers.get(f.primary)
         if peer is not None and peer.conn is not None:
-            f.pump(self, self.core, peer, now, self.s.handshake_timeout)
+            f.pump(self, link, peer, now, self.s.handshake_timeout)
 
     def merge_progress(self, peer: Peer, position: Position | None) -> None:
-        f = self.follower
-        if f is not None and f.primary == peer.name and position is not None:
+        f = self.following(peer)
+        if f is not None and position is not None:
             f.merge_resume = position
 
-    def merge_acknowledged(self, peer: Peer) -> None:
+    def following(self, peer: Peer) -> Follower | None:
+        """Our follower, if ``peer`` is the primary it follows."""
         f = self.follower
-        if f is not None and f.primary == peer.name:
-            merge = f.merge
-            if f.merge_acknowledged(peer):
-                if merge is not None:
-                    self.core.split_brain.offered(merge.sent)
-                self.core.request_pump()
+        return f if f is not None and f.primary == peer.name else None
 
-    def peer_lost(self, peer: Peer, now: float, reason: str) -> None:
-        if not peer.up:
-            return
-        core = self.core
-        peer.up = False
-        log.warning("peer %s lost: %s", peer.name, reason)
-        core.count("peers_lost")
-        if peer.conn is not None:
-            core.close(peer.conn, f"peer lost: {reason}")
-        peer.reset_link_state()
-        core.emit(PeerChanged(peer.name, peer.address, False, reason))
+    def merge_acknowledged(self, peer: Peer) -> int | None:
+        """The primary acknowledged our whole merge: the records offered (None: no merge)."""
+        f = self.following(peer)
+        if f is None:
+            return None
+        merge = f.merge
+        if not f.merge_acknowledged(peer):
+            return None
+        self.out.request_pump()
+        return None if merge is None else merge.sent
+
+    def peer_lost(self, peer: Peer, reason: str) -> None:
+        """The node declared ``peer`` lost (and closed its link): what the roles make of it."""
         if self.follower is not None and self.follower.primary == peer.name:
             self._unfollow(f"primary {peer.name} lost: {reason}")
         elif not self.is_primary and self.primary == peer.name:
@@ -381,7 +372,7 @@ class RoleManager:
             )
         else:
             log.info("ready to stop: %s", why)
-        self.core.emit(StopReady(handed_to, lost, why))
+        self.out.event(StopReady(handed_to, lost, why))
 
     def next_version(self) -> int:
         self.seq += 1
@@ -495,7 +486,7 @@ class RoleManager:
                     reason,
                 )
             )
-            self.core.emit(
+            self.out.event(
                 RoleChanged(old.name.lower(), new.name.lower(), self.epoch, primary, reason)
             )
 
@@ -503,24 +494,22 @@ class RoleManager:
         if value != self.in_sync:
             self.in_sync = value
             records = sum(self.core.store.counts().values())
-            self.core.emit(SyncChanged(value, self.primary, records))
+            self.out.event(SyncChanged(value, self.primary, records))
 
     def _promote(self, now: float, reason: str, *, planned: bool) -> None:
         core = self.core
         if self.follower is not None:
             self._unfollow("promoting")
         if core.store.resyncing:
-            core.store.abort_resync()
+            self.out.add(AbortResync())
             log.warning("promoting with an incomplete snapshot: some records may be missing")
         if not self.in_sync and self.role is Role.SECONDARY:
             log.warning("promoting although this node was not in sync with the lost primary")
         self.epoch = self.primary_epoch = next_epoch(self.epoch, self.s.tag, self.core.wall)
         self.seq = 0
         self.resume_claim = None
-        core.backlog.reset(pack_version(self.epoch, 0))
+        self.out.add(ResetReplication(pack_version(self.epoch, 0)))
         self.duties.reset()
-        for peer in core.peers.values():
-            peer.session = None
         self._note_role_change(now, planned=planned)
         self._set_role(Role.PRIMARY, self.s.name, reason)
         self.set_in_sync(True)  # a primary holds a complete copy by definition
@@ -532,12 +521,12 @@ class RoleManager:
         )
         # Step 2 in O(1): one promotion record; every SA reads through it (seqview).
         record = promotion_record(self.epoch, core.wall, rule)
-        core.local_write(PROMO, record.id, record, quiet=True)  # promotion_done tells
+        self.out.add(WriteRecord(PROMO, record.id, record, quiet=True))  # promotion_done tells
         work = PromotionWork(self.epoch, reason, now, rule)
         self.promotion = work
-        core.count("promotions")
+        self.out.count("promotions")
         log.warning("PROMOTED to primary in epoch %d: %s", self.epoch, reason)
-        core.emit(work.event(core.store, now))
+        self.out.event(work.event(core.store, now))
         self.announce = True
 
     def run_slices(self, now: float) -> None:
@@ -551,25 +540,22 @@ class RoleManager:
                 self.promotion = None
                 work.finish()
                 self.last_promotion = work.summary(now)
-                core.governor.add(work.rekey, now)
+                self.governor.add(work.rekey, now)
                 work.rekey = []
-        released = core.governor.run(now, core.wall)
+        released = self.governor.run(now, core.wall)
         if released:
-            core.count("rekey_released", "", len(released))
-            core.emit(RekeyRelease(tuple(released), len(core.governor.queue)))
+            self.out.count("rekey_released", "", len(released))
+            self.out.event(RekeyRelease(tuple(released), len(self.governor.queue)))
 
     def _step_down(
         self, now: float, reason: str, *, merge: bool, owner: str | None, planned: bool
     ) -> None:
-        core = self.core
         if self.promotion is not None:
             log.warning("promotion scan in epoch %d interrupted", self.promotion.epoch)
             self.promotion = None
-        core.governor.clear()
+        self.governor.clear()
         h = self.duties.reset()
-        for peer in core.peers.values():
-            peer.session = None
-        core.backlog.reset(0)
+        self.out.add(ResetReplication(0))
         self.merge_pending = merge
         # It holds everything it wrote: its data's history is now its own epoch.
         self.applied = max(self.applied, pack_version(self.primary_epoch, self.seq))
@@ -580,8 +566,8 @@ class RoleManager:
         linked = owner is not None and owner in self.core.peers and self.core.peers[owner].up
         self._set_role(Role.SECONDARY, owner if linked else None, reason)
         if h is not None:
-            core.emit(HandoverFinished(h.target, True, reason))
-        core.count("step_downs")
+            self.out.event(HandoverFinished(h.target, True, reason))
+        self.out.count("step_downs")
         log.warning("stepped down to secondary: %s", reason)
         if self.stop is not None and not self.stop.ready:
             if planned:
@@ -612,7 +598,7 @@ class RoleManager:
         self._set_role(
             Role.SECONDARY, leader.name, f"following {leader.name}, primary in epoch {self.epoch}"
         )
-        self.core.request_pump()
+        self.out.request_pump()
 
     def _unfollow(self, reason: str) -> None:
         # A complete copy stays complete (as of the loss) for the election;
@@ -655,8 +641,8 @@ class RoleManager:
     def reconfigure(self, settings: CoreSettings) -> None:
         self.s = self.duties.s = settings
         self.damper.max_flaps = settings.max_flaps
-        self.core.governor.rate = settings.rekey_rate
-        self.core.governor.jitter = settings.rekey_jitter
+        self.governor.rate = settings.rekey_rate
+        self.governor.jitter = settings.rekey_jitter
 
     # -- health and flap damping -------------------------------------------------------------
 
@@ -670,7 +656,7 @@ class RoleManager:
                 log.error("monitored interfaces down: %s", ", ".join(down))
             else:
                 log.warning("all monitored interfaces are up again")
-            self.core.emit(FaultChanged(bool(down), down))
+            self.out.event(FaultChanged(bool(down), down))
         self.announce = True
 
     def _note_role_change(self, now: float, *, planned: bool) -> None:
@@ -680,7 +666,7 @@ class RoleManager:
         if planned:
             return
         if self.damper.note(now):
-            self.core.count("suspended")
+            self.out.count("suspended")
 
     def _epoch_owner(self, epoch: int) -> str | None:
         tag = minter(epoch)
