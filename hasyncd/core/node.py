@@ -42,6 +42,7 @@ from hasyncd.core.events import (
     PeerChanged,
     Reannounce,
     RecordChanged,
+    SyncChanged,
     Watermark,
 )
 from hasyncd.core.freshness import Freshness
@@ -155,6 +156,7 @@ class NodeCore(Outputs):
         self.proven = HandshakeBudget(MAX_HANDSHAKING)
         self.record_events = False
         self.watermark: int | None = None
+        self._in_sync_told = False  # the in_sync the last SyncChanged said (none: False)
         self._next_hb = now
         self._last_hb_sent = now
         self._next_sweep = now + 1.0
@@ -785,7 +787,9 @@ class NodeCore(Outputs):
     def _derive(self) -> None:
         """State derived from the rest, computed once at the end of every input (h11's
         ``_process_event``): the watermark, the version every in-sync secondary
-        acknowledged, which sync-mode writes wait for (``Watermark`` when it moved).
+        acknowledged, which sync-mode writes wait for (``Watermark`` when it moved);
+        and whether this node holds a complete copy (``SyncChanged`` when that
+        changed since the last one told, whichever rule changed it).
         """
         self._announce(self.now)  # an input that did not evaluate the roles
         wm: int | None = None
@@ -796,6 +800,11 @@ class NodeCore(Outputs):
         if wm != self.watermark:
             self.watermark = wm
             self.emit(Watermark(wm))
+        in_sync = self.roles.in_sync
+        if in_sync != self._in_sync_told:
+            self._in_sync_told = in_sync
+            records = sum(self.store.counts().values())
+            self.emit(SyncChanged(in_sync, self.roles.primary, records))
 
     # -- timers and pumping -------------------------------------------------------
 

@@ -41,7 +41,6 @@ from hasyncd.core.events import (
     RekeyRelease,
     RoleChanged,
     StopReady,
-    SyncChanged,
 )
 from hasyncd.core.follower import Claim, Follower, FollowState, ReplicaLink
 from hasyncd.core.governor import RekeyGovernor
@@ -491,10 +490,9 @@ class RoleManager:
             )
 
     def set_in_sync(self, value: bool) -> None:
-        if value != self.in_sync:
-            self.in_sync = value
-            records = sum(self.core.store.counts().values())
-            self.out.event(SyncChanged(value, self.primary, records))
+        """Whether this node holds a complete copy; the node tells a change (``SyncChanged``)
+        once, at the end of the input, from its own snapshot."""
+        self.in_sync = value
 
     def _promote(self, now: float, reason: str, *, planned: bool) -> None:
         core = self.core
