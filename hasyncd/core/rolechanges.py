@@ -37,9 +37,7 @@ from hasyncd.core.settings import CoreSettings
 from hasyncd.core.stopping import StopState, least_unreplicated, loading_peers
 from hasyncd.errors import WriteRefused
 from hasyncd.store import Store, pack_version, unpack_version
-from hasyncd.wire.messages import (
-    Role,
-)
+from hasyncd.wire.messages import Role
 
 log = logging.getLogger("hasyncd.roles")
 
