@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from hasyncd.core.detector import STALL_NOISE, check_peers, own_lateness
+from hasyncd.core.effects import Count, Effects
 from hasyncd.core.election import Candidate, Rules
-from hasyncd.core.events import Event, SplitBrain
+from hasyncd.core.events import SplitBrain
 from hasyncd.core.follower import (
     RESUME_ATTEMPTS,
     TRANSITIONS,
@@ -256,11 +257,11 @@ class FakeDutiesRoles:
 
 
 class FakeHost:
+    """What the duties read of a node; it has nothing they could change it with."""
+
     def __init__(self, last_hb: float = 0.0) -> None:
         self.peers: dict[str, Peer] = {}
         self.last_hb = last_hb
-        self.counted: list[str] = []
-        self.events: list[Event] = []
 
     @property
     def last_heartbeat_sent(self) -> float:
@@ -269,15 +270,6 @@ class FakeHost:
     def now_ms(self, now: float) -> int:
         return int(now * 1000)
 
-    def count(self, metric: str, label: str = "", n: int = 1) -> None:
-        self.counted.append(metric)
-
-    def emit(self, event: Event) -> None:
-        self.events.append(event)
-
-    def request_pump(self) -> None:
-        pass
-
     def send(self, peer: Peer, msg: Message) -> tuple[int, int] | None:
         return None
 
@@ -285,12 +277,13 @@ class FakeHost:
 def test_a_primary_silent_past_the_threshold_is_fenced_until_its_peers_confirm() -> None:
     roles, host = FakeDutiesRoles(), FakeHost(last_hb=0.0)
     host.peers["b"] = peer()
-    duties = PrimaryDuties(roles, host, SETTINGS)
+    out = Effects()
+    duties = PrimaryDuties(roles, host, SETTINGS, out)
     threshold = SETTINGS.lost_timeout - SETTINGS.heartbeat_interval
     duties.check_writable(threshold)  # exactly at the threshold: still writable
-    assert host.counted == []
+    assert out.take() == []
     duties.after_stall(threshold + 0.01)
-    assert duties.fence is not None and host.counted == ["fenced"]
+    assert duties.fence is not None and out.take() == [Count("fenced")]
     with pytest.raises(WriteRefused) as exc:
         duties.check_writable(11.0)
     assert exc.value.code == "fenced"
@@ -304,8 +297,10 @@ def test_a_primary_silent_past_the_threshold_is_fenced_until_its_peers_confirm()
 
 
 def test_a_failover_without_an_in_sync_secondary_is_refused() -> None:
-    duties = PrimaryDuties(FakeDutiesRoles(), FakeHost(), SETTINGS)
+    out = Effects()
+    duties = PrimaryDuties(FakeDutiesRoles(), FakeHost(), SETTINGS, out)
     with pytest.raises(WriteRefused) as exc:
         duties.request_failover(1.0, "manual failover")
     assert exc.value.code == "no_in_sync_secondary"
     assert duties.handover is None
+    assert out.take() == []

@@ -103,7 +103,7 @@ def update_counters(
 ) -> Outcome:
     """Apply counter updates on the primary (the caller bounds their number)."""
     core.now, core.wall = now, wall  # both clocks are inputs
-    core.roles.check_writable(now)
+    core.check_writable(now)
     out = Outcome()
     history = core.promotions
     epoch = core.roles.epoch
@@ -172,7 +172,7 @@ def update_counters(
 def write_leases(core: NodeCore, leases: list[LeaseRequest], now: float, *, wall: float) -> Outcome:
     """Raise the ceilings; ``granted`` holds them once written (the shell waits for acks)."""
     core.now, core.wall = now, wall  # both clocks are inputs
-    core.roles.check_writable(now)
+    core.check_writable(now)
     out = Outcome()
     for req in leases:
         found = _lookup(core, req.id, out, wall)

@@ -18,8 +18,9 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
+from hasyncd.core.effects import Effects
 from hasyncd.core.election import Candidate, Rules, elect
-from hasyncd.core.events import Event, HandoverFinished
+from hasyncd.core.events import HandoverFinished
 from hasyncd.core.peers import Fence, HandoverState, Peer
 from hasyncd.core.settings import CoreSettings
 from hasyncd.core.stopping import loading_peers
@@ -46,7 +47,11 @@ class DutiesRoles(Protocol):
 
 
 class DutiesHost(Protocol):
-    """What the duties need of the node: the peers, its heartbeat clock, outputs."""
+    """What the duties read of the node (the peers, its heartbeat clock), and its sender.
+
+    Everything else they decide for the node (counters, events, a pump) goes
+    into their ``Effects`` queue, which the node applies.
+    """
 
     peers: dict[str, Peer]
 
@@ -55,20 +60,17 @@ class DutiesHost(Protocol):
 
     def now_ms(self, now: float) -> int: ...
 
-    def count(self, metric: str, label: str = "", n: int = 1) -> None: ...
-
-    def emit(self, event: Event) -> None: ...
-
-    def request_pump(self) -> None: ...
-
     def send(self, peer: Peer, msg: Message) -> tuple[int, int] | None: ...
 
 
 class PrimaryDuties:
-    def __init__(self, roles: DutiesRoles, core: DutiesHost, settings: CoreSettings) -> None:
+    def __init__(
+        self, roles: DutiesRoles, core: DutiesHost, settings: CoreSettings, out: Effects
+    ) -> None:
         self.roles = roles
         self.core = core
         self.s = settings
+        self.out = out  # what the node applies (hasyncd.core.effects)
         self.fence: Fence | None = None
         self.handover: HandoverState | None = None
         self.preempt_since: float | None = None
@@ -142,7 +144,7 @@ class PrimaryDuties:
 
     def enter_fence(self, now: float, reason: str) -> None:
         self.fence = Fence(now, self.core.now_ms(now), reason, set())
-        self.core.count("fenced")
+        self.out.count("fenced")
         log.warning("FENCED: refusing writes until peers confirm this node as primary (%s)", reason)
 
     def _check_fence(self, now: float) -> None:
@@ -208,16 +210,16 @@ class PrimaryDuties:
         self.preempt_since = None
         self.roles.reason = f"handing over to {target}: {reason}"
         log.warning("handing the primary role to %s: %s", target, reason)
-        self.core.request_pump()
+        self.out.request_pump()
 
     def abort_handover(self, reason: str) -> None:
         h, self.handover = self.handover, None
         if h is None:
             return
         log.warning("handover to %s aborted: %s", h.target, reason)
-        self.core.count("handovers_aborted")
+        self.out.count("handovers_aborted")
         self.roles.reason = f"primary (handover to {h.target} aborted: {reason})"
-        self.core.emit(HandoverFinished(h.target, False, reason))
+        self.out.event(HandoverFinished(h.target, False, reason))
 
     def link_down(self, peer: Peer, reason: str) -> None:
         h = self.handover

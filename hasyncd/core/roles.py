@@ -29,36 +29,20 @@ The rules, in the order they are applied on every input:
 from __future__ import annotations
 
 import logging
-from typing import Protocol
 
-from hasyncd.core.backlog import Backlog
-from hasyncd.core.damping import FlapDamper
-from hasyncd.core.election import Candidate, Rules, elect
-from hasyncd.core.epochs import minter, next_epoch
+from hasyncd.core.effects import NoteSplit
+from hasyncd.core.election import Candidate, elect
+from hasyncd.core.epochs import minter
 from hasyncd.core.events import (
     FaultChanged,
-    HandoverFinished,
-    PeerChanged,
-    RekeyRelease,
-    RoleChanged,
-    StopReady,
-    SyncChanged,
 )
-from hasyncd.core.follower import Claim, Follower, FollowState, ReplicaLink
-from hasyncd.core.governor import RekeyGovernor
-from hasyncd.core.history import RoleChange, RoleHistory
-from hasyncd.core.merge import MergeSender, catch_up_floor
-from hasyncd.core.peers import Conn, Fence, HandoverState, Peer
-from hasyncd.core.primary import DutiesHost, PrimaryDuties
-from hasyncd.core.promotion import PromotionRule, PromotionWork, promotion_record
+from hasyncd.core.follower import Follower, ReplicaLink
+from hasyncd.core.peers import Peer
 from hasyncd.core.replication import Position
-from hasyncd.core.seqview import PROMO, History
+from hasyncd.core.rolechanges import RoleChanges, RolesHost
 from hasyncd.core.settings import CoreSettings
-from hasyncd.core.splitbrain import SplitBrainState
-from hasyncd.core.stopping import StopState, least_unreplicated, loading_peers
 from hasyncd.errors import WriteRefused
-from hasyncd.records import Record
-from hasyncd.store import pack_version, unpack_version
+from hasyncd.store import unpack_version
 from hasyncd.wire.messages import (
     F_IN_SYNC,
     F_OVERRIDE,
@@ -76,81 +60,17 @@ log = logging.getLogger("hasyncd.roles")
 
 INF = float("inf")
 
-
-class RolesHost(DutiesHost, ReplicaLink, Protocol):
-    """What the roles need of the node core (``hasyncd.core.node.NodeCore``)."""
-
-    backlog: Backlog
-    governor: RekeyGovernor
-    promotions: History
-    split_brain: SplitBrainState
-    started: float
-    wall: float  # the Unix time of the input being handled
-
-    def close(self, conn: Conn, reason: str, code: str | None = None) -> None: ...
-
-    def local_write(
-        self, kind: int, rid: str, record: Record | None, *, quiet: bool = False
-    ) -> object: ...
-
-    def peer_by_tag(self, tag: int) -> Peer | None: ...
-
-    def log_limited(self, key: tuple[str, str], level: int, msg: str, *args: object) -> None: ...
-
-    def note_split(self, peer: str, own_epoch: int, peer_epoch: int, *, survivor: str) -> None: ...
+__all__ = ["RoleManager", "RolesHost"]
 
 
-class RoleManager:
-    def __init__(self, core: RolesHost, settings: CoreSettings, now: float) -> None:
-        self.core = core
-        self.s = settings
-        self.role = Role.STARTING
-        self.epoch = 0
-        self.primary: str | None = None
-        self.seq = 0
-        self.applied = 0  # newest version applied from a primary
-        self.in_sync = False  # holds a complete copy (as of its last primary)
-        # A decision for the node: what the heartbeat says changed (a role, a peer
-        # lost, a fault), so the peers are told now rather than at the next beat.
-        self.announce = False
-        self.holddown_until = now + self.s.holddown
-        self.reason = "starting: hello hold-down, discovering peers"
-        self.follower: Follower | None = None
-        self.resume_claim: Claim | None = None  # what it holds of its primary's last session
-        self.resume_failures = 0  # resume requests in a row that got no BULK_START
-        self.promotion: PromotionWork | None = None
-        self.last_promotion: dict[str, object] | None = None
-        self.monitors_down: tuple[str, ...] = ()
-        self.damper = FlapDamper(self.s.max_flaps, self.s.flap_window)
-        self.merge_pending = False
-        self.primary_epoch = 0  # the last epoch this node was primary in
-        self.shutting_down = False
-        self.stop: StopState | None = None
-        self._last_decision = ""  # logged at debug when it changes
-        self.history = RoleHistory()
-        self.duties = PrimaryDuties(self, core, self.s)
+class RoleManager(RoleChanges):
+    """When to change roles: the inputs, the election and the views the node reads.
+
+    The changes themselves, and the state, are ``RoleChanges``'
+    (``hasyncd.core.rolechanges``).
+    """
 
     # -- views --------------------------------------------------------------------
-
-    @property
-    def is_primary(self) -> bool:
-        return self.role is Role.PRIMARY
-
-    @property
-    def version(self) -> int:
-        return pack_version(self.epoch, self.seq) if self.is_primary else self.applied
-
-    @property
-    def suspended_since(self) -> float | None:
-        return self.damper.suspended_since
-
-    @property
-    def fence(self) -> Fence | None:
-        return self.duties.fence
-
-    @property
-    def handover(self) -> HandoverState | None:
-        return self.duties.handover
 
     @property
     def busy(self) -> bool:
@@ -172,7 +92,7 @@ class RoleManager:
         flap_deadline = self.damper.deadline()
         if flap_deadline is not None:
             candidates.append(flap_deadline)
-        rekey_deadline = self.core.governor.deadline()
+        rekey_deadline = self.governor.deadline()
         if rekey_deadline is not None and self.is_primary:
             candidates.append(rekey_deadline)
         return min((t for t in candidates if t > now), default=INF)
@@ -215,7 +135,7 @@ class RoleManager:
             handover = self.duties.handed_to(owner)
             split = handover is None
             if split:
-                self.core.note_split(peer.name, old, epoch, survivor=owner)
+                self.out.add(NoteSplit(peer.name, old, epoch, owner))
             self._step_down(
                 now,
                 f"{peer.name} reports a newer epoch {epoch} (own {old})",
@@ -227,16 +147,11 @@ class RoleManager:
             self._unfollow(f"{peer.name} reports a newer epoch {epoch}")
 
     def on_heartbeat(self, peer: Peer, epoch: int, hb: Heartbeat, now: float) -> None:
-        peer.hb, peer.hb_epoch, peer.hb_at = hb, epoch, now
-        peer.echo_t_ms, peer.echo_rx_at = hb.t_ms, now
-        if hb.echo_ms:
-            rtt = (self.core.now_ms(now) + 1 - hb.echo_ms - hb.echo_hold_ms) / 1000.0
-            if rtt >= 0:
-                peer.rtt = rtt
+        """A heartbeat from ``peer`` (the node already recorded it on the peer)."""
         self.observe_epoch(epoch, peer, now)
         self.duties.confirm(peer, hb.primary, epoch, hb.echo_ms)
         if bool(hb.flags & F_OVERRIDE) != self.s.override:
-            self.core.log_limited(
+            self.out.log_limited(
                 ("override", peer.name),
                 logging.WARNING,
                 "node.override differs between this node and %s: set it alike on all members",
@@ -254,6 +169,14 @@ class RoleManager:
             f.link_down(self)
         self.duties.link_down(peer, reason)
 
+    def peer_lost(self, peer: Peer, reason: str) -> None:
+        """The node declared ``peer`` lost (and closed its link): what the roles make of it."""
+        if self.follower is not None and self.follower.primary == peer.name:
+            self._unfollow(f"primary {peer.name} lost: {reason}")
+        elif not self.is_primary and self.primary == peer.name:
+            self.primary = None  # the owner of our epoch we were waiting for
+        self.announce = True
+
     # -- replication as a follower ------------------------------------------------------
 
     def follower_refusal(self, peer: Peer, epoch: int) -> str | None:
@@ -263,51 +186,46 @@ class RoleManager:
             return "stale_epoch" if epoch < self.epoch else "not_following"
         return None
 
-    def follower_message(self, peer: Peer, msg: BulkStart | Records | BulkEnd) -> None:
-        """Apply a replication message from our primary (``follower_refusal`` said legal)."""
-        assert self.follower is not None
-        self.follower.handle(self, self.core, peer, msg)
+    def follower_message(
+        self, link: ReplicaLink, peer: Peer, msg: BulkStart | Records | BulkEnd
+    ) -> None:
+        """Apply a replication message from our primary (``follower_refusal`` said legal).
 
-    def pump_follower(self, now: float) -> None:
+        ``link``: how the follower stores and sends (the node, passed by the call).
+        """
+        assert self.follower is not None
+        self.follower.handle(self, link, peer, msg)
+
+    def pump_follower(self, link: ReplicaLink, now: float) -> None:
         f = self.follower
         if f is None:
             return
         peer = self.core.peers.get(f.primary)
         if peer is not None and peer.conn is not None:
-            f.pump(self, self.core, peer, now, self.s.handshake_timeout)
+            f.pump(self, link, peer, now, self.s.handshake_timeout)
 
     def merge_progress(self, peer: Peer, position: Position | None) -> None:
-        f = self.follower
-        if f is not None and f.primary == peer.name and position is not None:
+        f = self.following(peer)
+        if f is not None and position is not None:
             f.merge_resume = position
 
-    def merge_acknowledged(self, peer: Peer) -> None:
+    def following(self, peer: Peer) -> Follower | None:
+        """Our follower, if ``peer`` is the primary it follows."""
         f = self.follower
-        if f is not None and f.primary == peer.name:
-            merge = f.merge
-            if f.merge_acknowledged(peer):
-                if merge is not None:
-                    self.core.split_brain.offered(merge.sent)
-                self.core.request_pump()
+        return f if f is not None and f.primary == peer.name else None
 
-    def peer_lost(self, peer: Peer, now: float, reason: str) -> None:
-        if not peer.up:
-            return
-        core = self.core
-        peer.up = False
-        log.warning("peer %s lost: %s", peer.name, reason)
-        core.count("peers_lost")
-        if peer.conn is not None:
-            core.close(peer.conn, f"peer lost: {reason}")
-        peer.reset_link_state()
-        core.emit(PeerChanged(peer.name, peer.address, False, reason))
-        if self.follower is not None and self.follower.primary == peer.name:
-            self._unfollow(f"primary {peer.name} lost: {reason}")
-        elif not self.is_primary and self.primary == peer.name:
-            self.primary = None  # the owner of our epoch we were waiting for
-        self.announce = True
+    def merge_acknowledged(self, peer: Peer) -> int | None:
+        """The primary acknowledged our whole merge: the records offered (None: no merge)."""
+        f = self.following(peer)
+        if f is None:
+            return None
+        merge = f.merge
+        if not f.merge_acknowledged(peer):
+            return None
+        self.out.request_pump()
+        return None if merge is None else merge.sent
 
-    # -- writes -------------------------------------------------------------------------
+    # -- writes and failover -------------------------------------------------------------
 
     def check_writable(self, now: float) -> None:
         if not self.is_primary:
@@ -322,70 +240,6 @@ class RoleManager:
                 "not_primary", "only the primary can hand over its role", primary=self.primary
             )
         return self.duties.request_failover(now, reason)
-
-    def begin_shutdown(self, now: float, snapshot_wait: float) -> None:
-        if self.stop is not None:
-            return
-        self.shutting_down = True
-        self.stop = StopState(now, now + snapshot_wait)
-        if not self.is_primary:
-            self._stop_ready(None, 0, f"stopping as {self.role.name.lower()}")
-
-    def _stop_step(self, now: float) -> None:
-        """A stopping primary: hand over, wait for a loading secondary, or give up (once)."""
-        st = self.stop
-        if st is None or st.ready or self.duties.handover is not None:
-            return
-        core = self.core
-        if not st.handover_tried and self.duties.in_sync_peers():
-            st.handover_tried = True
-            try:
-                target = self.duties.request_failover(now, "primary shutting down")
-            except WriteRefused as exc:
-                log.warning("cannot hand over before stopping: %s", exc.message)
-            else:
-                st.waiting_for = f"handover to {target}"
-                return
-        live = sum(core.store.counts().values())
-        lost, best = least_unreplicated(core.peers.values(), live, self.version)
-        st.unreplicated = lost
-        loading = loading_peers(core.peers.values())
-        if loading and not st.handover_tried and now < st.deadline:
-            p = loading[0]
-            assert p.session is not None
-            st.waiting_for = (
-                f"{p.name} to finish loading its snapshot "
-                f"({p.session.bulk_acked} of {live} records acknowledged)"
-            )
-            self.reason = f"stopping: waiting for {st.waiting_for}"
-            return
-        if best is None:
-            why = "no secondary is linked"
-        elif loading and now >= st.deadline:
-            why = f"{best.name} did not finish loading its snapshot in time"
-        else:
-            why = f"the handover to {best.name} did not complete"
-        self._stop_ready(None, lost, why)
-
-    def _stop_ready(self, handed_to: str | None, lost: int, why: str) -> None:
-        st = self.stop
-        assert st is not None
-        st.ready, st.handed_to, st.unreplicated, st.waiting_for = True, handed_to, lost, None
-        if lost:
-            log.error(
-                "STOPPING WITHOUT A HANDOVER: %s; up to %d of %d records exist only on this "
-                "node and are lost with it",
-                why,
-                lost,
-                sum(self.core.store.counts().values()),
-            )
-        else:
-            log.info("ready to stop: %s", why)
-        self.core.emit(StopReady(handed_to, lost, why))
-
-    def next_version(self) -> int:
-        self.seq += 1
-        return pack_version(self.epoch, self.seq)
 
     # -- the decision loop ------------------------------------------------------------------
 
@@ -457,21 +311,6 @@ class RoleManager:
                 return hb.primary, peer.name
         return None
 
-    def rules(self, *, prefer_newest: bool = False) -> Rules:
-        return Rules(self.s.override, self.s.uptime_margin, prefer_newest)
-
-    def self_candidate(self, now: float, *, incumbent: bool = False) -> Candidate:
-        eligible = self.fence is None and (incumbent or self.suspended_since is None)
-        return Candidate(
-            self.s.name,
-            self.s.priority,
-            now - self.core.started,
-            len(self.monitors_down),
-            self.in_sync or self.is_primary,
-            eligible,
-            self.version,
-        )
-
     def _candidates(self, now: float) -> list[Candidate]:
         return [self.self_candidate(now)] + [
             peer.candidate(now, peer.in_sync_flag)
@@ -479,155 +318,12 @@ class RoleManager:
             if peer.up and peer.hb is not None and peer.role is not Role.PRIMARY
         ]
 
-    # -- transitions ----------------------------------------------------------------------
-
-    def _set_role(self, new: Role, primary: str | None, reason: str) -> None:
-        old = self.role
-        self.role, self.primary, self.reason = new, primary, reason
-        if old is not new:
-            self.history.add(
-                RoleChange(
-                    self.core.wall,
-                    old.name.lower(),
-                    new.name.lower(),
-                    self.epoch,
-                    primary,
-                    reason,
-                )
-            )
-            self.core.emit(
-                RoleChanged(old.name.lower(), new.name.lower(), self.epoch, primary, reason)
-            )
-
-    def set_in_sync(self, value: bool) -> None:
-        if value != self.in_sync:
-            self.in_sync = value
-            records = sum(self.core.store.counts().values())
-            self.core.emit(SyncChanged(value, self.primary, records))
-
-    def _promote(self, now: float, reason: str, *, planned: bool) -> None:
-        core = self.core
-        if self.follower is not None:
-            self._unfollow("promoting")
-        if core.store.resyncing:
-            core.store.abort_resync()
-            log.warning("promoting with an incomplete snapshot: some records may be missing")
-        if not self.in_sync and self.role is Role.SECONDARY:
-            log.warning("promoting although this node was not in sync with the lost primary")
-        self.epoch = self.primary_epoch = next_epoch(self.epoch, self.s.tag, self.core.wall)
-        self.seq = 0
-        self.resume_claim = None
-        core.backlog.reset(pack_version(self.epoch, 0))
-        self.duties.reset()
-        for peer in core.peers.values():
-            peer.session = None
-        self._note_role_change(now, planned=planned)
-        self._set_role(Role.PRIMARY, self.s.name, reason)
-        self.set_in_sync(True)  # a primary holds a complete copy by definition
-        rule = PromotionRule(
-            self.s.esp_seq_margin,
-            self.s.seq_safety_factor,
-            self.s.lost_timeout,
-            self.s.inbound_window,
-        )
-        # Step 2 in O(1): one promotion record; every SA reads through it (seqview).
-        record = promotion_record(self.epoch, core.wall, rule)
-        core.local_write(PROMO, record.id, record, quiet=True)  # promotion_done tells
-        work = PromotionWork(self.epoch, reason, now, rule)
-        self.promotion = work
-        core.count("promotions")
-        log.warning("PROMOTED to primary in epoch %d: %s", self.epoch, reason)
-        core.emit(work.event(core.store, now))
-        self.announce = True
-
-    def run_slices(self, now: float) -> None:
-        if not self.is_primary:
-            return
-        core = self.core
-        work = self.promotion
-        if work is not None:
-            work.run_slice(core.store, core.promotions)
-            if work.done:
-                self.promotion = None
-                work.finish()
-                self.last_promotion = work.summary(now)
-                core.governor.add(work.rekey, now)
-                work.rekey = []
-        released = core.governor.run(now, core.wall)
-        if released:
-            core.count("rekey_released", "", len(released))
-            core.emit(RekeyRelease(tuple(released), len(core.governor.queue)))
-
-    def _step_down(
-        self, now: float, reason: str, *, merge: bool, owner: str | None, planned: bool
-    ) -> None:
-        core = self.core
-        if self.promotion is not None:
-            log.warning("promotion scan in epoch %d interrupted", self.promotion.epoch)
-            self.promotion = None
-        core.governor.clear()
-        h = self.duties.reset()
-        for peer in core.peers.values():
-            peer.session = None
-        core.backlog.reset(0)
-        self.merge_pending = merge
-        # It holds everything it wrote: its data's history is now its own epoch.
-        self.applied = max(self.applied, pack_version(self.primary_epoch, self.seq))
-        self.set_in_sync(False)
-        self._note_role_change(now, planned=planned)
-        # Name the new epoch's owner if we can see it: a third node that cannot
-        # (a partial partition) then knows a primary exists and does not elect.
-        linked = owner is not None and owner in self.core.peers and self.core.peers[owner].up
-        self._set_role(Role.SECONDARY, owner if linked else None, reason)
-        if h is not None:
-            core.emit(HandoverFinished(h.target, True, reason))
-        core.count("step_downs")
-        log.warning("stepped down to secondary: %s", reason)
-        if self.stop is not None and not self.stop.ready:
-            if planned:
-                self._stop_ready(owner, 0, f"handed the primary role to {owner}")
-            else:
-                self._stop_ready(None, 0, f"stepped down: {reason}")
-        self.announce = True
-
-    def _follow(self, leader: Peer, now: float) -> None:
-        f = Follower(leader.name)
-        hb = leader.hb
-        floor = None if hb is None else catch_up_floor(self.applied, leader.hb_epoch, hb)
-        if self.merge_pending or floor is not None:
-            # Before a resync replaces our store, offer the new primary what it
-            # may lack.  A former primary always does (possibly nothing): the
-            # survivor learns that two primaries overlapped.
-            split_epoch = self.primary_epoch if self.merge_pending else 0
-            self.merge_pending = False
-            f.merge = MergeSender(split_epoch, floor or 0)
-            f.state = FollowState.MERGING
-            log.warning(
-                "offering %s this node's records newer than %s before resyncing",
-                leader.name,
-                unpack_version(floor or 0),
-            )
-        self.follower = f
-        self.set_in_sync(False)
-        self._set_role(
-            Role.SECONDARY, leader.name, f"following {leader.name}, primary in epoch {self.epoch}"
-        )
-        self.core.request_pump()
-
-    def _unfollow(self, reason: str) -> None:
-        # A complete copy stays complete (as of the loss) for the election;
-        # only a snapshot cut short leaves this node without one.
-        f, self.follower = self.follower, None
-        if f is not None and f.merge is not None and f.merge.epoch:
-            # A former primary's offer not delivered yet: make it to the next
-            # primary.  (A catch-up offer is recomputed for whoever that is.)
-            self.merge_pending = True
-        if self.core.store.resyncing:
-            # Kept open: if this primary returns in the same epoch it may resume
-            # the snapshot; any other answer starts a new one (or a promotion ends it).
-            self.set_in_sync(False)
-        self.primary = None
-        self.reason = reason
+    def _epoch_owner(self, epoch: int) -> str | None:
+        tag = minter(epoch)
+        if tag == self.s.tag:
+            return self.s.name
+        peer = self.core.peer_by_tag(tag)
+        return peer.name if peer is not None else None
 
     # -- handover (target side) --------------------------------------------------------------
 
@@ -652,13 +348,13 @@ class RoleManager:
     def on_handover(self, peer: Peer, msg: Handover, now: float) -> None:
         self._promote(now, f"handover from {peer.name}: {msg.reason}", planned=True)
 
+    # -- settings, health and flap damping ---------------------------------------------------
+
     def reconfigure(self, settings: CoreSettings) -> None:
         self.s = self.duties.s = settings
         self.damper.max_flaps = settings.max_flaps
-        self.core.governor.rate = settings.rekey_rate
-        self.core.governor.jitter = settings.rekey_jitter
-
-    # -- health and flap damping -------------------------------------------------------------
+        self.governor.rate = settings.rekey_rate
+        self.governor.jitter = settings.rekey_jitter
 
     def set_monitors(self, down: tuple[str, ...], now: float) -> None:
         if down == self.monitors_down:
@@ -670,21 +366,5 @@ class RoleManager:
                 log.error("monitored interfaces down: %s", ", ".join(down))
             else:
                 log.warning("all monitored interfaces are up again")
-            self.core.emit(FaultChanged(bool(down), down))
+            self.out.event(FaultChanged(bool(down), down))
         self.announce = True
-
-    def _note_role_change(self, now: float, *, planned: bool) -> None:
-        # Only unplanned changes are flaps: a manual failover, a handover at
-        # shutdown, a preemption or a link failover is the operator's (or the
-        # configuration's) choice, and must not switch off automatic failover.
-        if planned:
-            return
-        if self.damper.note(now):
-            self.core.count("suspended")
-
-    def _epoch_owner(self, epoch: int) -> str | None:
-        tag = minter(epoch)
-        if tag == self.s.tag:
-            return self.s.name
-        peer = self.core.peer_by_tag(tag)
-        return peer.name if peer is not None else None
