@@ -197,6 +197,7 @@ class Metrics:
             "hasyncd_events", "core events (as on GET /v1/events), by type", ["type"], registry=r
         )
         self._event_children: dict[type, Any] = {}
+        self._request_children: dict[tuple[str, int], Any] = {}
         self.reloads = Counter(
             "hasyncd_reloads",
             "configuration reloads (SIGHUP) by outcome: applied or refused",
@@ -250,7 +251,11 @@ class Metrics:
         self.api_refused.labels(listener)  # present from start-up, at zero
 
     def count_api_request(self, route: str, status: int) -> None:
-        self.api_requests.labels(route, str(status)).inc()
+        key = (route, status)  # routes and statuses are few: one child each, looked up once
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.api_requests.labels(route, str(status))
+        child.inc()
 
     def count_not_replicated(self, kind: str) -> None:
         self.not_replicated.labels(kind).inc()
