@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hasyncd.config import HooksConfig
 from hasyncd.core.events import RecordChanged, RoleChanged
+from hasyncd.daemon.api_cluster import SSE_CHUNK_EVENTS, _sse_chunk
 from hasyncd.daemon.dialer import Dialer, split_address
 from hasyncd.daemon.eventhub import QUEUE, REPLAY, SHUTDOWN, EventHub
 from hasyncd.daemon.hooks import HISTORY, HookRunner
@@ -115,6 +116,37 @@ def test_hub_drops_a_slow_subscriber_and_closes_every_stream_with_shutdown() -> 
             full.queue.get_nowait()
         _seq, etype, data = full.queue.get_nowait()  # a full queue still gets its SHUTDOWN
         assert (etype, json.loads(data)) == (SHUTDOWN, {"reason": "bye"})
+
+    asyncio.run(main())
+
+
+def test_the_event_stream_writes_a_burst_in_chunks_in_order_and_ends_on_shutdown() -> None:
+    async def main() -> None:
+        hub = EventHub(on_subscribers=lambda _: None)
+        sub, _ = hub.subscribe(frozenset({"record_changed"}), None)
+        n = 2 * SSE_CHUNK_EVENTS + 5
+        for i in range(n):
+            hub.publish(RecordChanged("ipsec_sa", f"id{i}", "put", 1, i))
+        hub.close("bye")
+        chunks: list[bytes] = []
+        end = False
+        while not end:
+            chunk, end = _sse_chunk(sub.queue.get_nowait(), sub.queue)
+            chunks.append(chunk)
+        assert len(chunks) == 3  # 1024, 1024, then 5 and the shutdown: one write each
+        frames = b"".join(chunks).split(b"\n\n")[:-1]
+        assert len(frames) == n + 1
+        for i, frame in enumerate(frames[:-1]):
+            seq, etype, data = frame.split(b"\n")
+            assert (seq, etype) == (b"id: %d" % (i + 1), b"event: record_changed")
+            assert json.loads(data.removeprefix(b"data: ")) == {
+                "kind": "ipsec_sa",
+                "id": f"id{i}",
+                "op": "put",
+                "epoch": 1,
+                "seq": i,
+            }
+        assert frames[-1] == b'event: shutdown\ndata: {"reason":"bye"}'
 
     asyncio.run(main())
 
