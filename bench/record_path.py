@@ -12,6 +12,8 @@ load on the machine) (``time.process_time``):
   lines and decoding each op (``batchops.iter_ndjson_ops``) included;
 * ``primary_msgpack_us``: the same from a msgpack batch body, both of the
   batch handler's passes (the whole-body check, then the ops) included;
+* ``secondary_decode_us``: msgspec's typed decode of one blob alone (types and
+  ranges, in C): the part of the check no Python code adds;
 * ``secondary_check_us``: the link check of one replicated blob (decode, rules,
   id, expiry), what ``apply_changes`` runs per record;
 * ``secondary_apply_us``: a RECORDS(BULK) message plaintext to stored entries:
@@ -140,6 +142,14 @@ def main() -> None:
             decode_change(c)
 
     check_us = cpu_per_record(check, n, repeat)
+    blob_decoder = msgspec.msgpack.Decoder(SA.schema.wire) if NEW_API else None
+
+    def typed_decode() -> None:
+        assert blob_decoder is not None
+        for c in changes:
+            blob_decoder.decode(c.blob)
+
+    decode_us = cpu_per_record(typed_decode, n, repeat) if NEW_API else None
 
     source = Store()
     for i, (rid, blob, expires) in enumerate(stored):
@@ -176,6 +186,7 @@ def main() -> None:
         "primary_ndjson_us": ndjson_us,
         "primary_msgpack_us": msgpack_us,
         "secondary_check_us": check_us,
+        "secondary_decode_us": decode_us,
         "secondary_apply_us": apply_us,
         "primary_snapshot_us": snapshot_us,
         "code": "msgspec record path" if NEW_API else "schema.py record path",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
+from itertools import chain, islice
 
 # Ids per run after a split (a run splits past 2 * RUN).  An insert copies
 # its run, so this bounds an insert's work (measured: 15-25 % more per add
@@ -100,12 +101,16 @@ class SortedIds:
             yield from run
 
     def after(self, rid: str) -> Iterator[str]:
-        """The ids greater than ``rid`` in order, as the index was when the iteration started."""
-        runs = list(self._runs)
+        """The ids greater than ``rid`` in order.
+
+        Consume it before the next write (as the store's walks and pages do,
+        with ``islice``): it reads the live list of runs rather than a copy,
+        so a resumable walk costs no copy of the whole index per step.
+        """
+        runs = self._runs
         k = bisect_right(self._maxes, rid)
         if k == len(runs):
             return
         run = runs[k]
         yield from run[bisect_right(run, rid) :]
-        for run in runs[k + 1 :]:
-            yield from run
+        yield from chain.from_iterable(islice(runs, k + 1, None))
