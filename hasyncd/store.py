@@ -115,7 +115,9 @@ class Store:
         self.tables: dict[int, Table] = {code: Table() for code in KIND_BY_CODE}
         # During a resync: ids stored before it began that the snapshot has not
         # delivered yet.  A fresh node has none, so its resync costs nothing here.
-        self._unseen: dict[int, set[str]] | None = None
+        # A dict of str -> None rather than a set: CPython never tracks it, so
+        # the cycle collector does not walk a million ids during a resync.
+        self._unseen: dict[int, dict[str, None]] | None = None
 
     # -- reads -------------------------------------------------------------------
 
@@ -189,7 +191,7 @@ class Store:
         if len(value) > HEADER_LEN:
             table.live += 1
         if self._unseen is not None:
-            self._unseen[kind].discard(rid)
+            self._unseen[kind].pop(rid, None)
         return old
 
     def discard(self, kind: int, rid: str) -> Entry | None:
@@ -225,7 +227,7 @@ class Store:
 
     def begin_resync(self) -> None:
         """A snapshot starts: every entry stored now must be delivered again or is stale."""
-        self._unseen = {kind: set(table.entries) for kind, table in self.tables.items()}
+        self._unseen = {kind: dict.fromkeys(table.entries) for kind, table in self.tables.items()}
 
     def end_resync(self) -> int:
         """The snapshot ended: drop every entry it did not deliver; returns how many."""

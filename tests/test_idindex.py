@@ -99,3 +99,17 @@ def test_a_full_collection_visits_a_runs_worth_not_every_id_of_a_large_table() -
     gc.collect()  # the collector untracks each run (a tuple of str) the first time it sees one
     visits = _visits(store)
     assert visits < n // 10, f"{visits} pointers followed for {n} records"
+
+
+def test_a_resync_of_a_large_table_adds_nothing_for_the_collector_to_walk() -> None:
+    """Store.begin_resync keeps the ids still to be delivered: a set was walked per id."""
+    store = Store()
+    n = 20_000
+    for i in range(n):
+        store.put_value(1, f"esp-{i:08x}@198.51.100.{i % 250}", pack_value(i + 1, None, b"\x90"))
+    gc.collect()
+    before = _visits(store)
+    store.begin_resync()
+    store.put_value(1, "esp-00000001@198.51.100.1", pack_value(n + 1, None, b"\x90"))
+    assert _visits(store) - before < 100
+    assert store.end_resync() == n - 1  # the undelivered ones are dropped
