@@ -103,6 +103,18 @@ def test_split_brain_record_is_noted_then_completed_by_the_merge() -> None:
     st = sb.status()
     assert st is not None
     assert (st["offered"], st["merged"], st["conflicts"]) == (10, 4, 1)
+    # The loser offers again (its ACK was lost with a replaced link): nothing new merges,
+    # and the figures of this split brain are not reset to the repeat's.
+    sb.merged("b", 10, 0, 1)
+    st = sb.status()
+    assert st is not None
+    assert (st["offered"], st["merged"], st["conflicts"]) == (10, 4, 1)
+    # A new split brain starts its figures afresh.
+    sb.detected("b", 9, 11, "a", wall=1300.0)
+    sb.merged("b", 3, 2, 0)
+    st = sb.status()
+    assert st is not None
+    assert (st["offered"], st["merged"], st["conflicts"]) == (3, 2, 0)
 
 
 # -- follower --------------------------------------------------------------------------------

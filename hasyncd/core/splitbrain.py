@@ -64,9 +64,21 @@ class SplitBrainState:
         return SplitBrain(peer, own_epoch, peer_epoch, survivor)
 
     def merged(self, peer: str, offered: int, merged: int, conflicts: int) -> None:
-        """The survivor's figures of the merge from ``peer`` (noted as detected first)."""
-        assert self.current is not None and self.current.peer == peer
-        self.current = replace(self.current, offered=offered, merged=merged, conflicts=conflicts)
+        """The survivor's figures of a merge from ``peer`` (noted as detected first).
+
+        A loser whose merge was not acknowledged (its link was replaced
+        before the ACK) offers it again: the second offer finds its records
+        already merged.  So the figures of one split brain accumulate: the
+        records merged add up; offered and conflicts are the largest offer's,
+        since a repeated offer carries the same records again.
+        """
+        cur = self.current
+        assert cur is not None and cur.peer == peer
+        if cur.merged is not None:
+            assert cur.offered is not None and cur.conflicts is not None
+            offered, conflicts = max(offered, cur.offered), max(conflicts, cur.conflicts)
+            merged += cur.merged
+        self.current = replace(cur, offered=offered, merged=merged, conflicts=conflicts)
 
     def offered(self, n: int) -> None:
         """The loser's figure: its merge of ``n`` records was acknowledged."""
