@@ -203,17 +203,16 @@ class Daemon:
         still coalesce through ``flush``'s ``call_soon``.
         """
         if self.core.wants_transmit and not self._core_done:
-            try:
-                self.core.transmit(self.clock(), wall=self.wall())
-            except Exception as exc:  # as in _transmit: a bug must stop the node, not hide
-                self.crashed("the core's transmit", exc)
-                return
-        self.flush()
+            self._transmit_now()
+        else:
+            self.flush()
 
     def _transmit(self) -> None:
         self._transmit_soon = False
-        if self._core_done:
-            return
+        if not self._core_done:
+            self._transmit_now()
+
+    def _transmit_now(self) -> None:
         try:
             self.core.transmit(self.clock(), wall=self.wall())
             self.flush()
