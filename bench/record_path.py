@@ -44,7 +44,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from shapes import sa_pair
 
-from hasyncd.core.replication import OutboundSession, apply_changes, decode_change
+from hasyncd.core.replication import OutboundSession
+
+try:
+    from hasyncd.core.apply import apply_changes, decode_change
+except ImportError:  # the code before the split
+    from hasyncd.core.replication import apply_changes, decode_change  # type: ignore[attr-defined,no-redef]
 from hasyncd.daemon import batchops, bodies
 from hasyncd.records import KINDS
 from hasyncd.store import Entry, Store, pack_version

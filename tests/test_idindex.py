@@ -113,3 +113,73 @@ def test_a_resync_of_a_large_table_adds_nothing_for_the_collector_to_walk() -> N
     store.put_value(1, "esp-00000001@198.51.100.1", pack_value(n + 1, None, b"\x90"))
     assert _visits(store) - before < 100
     assert store.end_resync() == n - 1  # the undelivered ones are dropped
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(ids, max_size=300, unique=True), st.lists(ids, max_size=300, unique=True))
+def test_extend_appends_exactly_what_add_would_have(before: list[str], batch: list[str]) -> None:
+    """``extend`` (the snapshot into a fresh node) keeps the index a sorted set."""
+    index, model = SortedIds(), set(before)
+    for rid in before:
+        index.add(rid)
+    batch = sorted(batch)
+    fits = bool(batch) and (not before or batch[0] > max(before))
+    assert index.appends(batch) is fits
+    if fits:
+        index.extend(batch)
+        model.update(batch)
+    else:
+        for rid in batch:
+            if rid not in model:
+                index.add(rid)
+                model.add(rid)
+    expected = sorted(model)
+    assert list(index) == expected and len(index) == len(expected)
+    for probe in expected[:: max(1, len(expected) // 10)]:
+        assert probe in index
+        assert list(index.after(probe)) == expected[expected.index(probe) + 1 :]
+    index.add("\uffff")  # adds and removes still work on runs that extend built
+    index.remove(expected[0] if expected else "\uffff")
+
+
+def test_appends_refuses_an_unsorted_repeated_or_overlapping_batch() -> None:
+    index = SortedIds()
+    index.extend(["b", "c"])
+    assert not index.appends([])
+    assert not index.appends(["e", "d"])
+    assert not index.appends(["d", "d"])
+    assert not index.appends(["c", "d"])  # "c" is held
+    assert not index.appends(["a", "z"])
+    assert index.appends(["d", "e"])
+
+
+def test_put_values_stores_what_put_value_would_on_both_paths() -> None:
+    """A snapshot message in one pass, anything else one record at a time: same store."""
+    one, many = Store(), Store()
+    tomb = pack_value(99, 5.0, None)
+    batches = [
+        [(f"{i:04d}", pack_value(i + 1, None, b"\x91\x01")) for i in range(0, 150)],  # fresh
+        [(f"{i:04d}", pack_value(i + 1, None, b"\x91\x02")) for i in range(150, 300)],  # past it
+        [(f"{i:04d}", pack_value(i + 500, 9.0, b"\x91\x03")) for i in range(100, 200, 7)],
+        [("0003", tomb), ("0001", pack_value(600, None, b"\x91\x04"))],  # unsorted: one by one
+        [("9999", tomb)],  # a tombstone past the end
+    ]
+    for batch in batches:
+        for rid, value in batch:
+            one.put_value(1, rid, value)
+        many.put_values(1, [rid for rid, _ in batch], [v for _, v in batch])
+    assert many.tables[1].entries == one.tables[1].entries
+    assert list(many.tables[1].order) == list(one.tables[1].order)
+    assert many.counts() == one.counts() == {**one.counts(), 1: 299}
+    with pytest.raises(ValueError):
+        many.put_values(1, ["a"], [])
+
+
+def test_a_record_swept_during_a_resync_and_delivered_again_past_the_end_is_kept() -> None:
+    store = Store()
+    store.put_value(1, "0005", pack_value(1, 10.0, b"\x90"))
+    store.begin_resync()
+    assert store.sweep(20.0, 10) == 1  # expired meanwhile: the table is empty again
+    store.put_values(1, ["0005", "0006"], [pack_value(2, None, b"\x90")] * 2)
+    assert store.end_resync() == 0
+    assert sorted(store.tables[1].entries) == ["0005", "0006"]

@@ -15,12 +15,13 @@ from typing import Any
 import msgspec
 import pytest
 
+from hasyncd.core.apply import decode_change
 from hasyncd.core.dispatch import MERGE_RECORDS
 from hasyncd.core.events import MergeApplied, Reannounce, SplitBrain
 from hasyncd.core.merge import MERGE_SCAN, MergeDecision, MergeSender, merge_one
 from hasyncd.core.node import NodeCore
 from hasyncd.core.peers import Peer
-from hasyncd.core.replication import Mark, MarkKind, decode_change
+from hasyncd.core.replication import Mark, MarkKind
 from hasyncd.errors import RecordError
 from hasyncd.policy import shown_id
 from hasyncd.records import KINDS_BY_CODE

@@ -9,7 +9,7 @@ or stream only what changed (``hasyncd.core.backlog``); a BULK_START with the
 claimed ``snap_id`` says it does.  A snapshot cut short keeps its resync (the
 entries it must still deliver or purge) for that.  Only BULK_END makes the
 node ``in_sync``.  Every record is validated before it is stored
-(``hasyncd.core.replication.apply_changes``).
+(``hasyncd.core.apply.apply_changes``).
 """
 
 from __future__ import annotations

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
+from hasyncd.core.apply import decode_change
 from hasyncd.core.epochs import minter
 from hasyncd.core.events import MergeApplied
 from hasyncd.core.peers import Peer
-from hasyncd.core.replication import Mark, MarkKind, Position, Walker, decode_change
+from hasyncd.core.replication import Mark, MarkKind, Position, Walker
 from hasyncd.core.seqview import History, merge_view
 from hasyncd.errors import RecordError
 from hasyncd.policy import KIND_BY_CODE, shown_id

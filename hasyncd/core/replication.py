@@ -1,4 +1,4 @@
-"""Replication streams: what the primary sends each secondary, and how changes are applied.
+"""Replication streams: what the primary sends each secondary, and in which order.
 
 Primary side, one ``OutboundSession`` per secondary:
 
@@ -20,11 +20,8 @@ window.  Heartbeats and acks bypass it, so they never wait behind more than
 one window of bulk data: that is how heartbeats stay prompt during a
 million-record snapshot.
 
-Secondary side: ``apply_changes`` validates every record before it is stored
-(``Kind.validate_blob``: one msgspec decode of the blob into the kind's wire
-Struct, the kind's rules and the id; the blob is then stored as received,
-with the expiry computed by that check).
-A former primary offering its writes to the survivor after a split brain
+The secondary's side, validating and storing what arrives, is
+``hasyncd.core.apply``.  A former primary offering its writes to the survivor after a split brain
 uses ``hasyncd.core.merge``.
 """
 
@@ -38,10 +35,8 @@ from enum import Enum
 from typing import Protocol
 
 from hasyncd.core.sessionstates import SessionEffect, SessionInput, SessionState, transition
-from hasyncd.errors import RecordError
-from hasyncd.policy import shown_id
 from hasyncd.records import KINDS_BY_CODE
-from hasyncd.store import HEADER, Store, pack_version, unpack_version
+from hasyncd.store import HEADER, Store, unpack_version
 from hasyncd.store import HEADER_LEN as VALUE_HEADER
 from hasyncd.wire.framing import MAX_TRANSPORT_FRAME
 from hasyncd.wire.messages import (
@@ -365,62 +360,3 @@ def writes_behind(acked: int, current: int) -> int:
     epoch, seq = unpack_version(current)
     acked_epoch, acked_seq = unpack_version(acked)
     return max(0, seq - acked_seq) if acked_epoch == epoch else seq
-
-
-@dataclass(slots=True)
-class ApplyResult:
-    applied: int = 0
-    invalid: int = 0
-    max_version: int = 0
-    first_error: str | None = None
-
-
-def _check_tombstone_id(kind_code: int, rid: str) -> None:
-    kind = KINDS_BY_CODE[kind_code]
-    if not kind.id_pattern.match(rid):
-        raise RecordError(f"invalid {kind.name} id in a tombstone", field="id")
-
-
-def decode_change(change: Change) -> float | None:
-    """Validate a change (record or tombstone); returns the record's expiry."""
-    if change.blob is None:
-        _check_tombstone_id(change.kind, change.id)
-        return None
-    return KINDS_BY_CODE[change.kind].validate_blob(change.blob, change.id)
-
-
-def apply_changes(
-    store: Store, changes: tuple[Change, ...], wall: float, tombstone_ttl: float
-) -> ApplyResult:
-    """Apply changes from the primary (bulk or stream) after validating each record.
-
-    A record that fails validation is skipped and counted, never stored: it can
-    only come from a peer running a different schema, and storing it would
-    corrupt what this node would serve after a failover.
-    """
-    result = ApplyResult()
-    put = store.put_value
-    kinds = KINDS_BY_CODE
-    pack = _pack_header  # (seq, epoch, expires): what pack_value writes, without the version int
-    tomb_expires = wall + tombstone_ttl
-    top_epoch = top_seq = 0
-    for kind_code, rid, epoch, seq, blob in changes:
-        try:
-            if blob is None:
-                _check_tombstone_id(kind_code, rid)
-                value = pack(seq, epoch, tomb_expires)
-            else:
-                expires = kinds[kind_code].validate_blob(blob, rid)
-                value = pack(seq, epoch, _INF if expires is None else expires) + blob
-        except RecordError as exc:
-            result.invalid += 1
-            if result.first_error is None:
-                result.first_error = f"{shown_id(kind_code, rid)}: {exc.message}"
-            continue
-        put(kind_code, rid, value)
-        result.applied += 1
-        if epoch > top_epoch or (epoch == top_epoch and seq > top_seq):
-            top_epoch, top_seq = epoch, seq
-    max_version = pack_version(top_epoch, top_seq)
-    result.max_version = max_version
-    return result

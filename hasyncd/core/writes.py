@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 
+from hasyncd.core.apply import apply_changes
 from hasyncd.core.events import RecordChanged
 from hasyncd.core.nodebase import NodeParts
-from hasyncd.core.replication import apply_changes
 from hasyncd.core.seqview import CTR, PROMO
 from hasyncd.core.seqview import SA as SA_CODE
 from hasyncd.errors import HasyncdError, RecordError, RecordExpired
