@@ -101,6 +101,7 @@ __all__ = [
 
 _TOKEN = object()
 _encode = msgspec.msgpack.Encoder().encode
+_json_encode = msgspec.json.Encoder().encode
 
 
 class Record:
@@ -159,6 +160,10 @@ class Kind:
         self.expiry = expiry
         self.merge = merge
         self._json_decoder = msgspec.json.Decoder(schema.api)
+        # Lists kept as JSON text first (schema.api_raw); None: the kind has none.
+        self._text_type = schema.api_raw if schema.api_raw is not schema.api else None
+        self._text_decoder = msgspec.json.Decoder(schema.api_raw)
+        self._to_wire_text = schema.to_wire_raw
         self._wire_decoder = msgspec.msgpack.Decoder(schema.wire)
         assert schema.to_wire is not None and schema.to_json is not None
         self._to_wire = schema.to_wire
@@ -171,6 +176,16 @@ class Kind:
 
     def parse_json(self, raw: bytes, rid: str) -> Record:
         """Validate one record's API JSON text (bytes) for record ``rid``."""
+        if self._text_type is not None:
+            try:
+                api = self._text_decoder.decode(raw)
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                pass  # the full decode below names the refusal
+            else:
+                return self._from_api_text(api, rid)
+        return self._parse_json_full(raw, rid)
+
+    def _parse_json_full(self, raw: bytes, rid: str) -> Record:
         try:
             api = self._json_decoder.decode(raw)
         except msgspec.ValidationError as exc:
@@ -188,14 +203,31 @@ class Kind:
         return self._from_api(api, rid)
 
     def from_api(self, api: Any, rid: str) -> Record:
-        """Validate a value of the kind's API Struct (decoded as part of a batch)."""
+        """Validate a value of the kind's API Struct, or of ``schema.api_raw`` (its lists
+        still JSON text), decoded as part of a batch."""
+        if type(api) is self._text_type:
+            return self._from_api_text(api, rid)
         return self._from_api(api, rid)
 
-    def _from_api(self, api: Any, rid: str) -> Record:
+    def _from_api_text(self, api: Any, rid: str) -> Record:
+        """A value whose lists are still JSON text: converted by the lists' caches.
+
+        Any refusal decodes the record again in full (its JSON is the value
+        re-encoded, lists verbatim), so it is named exactly as ``_from_api``
+        names it; a list the cache has not seen is decoded and checked once.
+        """
+        try:
+            wire = self._to_wire_text(api)
+        except (Bad, ValueError, RecordError, msgspec.MsgspecError, RecursionError):
+            return self._parse_json_full(_json_encode(api), rid)
+        return self._from_api(api, rid, wire)
+
+    def _from_api(self, api: Any, rid: str, wire: Any = None) -> Record:
         # Refusals come in this order: the id's pattern, the value, the derived id.
         # A derived id that equals ``rid`` matches the pattern: no regex then.
         try:
-            wire = self._to_wire(api)
+            if wire is None:
+                wire = self._to_wire(api)
             self._converted_check(wire)
         except Bad as exc:
             self.check_id_pattern(rid)

@@ -71,8 +71,12 @@ __all__ = [
 # Distinct list encodings (selector sets, group lists) remembered as checked:
 # at ~150 B each, bounds the cache to a few MiB; it is emptied when full.
 LIST_CACHE_SIZE = 16384
+# Distinct list JSON texts remembered with their wire encoding (``CachedList.to_wire_json``):
+# at ~500 B of text each (six selectors), a few MiB at most; emptied when full.
+JSON_LIST_CACHE_SIZE = 4096
 
 REQUIRED: Any = msgspec.NODEFAULT
+_EMPTY_LIST_TEXT = msgspec.Raw(b"[]")
 _encode = msgspec.msgpack.Encoder().encode
 
 
@@ -321,7 +325,26 @@ class CachedList(ListOf):
             items = self._decoder.decode(raw)
             return items if fj is None else [fj(x) for x in items]
 
+        json_cache: dict[bytes, msgspec.Raw] = {}
+        json_decoder = msgspec.json.Decoder(self.json_type)
+
+        def to_wire_json(raw: msgspec.Raw) -> msgspec.Raw:
+            """``to_wire`` of the list's JSON text: one lookup for a text seen before.
+
+            A list that fails raises whatever its decode or check raises; the
+            caller then decodes the whole record again, which names the field.
+            """
+            key = bytes(raw)
+            out = json_cache.get(key)
+            if out is None:
+                out = to_wire(json_decoder.decode(key))
+                if len(json_cache) >= JSON_LIST_CACHE_SIZE:
+                    json_cache.clear()
+                json_cache[key] = out
+            return out
+
         self.to_wire = to_wire
+        self.to_wire_json = to_wire_json
         self.to_json = to_json
 
     def items(self, raw: msgspec.Raw) -> list[Any]:
@@ -414,6 +437,30 @@ class Struct(Codec):
         )
         self.wire_type = self.wire = wire
         self.json_type = self.api = api
+        # The API type with each top-level CachedList kept as its JSON text: lists
+        # repeat from record to record, so most are converted by one cache lookup
+        # instead of being decoded into Structs (``Kind.parse_json``).  The same
+        # type as ``api`` when there is no such list.
+        raw_lists = {f.name: f.codec for f in fields if isinstance(f.codec, CachedList)}
+        self.api_raw: type[msgspec.Struct] = api
+        if raw_lists:
+            text_fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+            for f, jf in zip(fields, json_fields, strict=True):
+                if f.name not in raw_lists:
+                    text_fields.append(jf)
+                elif f.required:
+                    text_fields.append((f.name, msgspec.Raw))
+                else:
+                    assert f.default == [], "a list field's default is the empty list"
+                    text_fields.append((f.name, msgspec.Raw, _EMPTY_LIST_TEXT))
+            self.api_raw = msgspec.defstruct(
+                f"{name}JsonText",
+                text_fields,
+                forbid_unknown_fields=True,
+                kw_only=True,
+                frozen=True,
+                gc=False,
+            )
         self.check_strings = _compile_string_checks(self)
         plan = [(f.name, f.codec.to_wire) for f in fields]
         back = [(f.name, f.codec.to_json) for f in fields]
@@ -433,6 +480,12 @@ class Struct(Codec):
             return wire(*args)
 
         fast = compile_to_wire(self)
+        # Only a fast path: any failure means "decode the record in full" (Kind.parse_json).
+        self.to_wire_raw = (
+            compile_to_wire(self, {n: c.to_wire_json for n, c in raw_lists.items()})
+            if raw_lists
+            else fast
+        )
 
         def to_wire(v: Any) -> Any:
             try:

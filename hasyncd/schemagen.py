@@ -26,8 +26,15 @@ from hasyncd.addresses import ip_cache_get, parse_ip
 from hasyncd.schemaerrors import Bad
 
 
-def compile_to_wire(struct: Any) -> Callable[[Any], Any]:
-    """One function converting a value of ``struct``'s API type into its wire type."""
+def compile_to_wire(
+    struct: Any, lists: dict[str, Callable[[Any], Any]] | None = None
+) -> Callable[[Any], Any]:
+    """One function converting a value of ``struct``'s API type into its wire type.
+
+    ``lists`` names top-level list fields converted by another function (the
+    API type whose lists stay JSON text, ``Struct.api_raw``).
+    """
+    override = lists or {}
     env: dict[str, Any] = {"fromhex": bytes.fromhex, "Bad": Bad, "ipget": ip_cache_get}
     env["parse_ip"] = parse_ip
     lines = ["def fast(v):"]
@@ -64,7 +71,13 @@ def compile_to_wire(struct: Any) -> Callable[[Any], Any]:
         if how == "struct":
             lines.append(f"{pad}s{k} = {src}")
             env[f"W{k}"] = codec.wire
-            args = [emit(f.codec, f"s{k}.{f.name}", depth) for f in codec.fields]
+            args = []
+            for f in codec.fields:
+                if codec is struct and f.name in override:
+                    env[f"r{k}_{f.name}"] = override[f.name]
+                    args.append(f"r{k}_{f.name}(s{k}.{f.name})")
+                else:
+                    args.append(emit(f.codec, f"s{k}.{f.name}", depth))
             return f"W{k}({', '.join(args)})"
         env[f"c{k}"] = codec.to_wire  # lists: their own cached conversion
         return f"c{k}({src})"

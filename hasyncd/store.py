@@ -210,7 +210,7 @@ class Store:
                 self.put_value(kind, rid, value)
             return
         # Ids past the last one held are new to the table (the index holds every id stored).
-        table.entries.update(zip(ids, values))
+        table.entries.update(zip(ids, values, strict=True))  # lengths checked above
         table.order.extend(ids)
         table.live += len(values) - list(map(len, values)).count(HEADER_LEN)
         unseen = self._unseen[kind] if self._unseen is not None else None

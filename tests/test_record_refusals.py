@@ -16,6 +16,7 @@ import ipaddress
 import json
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -410,3 +411,52 @@ def test_ip_parser_agrees_with_ipaddress(text: str) -> None:
 )
 def test_prefix_parser_agrees_with_ipaddress(text: str) -> None:
     assert _ours_prefix(text) == _reference_prefix(text)
+
+
+@pytest.mark.parametrize(("sample", "path", "value", "field"), BAD, ids=lambda x: repr(x)[:40])
+def test_the_list_text_path_refuses_as_the_full_decode_does(
+    sample: str, path: str, value: Any, field: str
+) -> None:
+    """``parse_json`` first keeps lists (selectors, groups) as JSON text for their cache;
+    every refusal must read exactly as the record decoded in full names it."""
+    kind_name, rid, rec = _bad_record(sample, path, value)
+    kind = KINDS[kind_name]
+    try:
+        text = json.dumps(rec).encode()
+    except (ValueError, UnicodeEncodeError):  # pragma: no cover - every row is JSON
+        return
+    with pytest.raises(RecordError) as full:
+        kind._parse_json_full(text, rid)
+    with pytest.raises(RecordError) as fast:
+        kind.parse_json(text, rid)
+    assert (fast.value.field, fast.value.message) == (full.value.field, full.value.message)
+    if kind.schema.api_raw is not kind.schema.api:  # the batch path: the op decoded as text
+        try:
+            api = msgspec.json.decode(text, type=kind.schema.api_raw)
+        except msgspec.MsgspecError:
+            return  # refused by that decode: the batch takes its general path (Op + parse_json)
+        with pytest.raises(RecordError) as batch:
+            kind.from_api(api, rid)
+        assert (batch.value.field, batch.value.message) == (full.value.field, full.value.message)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 400), st.sampled_from(["in", "out"]), st.booleans())
+def test_the_list_text_path_stores_what_the_full_decode_stores(
+    i: int, direction: str, spaced: bool
+) -> None:
+    """Same blob, expiry and id on the text path, on a cache hit as on a miss."""
+    for rid, rec, name in (
+        (*samples.ipsec_sa(i, direction, now=NOW), "ipsec_sa"),
+        (*samples.web_session(i, now=NOW), "sslvpn_web_session"),
+    ):
+        kind = KINDS[name]
+        text = json.dumps(rec, indent=1 if spaced else None).encode()
+        full = kind._parse_json_full(text, rid)
+        for _ in range(2):  # the second reads the list from its cache
+            fast = kind.parse_json(text, rid)
+            api = msgspec.json.decode(text, type=kind.schema.api_raw)
+            assert type(api) is not kind.schema.api
+            batch = kind.from_api(api, rid)
+            for got in (fast, batch):
+                assert (got.id, got.blob, got.expires) == (full.id, full.blob, full.expires)

@@ -18,7 +18,7 @@ batch keeps bytes, not dicts, until it answers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Any, Literal, Union
 
@@ -36,7 +36,7 @@ from hasyncd.daemon.bodies import (
     ndjson_lines,
 )
 from hasyncd.errors import ApiError, HasyncdError
-from hasyncd.records import KINDS
+from hasyncd.records import KINDS, Kind
 
 
 class Op(msgspec.Struct, forbid_unknown_fields=True, gc=False):
@@ -57,21 +57,30 @@ class OpError:
 
 _op_decoder = msgspec.json.Decoder(Op)
 
-# One put Struct per replicated kind, tagged by "kind": type -> kind name.
-PUT_KINDS: dict[type, str] = {
-    msgspec.defstruct(
-        f"Put_{name}",
-        [("op", Literal["put"]), ("id", str), ("record", kind.schema.api)],
-        tag_field="kind",
-        tag=name,
-        forbid_unknown_fields=True,
-        gc=False,  # strings and a gc=False record Struct: no cycles, no collector work
-    ): name
-    for name, kind in KINDS.items()
-}
-_put_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(Union[tuple(PUT_KINDS)])  # noqa: UP007
+
+def _put_structs(prefix: str, record_type: Callable[[Kind], type]) -> dict[type, str]:
+    """One put Struct per replicated kind, tagged by "kind": type -> kind name."""
+    return {
+        msgspec.defstruct(
+            f"{prefix}_{name}",
+            [("op", Literal["put"]), ("id", str), ("record", record_type(kind))],
+            tag_field="kind",
+            tag=name,
+            forbid_unknown_fields=True,
+            gc=False,  # strings and a gc=False record Struct: no cycles, no collector work
+        ): name
+        for name, kind in KINDS.items()
+    }
+
+
+# msgpack puts decode into the kind's API Struct; NDJSON puts into the one
+# whose lists stay JSON text (``Struct.api_raw``), converted by a cache lookup.
+_MSGPACK_PUTS = _put_structs("Put", lambda kind: kind.schema.api)
+_JSON_PUTS = _put_structs("PutText", lambda kind: kind.schema.api_raw)
+PUT_KINDS: dict[type, str] = {**_MSGPACK_PUTS, **_JSON_PUTS}
+_put_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(Union[tuple(_JSON_PUTS)])  # noqa: UP007
 _put_msgpack_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(
-    Union[tuple(PUT_KINDS)]  # noqa: UP007
+    Union[tuple(_MSGPACK_PUTS)]  # noqa: UP007
 )
 
 
