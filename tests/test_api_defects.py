@@ -337,6 +337,28 @@ def test_batch_per_op_error_fails_only_that_op(pair: Pair, fmt: str) -> None:
         assert code == 200 and stored["record"] == rec, stored
 
 
+@pytest.mark.parametrize("fmt", ["ndjson", "msgpack"])
+def test_batch_put_of_an_internal_kind_fails_alone_read_only(pair: Pair, fmt: str) -> None:
+    """A well-formed sa_counters put decodes in one pass, and is refused as PUT refuses it."""
+    base = 820 if fmt == "ndjson" else 830
+    rid1, rec1, op1 = put_op(base)
+    crid, crec = samples.sa_counters(base, "out")
+    ops = [op1, {"op": "put", "kind": "sa_counters", "id": crid, "record": crec}]
+    if fmt == "ndjson":
+        code, reply = pair.primary.client.batch(ops)
+    else:
+        code, reply = pair.primary.client.request(
+            "POST", "/v1/records:batch", raw=msgpack.packb(ops), content_type="application/msgpack"
+        )
+    assert code == 200, reply
+    got = [(r["status"], r.get("error")) for r in reply["results"]]
+    assert got == [(201, None), (400, "read_only_kind")], reply
+    settle(pair, base + 1)
+    code, stored = pair.secondary.client.get(f"/v1/records/ipsec_sa/{rid1}")
+    assert code == 200 and stored["record"] == rec1, stored
+    assert pair.primary.client.get(f"/v1/records/sa_counters/{crid}")[0] == 404
+
+
 # --- 7: 400 with a code, never a 500 ---------------------------------------------------------
 
 

@@ -31,7 +31,7 @@ from hasyncd.daemon.httperrors import api_error
 from hasyncd.daemon.views import ApiViews
 from hasyncd.errors import ApiError, HasyncdError, NotReplicated, UnknownKind, error_body
 from hasyncd.policy import shown_id
-from hasyncd.records import KINDS_BY_CODE, Kind, Record, kind_for_api, kind_for_write
+from hasyncd.records import KINDS, KINDS_BY_CODE, Kind, Record, kind_for_api, kind_for_write
 from hasyncd.store import unpack_version
 from hasyncd.wire.messages import MAX_ID_LEN
 
@@ -44,8 +44,16 @@ BATCH_SLICE_S = 0.005
 # Validated ops handed to the core in one call: a few milliseconds of store
 # and replication work, so one chunk stays well inside a slice.
 BATCH_APPLY_CHUNK = 1024
+# Bytes of an NDJSON body whose newlines are counted between two slice checks
+# (about 0.6 ms of counting on the development machine).
+COUNT_STEP = 1 << 20
 
 _MISSING: Any = object()
+# The put Structs of kinds the API writes, and their Kind: what ``kind_of`` gives
+# them (the kind policy is fixed), looked up once per op instead of checked.
+_WRITABLE_PUTS: dict[type, Kind] = {
+    t: KINDS[name] for t, name in PUT_KINDS.items() if KINDS[name].api_writable
+}
 _Chunk = list[tuple[int, str, Record | None]]
 _Parts = list[bytes]
 
@@ -194,7 +202,7 @@ async def batch(v: ApiViews, request: web.Request) -> web.StreamResponse:
         ops: Iterator[Any] = iter_msgpack_ops(raw)
         encode: Any = msgspec.msgpack.encode
     else:
-        if raw.count(b"\n") >= MAX_BATCH_OPS:  # else at most MAX_BATCH_OPS lines: no walk
+        if await _newlines(raw) >= MAX_BATCH_OPS:  # else at most MAX_BATCH_OPS lines: no walk
             count_ndjson_ops(raw)
         ops = iter_ndjson_ops(raw)
         encode = msgspec.json.encode
@@ -222,6 +230,23 @@ async def batch(v: ApiViews, request: web.Request) -> web.StreamResponse:
         body=batch_reply(parts, ok, use_msgpack),
         content_type="application/msgpack" if use_msgpack else "application/json",
     )
+
+
+async def _newlines(raw: bytes) -> int:
+    """How many newlines ``raw`` holds, counted COUNT_STEP bytes at a time between yields.
+
+    ``bytes.count`` walks about 1.7 GB/s here: a 64 MiB body counted in one
+    go held the loop ~40 ms, ten times a batch slice.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + BATCH_SLICE_S
+    n = 0
+    for start in range(0, len(raw), COUNT_STEP):
+        n += raw.count(b"\n", start, start + COUNT_STEP)
+        if loop.time() >= deadline:
+            await asyncio.sleep(0)
+            deadline = loop.time() + BATCH_SLICE_S
+    return n
 
 
 async def _sliced(v: ApiViews, items: Iterator[Any]) -> AsyncIterator[Any]:
@@ -276,7 +301,7 @@ def _parse_op(v: ApiViews, op: Any) -> tuple[int, str, Record | None]:
     record_raw: msgspec.Raw | None
     put_kind = PUT_KINDS.get(type(op))
     if put_kind is not None:  # a put decoded in one pass: the checks of the Op path below
-        kind = kind_of(v, put_kind, write=True)
+        kind = _WRITABLE_PUTS.get(type(op)) or kind_of(v, put_kind, write=True)
         check_id(op.id)
         return kind.code, op.id, kind.from_api(op.record, op.id)
     if isinstance(op, BadLine):
