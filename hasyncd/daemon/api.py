@@ -42,7 +42,7 @@ log = logging.getLogger("hasyncd.api")
 
 # At a stop, requests still running get this long to finish (a sync-mode write
 # waits at most sync_timeout_ms) before they are cancelled: part of the stop
-# budget (hasyncd.daemon.shell.STOP_BUDGET_S).  aiohttp applies it twice at most.
+# budget (hasyncd.daemon.lifecycle.STOP_BUDGET_S).  aiohttp applies it twice at most.
 API_DRAIN_S = 1.0
 
 Handler = Callable[[ApiViews, web.Request], Awaitable[web.StreamResponse]]
