@@ -11,6 +11,7 @@ import pytest
 
 from hasyncd import samples
 from hasyncd.daemon.batchops import (
+    COUNT_LINES,
     PUT_KINDS,
     Op,
     OpError,
@@ -18,6 +19,7 @@ from hasyncd.daemon.batchops import (
     count_ndjson_ops,
     iter_msgpack_ops,
     iter_ndjson_ops,
+    ndjson_op_counts,
 )
 from hasyncd.daemon.bodies import MAX_BATCH_OPS, ApiError, BadLine, iter_msgpack_batch
 from hasyncd.records import KINDS
@@ -70,6 +72,18 @@ def test_ndjson_op_count_is_bounded() -> None:
     with pytest.raises(ApiError) as err:
         count_ndjson_ops(b"{}\n" * (MAX_BATCH_OPS + 1))
     assert err.value.code == "batch_too_large"
+    with pytest.raises(ApiError) as err:  # the stepwise count the handler yields between
+        list(ndjson_op_counts(b"{}\n" * (MAX_BATCH_OPS + 1)))
+    assert err.value.code == "batch_too_large"
+    assert count_ndjson_ops(b"{}\n" * MAX_BATCH_OPS) == MAX_BATCH_OPS
+
+
+def test_ndjson_ops_are_counted_in_steps_the_handler_can_yield_between() -> None:
+    body = (b"{}\n \n" * (2 * COUNT_LINES + 10)) + b"{}"  # blank lines between: not ops
+    counts = list(ndjson_op_counts(body))
+    assert counts == [COUNT_LINES, 2 * COUNT_LINES, 2 * COUNT_LINES + 11]
+    assert count_ndjson_ops(body) == 2 * COUNT_LINES + 11
+    assert list(ndjson_op_counts(b"")) == [0]
 
 
 def test_a_well_formed_put_decodes_in_one_pass_into_its_kind() -> None:

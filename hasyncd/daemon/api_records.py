@@ -22,9 +22,9 @@ from hasyncd.daemon.batchops import (
     Op,
     OpError,
     batch_reply,
-    count_ndjson_ops,
     iter_msgpack_ops,
     iter_ndjson_ops,
+    ndjson_op_counts,
 )
 from hasyncd.daemon.bodies import MAX_BATCH_OPS, BadLine, decode_json, read_body
 from hasyncd.daemon.httperrors import api_error
@@ -203,7 +203,8 @@ async def batch(v: ApiViews, request: web.Request) -> web.StreamResponse:
         encode: Any = msgspec.msgpack.encode
     else:
         if await _newlines(raw) >= MAX_BATCH_OPS:  # else at most MAX_BATCH_OPS lines: no walk
-            count_ndjson_ops(raw)
+            async for _ in _sliced(v, ndjson_op_counts(raw)):
+                pass
         ops = iter_ndjson_ops(raw)
         encode = msgspec.json.encode
     parts: _Parts = []

@@ -84,13 +84,34 @@ _put_msgpack_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(
 )
 
 
+# Lines counted between two yields of ``ndjson_op_counts`` (~1.5 ms of work here).
+COUNT_LINES = 4096
+
+
+def ndjson_op_counts(raw: bytes) -> Iterator[int]:
+    """The ops (non-blank lines) counted so far, after each COUNT_LINES lines and at the end;
+    413 ``batch_too_large`` past MAX_BATCH_OPS.
+
+    A caller yields to the loop between steps: walking MAX_BATCH_OPS lines
+    in one go held it 70-100 ms.
+    """
+    lines = ndjson_lines(raw)
+    n = 0
+    while True:
+        step = sum(1 for _ in islice(lines, COUNT_LINES))
+        n += step
+        if n > MAX_BATCH_OPS:
+            raise ApiError(413, "batch_too_large", f"more than {MAX_BATCH_OPS} ops")
+        yield n
+        if step < COUNT_LINES:
+            return
+
+
 def count_ndjson_ops(raw: bytes) -> int:
     """The number of ops (non-blank lines); 413 ``batch_too_large`` past MAX_BATCH_OPS."""
     n = 0
-    for _ in ndjson_lines(raw):
-        n += 1
-        if n > MAX_BATCH_OPS:
-            raise ApiError(413, "batch_too_large", f"more than {MAX_BATCH_OPS} ops")
+    for n in ndjson_op_counts(raw):  # noqa: B007 - the last count is the answer
+        pass
     return n
 
 
