@@ -313,6 +313,15 @@ def test_ndjson_deep_line_fails_alone_with_400(pair: Pair) -> None:
         assert code == 200 and stored["record"] == rec, stored
 
 
+def _post_batch(pair: Pair, ops: list[dict[str, Any]], fmt: str) -> tuple[int, Any]:
+    """POST ``ops`` to the primary's batch route as NDJSON or as msgpack."""
+    if fmt == "ndjson":
+        return pair.primary.client.batch(ops)
+    return pair.primary.client.request(
+        "POST", "/v1/records:batch", raw=msgpack.packb(ops), content_type="application/msgpack"
+    )
+
+
 @pytest.mark.parametrize("fmt", ["ndjson", "msgpack"])
 def test_batch_per_op_error_fails_only_that_op(pair: Pair, fmt: str) -> None:
     base = 800 if fmt == "ndjson" else 810
@@ -321,12 +330,7 @@ def test_batch_per_op_error_fails_only_that_op(pair: Pair, fmt: str) -> None:
     rid3, rec3, op3 = put_op(base + 2)
     bad = {"op": "put", "kind": "ipsec_sa", "id": rid2, "record": {**rec2, "colour": "red"}}
     ops = [op1, bad, op3]
-    if fmt == "ndjson":
-        code, reply = pair.primary.client.batch(ops)
-    else:
-        code, reply = pair.primary.client.request(
-            "POST", "/v1/records:batch", raw=msgpack.packb(ops), content_type="application/msgpack"
-        )
+    code, reply = _post_batch(pair, ops, fmt)
     assert code == 200, reply
     got = [(r["status"], r.get("error"), r.get("field")) for r in reply["results"]]
     assert got == [(201, None, None), (400, "unknown_field", "colour"), (201, None, None)], reply
@@ -344,12 +348,7 @@ def test_batch_put_of_an_internal_kind_fails_alone_read_only(pair: Pair, fmt: st
     rid1, rec1, op1 = put_op(base)
     crid, crec = samples.sa_counters(base, "out")
     ops = [op1, {"op": "put", "kind": "sa_counters", "id": crid, "record": crec}]
-    if fmt == "ndjson":
-        code, reply = pair.primary.client.batch(ops)
-    else:
-        code, reply = pair.primary.client.request(
-            "POST", "/v1/records:batch", raw=msgpack.packb(ops), content_type="application/msgpack"
-        )
+    code, reply = _post_batch(pair, ops, fmt)
     assert code == 200, reply
     got = [(r["status"], r.get("error")) for r in reply["results"]]
     assert got == [(201, None), (400, "read_only_kind")], reply
